@@ -1,0 +1,370 @@
+//! Types shared by the eBPF programs (`interceptor-ebpf`) and their loader (`interceptor`).
+//!
+//! Every map key and value is `#[repr(C)]`, has no implicit padding and is `bytemuck::Pod`, so
+//! both sides agree on the bytes. Addresses are stored in network byte order in 16-byte
+//! arrays (IPv4 in the first 4 bytes); ports in host byte order unless a field says otherwise.
+#![no_std]
+
+use bytemuck::{Pod, Zeroable};
+
+/// Names of the maps, as the loader pins them (`<pin-dir>/maps/<NAME>`).
+pub mod map_names {
+    pub const PODS: &str = "PODS";
+    pub const EXCLUDED_CIDRS: &str = "EXCLUDED_CIDRS";
+    pub const INCLUDED_CIDRS: &str = "INCLUDED_CIDRS";
+    pub const ROUTES: &str = "ROUTES";
+    pub const PORTS: &str = "PORTS";
+    pub const IFACES: &str = "IFACES";
+    pub const PENDING: &str = "PENDING";
+    pub const SOCK_ORIG: &str = "SOCK_ORIG";
+    pub const LISTENERS: &str = "LISTENERS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const SETTINGS: &str = "SETTINGS";
+    pub const AYA_LOGS: &str = "AYA_LOGS";
+    /// Created by the loader, not by the object: only user space reads it.
+    pub const POD_INFO: &str = "POD_INFO";
+    /// Maps defined in the eBPF object.
+    pub const ALL: [&str; 12] = [
+        PODS,
+        EXCLUDED_CIDRS,
+        INCLUDED_CIDRS,
+        ROUTES,
+        PORTS,
+        IFACES,
+        PENDING,
+        SOCK_ORIG,
+        LISTENERS,
+        COUNTERS,
+        SETTINGS,
+        AYA_LOGS,
+    ];
+}
+
+/// Capacity of the maps. LPM tries and hashes that hold policy entries are allocated on
+/// demand (`BPF_F_NO_PREALLOC`), so a large capacity costs nothing until it is used.
+pub mod capacity {
+    pub const PODS: usize = 65_536;
+    pub const CIDRS: usize = 4_194_304;
+    pub const ROUTES: usize = 1_048_576;
+    pub const PORTS: usize = 1_048_576;
+    pub const IFACES: usize = 65_536;
+    pub const PENDING: usize = 262_144;
+    pub const LISTENERS: usize = 131_072;
+    pub const COUNTERS: usize = 1_048_576;
+}
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u32 = 6;
+
+/// Why a flow was redirected or passed. The same numbering is used by the pure decision
+/// model (`interceptor::policy::decide`), the eBPF counters and `ebpf status`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// Outbound, proxy UID to a local address other than 127.0.0.1: to the inbound listener.
+    OutProxyToLocal = 0,
+    /// Outbound, not the proxy UID, destination local to the pod: pass.
+    OutLocalNotProxy = 1,
+    /// Outbound, the proxy's own traffic: pass.
+    OutProxyUid = 2,
+    /// Outbound to 127.0.0.1: pass.
+    OutLoopback = 3,
+    /// Outbound through an excluded interface: pass.
+    OutExcludedInterface = 4,
+    /// Outbound to an excluded CIDR: pass.
+    OutExcludedCidr = 5,
+    /// Outbound to an excluded port: pass.
+    OutExcludedPort = 6,
+    /// Outbound to an included CIDR: to the outbound listener.
+    OutIncluded = 7,
+    /// Outbound, inclusion list set and the destination not in it: pass.
+    OutNotIncluded = 8,
+    /// Outbound, nothing else matched: to the outbound listener.
+    OutDefault = 9,
+    /// Outbound, PodIP mode: the proxy's connection to 127.0.0.1 goes to the pod IP.
+    OutPodIpDnat = 10,
+    /// Inbound to an excluded port: pass.
+    InExcludedPort = 11,
+    /// Inbound on an excluded interface: pass.
+    InExcludedInterface = 12,
+    /// Inbound to a reserved port (Prometheus, probes, healthcheck): pass.
+    InReservedPort = 13,
+    /// Inbound, nothing else matched: to the inbound listener.
+    InRedirect = 14,
+    /// Inbound from the pod itself (loopback or its own address): never seen by PREROUTING.
+    InFromPod = 15,
+    /// Inbound, would be redirected but no inbound listener exists: refused.
+    InNoListener = 16,
+}
+
+impl Reason {
+    pub const COUNT: usize = 17;
+    pub const ALL: [Reason; Self::COUNT] = [
+        Reason::OutProxyToLocal,
+        Reason::OutLocalNotProxy,
+        Reason::OutProxyUid,
+        Reason::OutLoopback,
+        Reason::OutExcludedInterface,
+        Reason::OutExcludedCidr,
+        Reason::OutExcludedPort,
+        Reason::OutIncluded,
+        Reason::OutNotIncluded,
+        Reason::OutDefault,
+        Reason::OutPodIpDnat,
+        Reason::InExcludedPort,
+        Reason::InExcludedInterface,
+        Reason::InReservedPort,
+        Reason::InRedirect,
+        Reason::InFromPod,
+        Reason::InNoListener,
+    ];
+
+    pub fn from_u32(v: u32) -> Option<Reason> {
+        Self::ALL.get(v as usize).copied()
+    }
+
+    /// A stable snake_case name, used in `status` output and JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::OutProxyToLocal => "proxy_to_local",
+            Reason::OutLocalNotProxy => "local_destination",
+            Reason::OutProxyUid => "proxy_uid",
+            Reason::OutLoopback => "loopback",
+            Reason::OutExcludedInterface => "excluded_interface",
+            Reason::OutExcludedCidr => "excluded_cidr",
+            Reason::OutExcludedPort => "excluded_port",
+            Reason::OutIncluded => "included_cidr",
+            Reason::OutNotIncluded => "not_included",
+            Reason::OutDefault => "default",
+            Reason::OutPodIpDnat => "pod_ip_dnat",
+            Reason::InExcludedPort => "excluded_port",
+            Reason::InExcludedInterface => "excluded_interface",
+            Reason::InReservedPort => "reserved_port",
+            Reason::InRedirect => "redirected",
+            Reason::InFromPod => "from_pod",
+            Reason::InNoListener => "no_listener",
+        }
+    }
+
+    pub const fn is_inbound(self) -> bool {
+        (self as u32) >= (Reason::InExcludedPort as u32)
+    }
+}
+
+/// `PodConfig::flags` bits.
+pub mod pod_flags {
+    /// The IPv4 inclusion list is non-empty (only included IPv4 CIDRs are redirected).
+    pub const HAS_INCLUSIONS_V4: u32 = 1 << 0;
+    /// The IPv6 inclusion list is non-empty.
+    pub const HAS_INCLUSIONS_V6: u32 = 1 << 1;
+    /// localProxyMode PodIP: the proxy's connections to 127.0.0.1 go to the pod IP.
+    pub const POD_IP_MODE: u32 = 1 << 2;
+    /// `pod_ip4` holds an address.
+    pub const HAS_POD_IP4: u32 = 1 << 3;
+    /// `pod_ip6` holds an address.
+    pub const HAS_POD_IP6: u32 = 1 << 4;
+    /// At least one inbound interface exclusion exists (IFACES has entries).
+    pub const HAS_IFACE_EXCLUSIONS: u32 = 1 << 5;
+}
+
+/// Value of `PODS`, keyed by the pod's network namespace cookie (u64).
+///
+/// Replacing this one value switches a pod from one policy generation to the next
+/// atomically: every other policy entry is keyed by `policy_id`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
+pub struct PodConfig {
+    pub policy_id: u32,
+    pub proxy_uid: u32,
+    pub flags: u32,
+    pub outbound_port: u16,
+    pub inbound_port: u16,
+    /// Inbound ports that are never redirected: Prometheus, liveness, readiness, startup,
+    /// healthcheck. Zero means unused.
+    pub reserved_inbound_ports: [u16; 6],
+    pub pod_ip4: [u8; 4],
+    pub pod_ip6: [u8; 16],
+}
+
+/// Key of the LPM tries `EXCLUDED_CIDRS`, `INCLUDED_CIDRS` and `ROUTES`.
+///
+/// `prefix_len` counts bits of `data`: 64 bits of (policy_id, family) followed by the
+/// CIDR's own prefix length. IPv4 and IPv6 share a trie without ever matching each other.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
+pub struct CidrKey {
+    pub prefix_len: u32,
+    /// Big-endian policy id (big-endian so that it is a prefix in bit order).
+    pub policy_id_be: [u8; 4],
+    /// Big-endian address family (AF_INET or AF_INET6 as u32).
+    pub family_be: [u8; 4],
+    pub addr: [u8; 16],
+}
+
+impl CidrKey {
+    /// Bits of the key before the address: policy id and family.
+    pub const HEADER_BITS: u32 = 64;
+
+    pub fn new(policy_id: u32, family: u16, addr: [u8; 16], addr_prefix_len: u32) -> Self {
+        Self {
+            prefix_len: Self::HEADER_BITS + addr_prefix_len,
+            policy_id_be: policy_id.to_be_bytes(),
+            family_be: (family as u32).to_be_bytes(),
+            addr,
+        }
+    }
+}
+
+/// The bytes of `CidrKey` after `prefix_len`: what aya's LPM `Key<K>` calls the data.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
+pub struct CidrData {
+    pub policy_id_be: [u8; 4],
+    pub family_be: [u8; 4],
+    pub addr: [u8; 16],
+}
+
+/// `RouteValue::flags` bits.
+pub mod route_flags {
+    /// The destination is a local address of the pod (iptables sees `-o lo`).
+    pub const LOCAL: u32 = 1 << 0;
+    /// The route's output interface is in the interface exclusion list.
+    pub const EXCLUDED_INTERFACE: u32 = 1 << 1;
+    /// `src` holds the source address the kernel would choose for this route.
+    pub const HAS_SRC: u32 = 1 << 2;
+}
+
+/// Value of `ROUTES`: what the pod's routing table says about a destination prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
+pub struct RouteValue {
+    pub flags: u32,
+    pub ifindex: u32,
+    pub src: [u8; 16],
+}
+
+/// Direction bits of `PORTS` values.
+pub mod port_flags {
+    pub const OUTBOUND_EXCLUDED: u8 = 1 << 0;
+    pub const INBOUND_EXCLUDED: u8 = 1 << 1;
+}
+
+/// Key of `PORTS`: one entry per excluded port of a policy; the value is `port_flags`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq, Hash)]
+pub struct PortKey {
+    pub policy_id: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Key of `IFACES`: inbound interface exclusions by ifindex (of the pod's namespace).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq, Hash)]
+pub struct IfaceKey {
+    pub policy_id: u32,
+    pub ifindex: u32,
+}
+
+/// `OrigDst::kind` values.
+pub mod orig_kind {
+    /// The application's socket whose connect() was redirected; `addr`/`port` is what it dialled.
+    pub const REDIRECTED: u32 = 1;
+    /// The sidecar's accepted end of a redirected connection; `addr`/`port` is the dialled one.
+    pub const REDIRECTED_PEER: u32 = 2;
+    /// Any other accepted socket of an enrolled pod; `addr`/`port` is its local address.
+    pub const ACCEPTED: u32 = 3;
+    /// Any other client socket of an enrolled pod; `addr`/`port` is its remote address.
+    pub const CONNECTED: u32 = 4;
+}
+
+/// Per-socket storage (`SOCK_ORIG`) and `PENDING` value: the original destination of a
+/// connection, as SO_ORIGINAL_DST reports it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
+pub struct OrigDst {
+    pub netns_cookie: u64,
+    pub addr: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+    pub family: u16,
+    pub kind: u32,
+}
+
+/// Key of `PENDING`: a redirected connection seen from the listener's side, between the
+/// application's connect() and the sidecar's accept().
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub netns_cookie: u64,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    /// Host byte order.
+    pub local_port: u16,
+    /// Host byte order.
+    pub remote_port: u16,
+    pub family: u32,
+}
+
+/// Key of `LISTENERS`: the inbound listener of a pod, per socket family.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq, Hash)]
+pub struct ListenerKey {
+    pub netns_cookie: u64,
+    pub family: u32,
+    pub _pad: u32,
+}
+
+/// Key of `COUNTERS` (per-CPU u64 values).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq, Hash)]
+pub struct CounterKey {
+    pub netns_cookie: u64,
+    pub reason: u32,
+    pub _pad: u32,
+}
+
+/// Version of the map layout. Bump it whenever a map's type, key or value changes: a load
+/// over pinned state of another layout refuses to reuse it.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Value of `SETTINGS[0]`: run-time switches of the programs and what is loaded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq, Default)]
+pub struct Settings {
+    /// Non-zero: the programs log their decisions through aya-log.
+    pub debug: u32,
+    /// `LAYOUT_VERSION` of the loader that created the maps.
+    pub layout_version: u32,
+    /// Fingerprint of the loaded eBPF object (user space only).
+    pub fingerprint: u64,
+}
+
+/// Value of `POD_INFO` (user space only, keyed by netns cookie): what `status` shows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct PodInfo {
+    /// NUL-padded path of the network namespace given at enroll.
+    pub netns_path: [u8; 192],
+    /// NUL-padded `namespace/name` of the pod manifest, if one was given.
+    pub pod_name: [u8; 56],
+    /// Seconds since the epoch of the last enroll.
+    pub enrolled_at: u64,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    unsafe impl aya::Pod for PodConfig {}
+    unsafe impl aya::Pod for CidrData {}
+    unsafe impl aya::Pod for RouteValue {}
+    unsafe impl aya::Pod for PortKey {}
+    unsafe impl aya::Pod for IfaceKey {}
+    unsafe impl aya::Pod for OrigDst {}
+    unsafe impl aya::Pod for ConnKey {}
+    unsafe impl aya::Pod for ListenerKey {}
+    unsafe impl aya::Pod for CounterKey {}
+    unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for PodInfo {}
+}

@@ -1,0 +1,43 @@
+//! The eBPF side of interceptor: one module per hook.
+//!
+//! | hook                     | module          | minimum kernel |
+//! |--------------------------|-----------------|----------------|
+//! | cgroup/connect4, connect6 | `connect`      | 5.7 (netns cookie), 5.15 for the whole set |
+//! | sock_ops                 | `sock_ops`      | 5.15 (bpf_get_netns_cookie in sock_ops) |
+//! | cgroup/getsockopt        | `getsockopt`    | 5.15 |
+//! | cgroup/getpeername4, 6   | `getpeername`   | 5.8 |
+//! | sk_lookup                | `sk_lookup`     | 5.9; 5.17 for interface exclusions |
+//!
+//! All decisions read the per-pod policy that `interceptor ebpf enroll` writes (see `maps`).
+#![no_std]
+#![no_main]
+
+/// Reads one field of a program context with its own load at the field's offset. The
+/// verifier rejects loads through a context pointer the compiler has moved (`ctx + off`),
+/// which ordinary reads may produce.
+macro_rules! ctx_read {
+    ($ptr:expr, $($field:tt)+) => {
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*$ptr).$($field)+)) }
+    };
+}
+
+mod addr;
+mod connect;
+mod counters;
+mod decide;
+mod getpeername;
+mod getsockopt;
+mod maps;
+mod sk_lookup;
+mod sock_ops;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any reachable panic path, so this is never called.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

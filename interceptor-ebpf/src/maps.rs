@@ -1,0 +1,67 @@
+//! Maps shared by all programs. The loader pins each one as `<pin-dir>/maps/<NAME>`, so
+//! the per-namespace `sk_lookup` instances and later loads reuse the same maps.
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, SkStorage, SockHash},
+    macros::btf_map,
+};
+use interceptor_common::{
+    CidrData, ConnKey, CounterKey, IfaceKey, ListenerKey, OrigDst, PodConfig, PortKey,
+    RouteValue, Settings, capacity,
+};
+
+const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
+
+/// Enrolled pods: network namespace cookie → the pod's current policy generation.
+#[btf_map]
+pub static PODS: HashMap<u64, PodConfig, { capacity::PODS }, NO_PREALLOC> = HashMap::new();
+
+/// Outbound IP range exclusions of every policy (value unused, presence matters).
+#[btf_map]
+pub static EXCLUDED_CIDRS: LpmTrie<CidrData, u8, { capacity::CIDRS }> = LpmTrie::new();
+
+/// Outbound IP range inclusions of every policy.
+#[btf_map]
+pub static INCLUDED_CIDRS: LpmTrie<CidrData, u8, { capacity::CIDRS }> = LpmTrie::new();
+
+/// Each pod's routing table, reduced to what the chains look at: is the destination local
+/// (`-o lo`), does it leave through an excluded interface, and which source it would use.
+#[btf_map]
+pub static ROUTES: LpmTrie<CidrData, RouteValue, { capacity::ROUTES }> = LpmTrie::new();
+
+/// Excluded ports (value: `port_flags`).
+#[btf_map]
+pub static PORTS: HashMap<PortKey, u8, { capacity::PORTS }, NO_PREALLOC> = HashMap::new();
+
+/// Inbound interface exclusions by ifindex.
+#[btf_map]
+pub static IFACES: HashMap<IfaceKey, u8, { capacity::IFACES }, NO_PREALLOC> = HashMap::new();
+
+/// Redirected connections between the application's connect() and the sidecar's accept().
+#[btf_map]
+pub static PENDING: LruHashMap<ConnKey, OrigDst, { capacity::PENDING }> = LruHashMap::new();
+
+/// Per-socket original destination; freed by the kernel with the socket.
+#[btf_map]
+pub static SOCK_ORIG: SkStorage<OrigDst> = SkStorage::new();
+
+/// Each enrolled pod's inbound listener (15003), registered when the sidecar calls listen().
+#[btf_map]
+pub static LISTENERS: SockHash<ListenerKey, { capacity::LISTENERS }> = SockHash::new();
+
+/// Decisions per pod and reason.
+#[btf_map]
+pub static COUNTERS: PerCpuHashMap<CounterKey, u64, { capacity::COUNTERS }, NO_PREALLOC> =
+    PerCpuHashMap::new();
+
+/// Run-time switches (`ebpf debug on|off`).
+#[btf_map]
+pub static SETTINGS: Array<Settings, 1> = Array::new();
+
+#[inline(always)]
+pub fn debug_enabled() -> bool {
+    match SETTINGS.get(0) {
+        Some(s) => s.debug != 0,
+        None => false,
+    }
+}

@@ -1,0 +1,98 @@
+//! sk_lookup: inbound interception without NAT. Attached to each enrolled pod's network
+//! namespace; hands a new TCP connection to the pod's inbound listener (15003) unless the
+//! PROXY_INBOUND chain would let it through. The accepted socket's local address stays the
+//! destination the client used, so it is the original destination.
+//!
+//! A sk_lookup program cannot ask which namespace it runs in, so the loader loads one
+//! instance per pod with `NETNS_COOKIE` set. Minimum kernel: 5.9; 5.17 for `ingress_ifindex`
+//! (interface exclusions).
+use aya_ebpf::{
+    Global,
+    bindings::{sk_action::SK_DROP, sk_action::SK_PASS},
+    macros::sk_lookup,
+    programs::SkLookupContext,
+};
+use interceptor_common::{
+    AF_INET, AF_INET6, IPPROTO_TCP, IfaceKey, ListenerKey, PortKey, Reason, pod_flags,
+    port_flags, route_flags,
+};
+
+use crate::{
+    addr::Endpoint,
+    counters::count,
+    maps::{IFACES, LISTENERS, PODS, PORTS, ROUTES},
+};
+
+/// The cookie of the network namespace this instance is attached to (set at load).
+#[unsafe(no_mangle)]
+static NETNS_COOKIE: Global<u64> = Global::new(0);
+
+#[sk_lookup]
+pub fn steer_inbound(ctx: SkLookupContext) -> u32 {
+    match decide(&ctx) {
+        Some(reason) => {
+            count(NETNS_COOKIE.load(), reason);
+            if matches!(reason, Reason::InNoListener) { SK_DROP } else { SK_PASS }
+        }
+        None => SK_PASS,
+    }
+}
+
+#[inline(always)]
+fn decide(ctx: &SkLookupContext) -> Option<Reason> {
+    let l = ctx.lookup;
+    if ctx_read!(l, protocol) != IPPROTO_TCP {
+        return None;
+    }
+    let netns_cookie = NETNS_COOKIE.load();
+    let pod = unsafe { PODS.get(&netns_cookie) }.copied()?;
+    let family = ctx_read!(l, family);
+    let remote = if family == AF_INET as u32 {
+        Endpoint::v4(ctx_read!(l, remote_ip4), 0)
+    } else {
+        let r = [ctx_read!(l, remote_ip6[0]), ctx_read!(l, remote_ip6[1]), ctx_read!(l, remote_ip6[2]), ctx_read!(l, remote_ip6[3])];
+        Endpoint::v6(r, 0)
+    };
+    // The pod talking to itself never traverses PREROUTING.
+    if let Some(route) = ROUTES.get(&remote.lpm_key(pod.policy_id)) {
+        if route.flags & route_flags::LOCAL != 0 {
+            return Some(Reason::InFromPod);
+        }
+    }
+    let port = ctx_read!(l, local_port) as u16;
+    // The chain's order: -I'd port exclusions, -I'd interface exclusions, reserved ports.
+    let port_key = PortKey { policy_id: pod.policy_id, port, _pad: 0 };
+    if let Some(flags) = unsafe { PORTS.get(&port_key) } {
+        if *flags & port_flags::INBOUND_EXCLUDED != 0 {
+            return Some(Reason::InExcludedPort);
+        }
+    }
+    if pod.flags & pod_flags::HAS_IFACE_EXCLUSIONS != 0 {
+        let key = IfaceKey { policy_id: pod.policy_id, ifindex: ctx_read!(l, ingress_ifindex) };
+        if unsafe { IFACES.get(&key) }.is_some() {
+            return Some(Reason::InExcludedInterface);
+        }
+    }
+    let reserved = pod.reserved_inbound_ports;
+    if port == reserved[0] || port == reserved[1] || port == reserved[2] || port == reserved[3]
+        || port == reserved[4] || port == reserved[5]
+    {
+        if port != 0 {
+            return Some(Reason::InReservedPort);
+        }
+    }
+    // An IPv4 connection may go to an IPv4 listener or to a dual-stack IPv6 one.
+    if family == AF_INET as u32 && assign(ctx, netns_cookie, AF_INET) {
+        return Some(Reason::InRedirect);
+    }
+    if assign(ctx, netns_cookie, AF_INET6) {
+        return Some(Reason::InRedirect);
+    }
+    Some(Reason::InNoListener)
+}
+
+#[inline(always)]
+fn assign(ctx: &SkLookupContext, netns_cookie: u64, family: u16) -> bool {
+    let key = ListenerKey { netns_cookie, family: family as u32, _pad: 0 };
+    LISTENERS.redirect_sk_lookup(ctx, key, 0).is_ok()
+}

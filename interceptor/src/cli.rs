@@ -1,0 +1,540 @@
+//! The command line: clap definitions and dispatch. Policy flags are named after osm-edge's
+//! keys and shared by every command that takes a policy.
+use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::{
+    ebpf::{self, EnrollOptions, LoadOptions, LoadOutcome, PinDir, pins::DEFAULT_PIN_DIR},
+    explain::explain,
+    iptables::{self, ApplyOptions, Format, apply::default_families},
+    netns::{self, Netns},
+    policy::{
+        ChainNames, Family, Flow, Policy, PolicyInputs, build_policy,
+        chains::Proto,
+        error::PolicyErrors,
+        sources::{FlagValues, manifest_name, read_manifest},
+    },
+};
+
+#[derive(Parser, Debug)]
+#[command(name = "interceptor", version, about = "Transparent traffic interception for osm-edge sidecars: eBPF without NAT, or osm-edge's iptables chains")]
+pub struct Cli {
+    /// More logging (-v info, -vv debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Init-container mode: osm-edge's nat-table chains.
+    #[command(subcommand)]
+    Iptables(IptablesCommand),
+    /// Node-daemon mode: eBPF programs, pods enrolled by network namespace.
+    #[command(subcommand)]
+    Ebpf(EbpfCommand),
+    /// Show the decision for one flow and the rule that made it.
+    #[command(subcommand)]
+    Explain(ExplainCommand),
+    /// Print the merged policy and any warnings.
+    Policy {
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IptablesCommand {
+    /// Print the iptables-restore payload (byte-identical to osm-edge's generator).
+    Render {
+        #[command(flatten)]
+        policy: PolicyArgs,
+        #[arg(long, value_enum, default_value = "restore")]
+        format: Format,
+        #[command(flatten)]
+        names: NamesArg,
+        /// Address family of the payload.
+        #[arg(long, default_value = "ipv4")]
+        family: Family,
+    },
+    /// Program the chains (one atomic iptables-restore per family; idempotent).
+    Apply {
+        #[command(flatten)]
+        policy: PolicyArgs,
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Print the payloads instead of applying them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Remove exactly what apply added.
+    Cleanup {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Compare the live tables with the policy; exit 1 with the difference if they differ.
+    Verify {
+        #[command(flatten)]
+        policy: PolicyArgs,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct NamesArg {
+    /// Chain names: the documented ones (PROXY_INBOUND, …) or osm-edge's current ones (OSM_PROXY_INBOUND, …).
+    #[arg(long = "chain-names", value_enum, default_value = "documented")]
+    pub chain_names: NamesChoice,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum NamesChoice {
+    Documented,
+    Osm,
+}
+
+impl NamesArg {
+    pub fn names(&self) -> ChainNames {
+        match self.chain_names {
+            NamesChoice::Documented => ChainNames::DOCUMENTED,
+            NamesChoice::Osm => ChainNames::OSM,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TargetArgs {
+    /// Network namespace (path, or a name under /var/run/netns); default: the current one.
+    #[arg(long)]
+    pub netns: Option<String>,
+    /// The pod's address(es) for localProxyMode PodIP (one per family).
+    #[arg(long = "pod-ip", env = "POD_IP", value_delimiter = ',')]
+    pub pod_ip: Vec<IpAddr>,
+    /// Address families to program (default: ipv4, and ipv6 when available).
+    #[arg(long, value_delimiter = ',')]
+    pub family: Vec<Family>,
+    #[command(flatten)]
+    pub names: NamesArg,
+}
+
+impl TargetArgs {
+    fn options(&self) -> ApplyOptions {
+        ApplyOptions {
+            netns: self.netns.as_deref().map(|n| Netns::at(netns::resolve(n))).unwrap_or_default(),
+            pod_ips: self.pod_ip.clone(),
+            families: if self.family.is_empty() { default_families() } else { self.family.clone() },
+            names: self.names.names(),
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EbpfCommand {
+    /// Load the programs and attach them at a cgroup (no-op if already loaded).
+    Load {
+        /// Cgroup to attach at (default: the cgroup v2 root, i.e. every pod).
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+        #[command(flatten)]
+        pins: PinArg,
+    },
+    /// Check that this kernel has every feature eBPF mode needs.
+    Probe,
+    /// Intercept a pod's traffic with its policy (again: switch to a new policy atomically).
+    Enroll {
+        /// The pod's network namespace (path, or a name under /var/run/netns).
+        #[arg(long)]
+        netns: String,
+        /// The pod's address(es) for PodIP mode (default: the namespace's global addresses).
+        #[arg(long = "pod-ip", value_delimiter = ',')]
+        pod_ip: Vec<IpAddr>,
+        #[command(flatten)]
+        policy: PolicyArgs,
+        #[command(flatten)]
+        pins: PinArg,
+    },
+    /// Stop intercepting a pod.
+    Unenroll {
+        #[arg(long)]
+        netns: String,
+        #[command(flatten)]
+        pins: PinArg,
+    },
+    /// Programs, attach points, enrolled pods with their policy and counters.
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        pins: PinArg,
+    },
+    /// Remove every program, link, map and pin.
+    Unload {
+        #[command(flatten)]
+        pins: PinArg,
+    },
+    /// Switch the programs' debug logging on or off (at run time).
+    Debug {
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        #[command(flatten)]
+        pins: PinArg,
+    },
+    /// Print the programs' debug log (see `ebpf debug on`).
+    Log {
+        /// Stop after this many seconds (default: until interrupted).
+        #[arg(long)]
+        seconds: Option<u64>,
+        #[command(flatten)]
+        pins: PinArg,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PinArg {
+    /// Directory (on a bpf filesystem) holding all pinned state.
+    #[arg(long = "pin-dir", default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+}
+
+impl PinArg {
+    fn pins(&self) -> PinDir {
+        PinDir::new(&self.pin_dir)
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ExplainCommand {
+    /// A connection the pod opens.
+    Outbound {
+        /// Destination IP:PORT ([IPv6]:PORT).
+        #[arg(long)]
+        dst: std::net::SocketAddr,
+        /// UID of the process (default: an application, not the proxy).
+        #[arg(long)]
+        uid: Option<u32>,
+        /// Output interface of the route (lo = the destination is the pod's own address).
+        #[arg(long)]
+        oif: Option<String>,
+        /// The destination is a local address of the pod (same as --oif lo).
+        #[arg(long)]
+        local: bool,
+        /// UDP instead of TCP.
+        #[arg(long)]
+        udp: bool,
+        #[command(flatten)]
+        policy: PolicyArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A connection arriving at the pod.
+    Inbound {
+        /// Destination port.
+        #[arg(long = "dst-port")]
+        dst_port: u16,
+        /// Destination address (only its family matters; default 0.0.0.0).
+        #[arg(long, default_value = "0.0.0.0")]
+        dst: IpAddr,
+        /// Input interface.
+        #[arg(long)]
+        iif: Option<String>,
+        /// The connection comes from the pod itself.
+        #[arg(long = "from-pod")]
+        from_pod: bool,
+        #[command(flatten)]
+        policy: PolicyArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The policy flags (osm-edge's keys), and the manifests.
+#[derive(Args, Debug, Clone, Default)]
+pub struct PolicyArgs {
+    /// CIDRs never redirected (comma separated, repeatable).
+    #[arg(long = "outbound-ip-range-exclusion-list", value_name = "CIDRS")]
+    pub outbound_ip_range_exclusion_list: Vec<String>,
+    /// If set, only these CIDRs are redirected (comma separated, repeatable).
+    #[arg(long = "outbound-ip-range-inclusion-list", value_name = "CIDRS")]
+    pub outbound_ip_range_inclusion_list: Vec<String>,
+    /// Destination ports never redirected (comma separated, repeatable).
+    #[arg(long = "outbound-port-exclusion-list", value_name = "PORTS")]
+    pub outbound_port_exclusion_list: Vec<String>,
+    /// Pod ports that inbound connections reach directly (comma separated, repeatable).
+    #[arg(long = "inbound-port-exclusion-list", value_name = "PORTS")]
+    pub inbound_port_exclusion_list: Vec<String>,
+    /// Interfaces whose traffic is never intercepted (comma separated, repeatable; eth+ matches eth*).
+    #[arg(long = "network-interface-exclusion-list", value_name = "IFACES")]
+    pub network_interface_exclusion_list: Vec<String>,
+    /// UID the proxy runs as (its traffic is never redirected).
+    #[arg(long = "proxy-uid", value_name = "UID")]
+    pub proxy_uid: Option<u32>,
+    /// Localhost (default) or PodIP.
+    #[arg(long = "local-proxy-mode", value_name = "MODE")]
+    pub local_proxy_mode: Option<String>,
+    /// osm-edge's local DNS proxy rule (UDP 127.0.0.153:53; iptables mode only).
+    #[arg(long = "enable-local-dns-proxy")]
+    pub local_dns_proxy: bool,
+    /// A MeshConfig manifest (YAML or JSON): spec.traffic.*, spec.sidecar.localProxyMode.
+    #[arg(long = "mesh-config", value_name = "FILE")]
+    pub mesh_config: Option<PathBuf>,
+    /// A Pod manifest (YAML or JSON): its openservicemesh.io/* annotations.
+    #[arg(long = "pod", value_name = "FILE")]
+    pub pod: Option<PathBuf>,
+    #[arg(long = "admin-port", value_name = "PORT", hide_short_help = true)]
+    pub admin_port: Option<String>,
+    #[arg(long = "outbound-port", value_name = "PORT", hide_short_help = true)]
+    pub outbound_port: Option<String>,
+    #[arg(long = "inbound-port", value_name = "PORT", hide_short_help = true)]
+    pub inbound_port: Option<String>,
+    #[arg(long = "prometheus-port", value_name = "PORT", hide_short_help = true)]
+    pub prometheus_port: Option<String>,
+    #[arg(long = "liveness-probe-port", value_name = "PORT", hide_short_help = true)]
+    pub liveness_probe_port: Option<String>,
+    #[arg(long = "readiness-probe-port", value_name = "PORT", hide_short_help = true)]
+    pub readiness_probe_port: Option<String>,
+    #[arg(long = "startup-probe-port", value_name = "PORT", hide_short_help = true)]
+    pub startup_probe_port: Option<String>,
+    #[arg(long = "healthcheck-port", value_name = "PORT", hide_short_help = true)]
+    pub healthcheck_port: Option<String>,
+}
+
+impl PolicyArgs {
+    pub fn inputs(&self) -> PolicyInputs {
+        let mut ports = Vec::new();
+        for (name, v) in [
+            ("admin", &self.admin_port),
+            ("outbound", &self.outbound_port),
+            ("inbound", &self.inbound_port),
+            ("prometheus", &self.prometheus_port),
+            ("liveness-probe", &self.liveness_probe_port),
+            ("readiness-probe", &self.readiness_probe_port),
+            ("startup-probe", &self.startup_probe_port),
+            ("healthcheck", &self.healthcheck_port),
+        ] {
+            if let Some(v) = v {
+                ports.push((name, v.clone()));
+            }
+        }
+        PolicyInputs {
+            flags: FlagValues {
+                outbound_ip_range_exclusion_list: self.outbound_ip_range_exclusion_list.clone(),
+                outbound_ip_range_inclusion_list: self.outbound_ip_range_inclusion_list.clone(),
+                outbound_port_exclusion_list: self.outbound_port_exclusion_list.clone(),
+                inbound_port_exclusion_list: self.inbound_port_exclusion_list.clone(),
+                network_interface_exclusion_list: self.network_interface_exclusion_list.clone(),
+                proxy_uid: self.proxy_uid,
+                local_proxy_mode: self.local_proxy_mode.clone(),
+                local_dns_proxy: self.local_dns_proxy,
+                ports,
+            },
+            mesh_config: self.mesh_config.clone(),
+            pod: self.pod.clone(),
+        }
+    }
+
+    /// Builds the policy, printing warnings to stderr.
+    pub fn build(&self) -> Result<Policy> {
+        let (policy, warnings) = build_policy(&self.inputs())?;
+        for w in warnings {
+            eprintln!("warning: {w}");
+        }
+        Ok(policy)
+    }
+}
+
+pub fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => tracing::Level::WARN,
+        1 => tracing::Level::INFO,
+        _ => tracing::Level::DEBUG,
+    };
+    let _ = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).without_time().try_init();
+}
+
+/// 2 for invalid input (nothing applied), 1 for everything else.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    if err.downcast_ref::<PolicyErrors>().is_some() { 2 } else { 1 }
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Iptables(cmd) => run_iptables(cmd),
+        Command::Ebpf(cmd) => run_ebpf(cmd),
+        Command::Explain(cmd) => run_explain(cmd),
+        Command::Policy { policy, json } => {
+            let p = policy.build()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&p)?);
+            } else {
+                println!("{p:#?}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn run_iptables(cmd: IptablesCommand) -> Result<ExitCode> {
+    match cmd {
+        IptablesCommand::Render { policy, format, names, family } => {
+            let p = policy.build()?;
+            let names = names.names();
+            let text = match format {
+                Format::Restore => iptables::payload(&p, family, &names),
+                Format::Shell => iptables::shell(&p, family, &names),
+            };
+            print!("{text}");
+        }
+        IptablesCommand::Apply { policy, target, dry_run } => {
+            let p = policy.build()?;
+            let opts = target.options();
+            if dry_run {
+                for plan in iptables::apply::plan(&p, &opts)? {
+                    println!("# {} payload for {}", plan.family, opts.netns.describe());
+                    print!("{}", plan.payload);
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let plans = iptables::apply(&p, &opts)?;
+            for plan in plans {
+                let rules = plan.payload.lines().filter(|l| l.starts_with("-A ") || l.starts_with("-I ")).count();
+                eprintln!("applied {rules} {} rules in {}", plan.family, opts.netns.describe());
+            }
+        }
+        IptablesCommand::Cleanup { target } => {
+            let opts = target.options();
+            let n = iptables::cleanup(&opts)?;
+            eprintln!("removed {n} rules and chains from {}", opts.netns.describe());
+        }
+        IptablesCommand::Verify { policy, target } => {
+            let p = policy.build()?;
+            let opts = target.options();
+            let problems = iptables::verify(&p, &opts)?;
+            if problems.is_empty() {
+                eprintln!("the live rules match the policy");
+            } else {
+                for pr in &problems {
+                    println!("{pr}");
+                }
+                eprintln!("{} difference(s) between the live rules and the policy", problems.len());
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_ebpf(cmd: EbpfCommand) -> Result<ExitCode> {
+    match cmd {
+        EbpfCommand::Load { cgroup, pins } => {
+            match ebpf::load(&LoadOptions { cgroup, pin_dir: pins.pins() })? {
+                LoadOutcome::Loaded { cgroup } => eprintln!("loaded and attached at cgroup {}", cgroup.display()),
+                LoadOutcome::AlreadyLoaded => eprintln!("already loaded (this build); nothing changed"),
+                LoadOutcome::Upgraded { pods } => eprintln!("upgraded in place ({pods} pods kept)"),
+            }
+        }
+        EbpfCommand::Enroll { netns, pod_ip, policy, pins } => {
+            let p = policy.build()?;
+            let pod_name = match &policy.pod {
+                Some(path) => read_manifest(path).ok().and_then(|d| manifest_name(&d)),
+                None => None,
+            };
+            let opts = EnrollOptions { netns: Netns::at(netns::resolve(&netns)), pod_ips: pod_ip, pin_dir: pins.pins(), pod_name };
+            let r = ebpf::enroll(&p, &opts)?;
+            match r.replaced_policy {
+                Some(old) => eprintln!(
+                    "re-enrolled {netns} (cookie {}): policy {} replaced {old}, {} entries, switched in {:?}",
+                    r.netns_cookie, r.policy_id, r.entries, r.apply_time
+                ),
+                None => eprintln!("enrolled {netns} (cookie {}): policy {}, {} entries", r.netns_cookie, r.policy_id, r.entries),
+            }
+        }
+        EbpfCommand::Probe => {
+            let missing = ebpf::probe::missing_features();
+            if missing.is_empty() {
+                eprintln!("this kernel has every feature eBPF mode needs (minimum Linux {})", ebpf::probe::MINIMUM_KERNEL);
+            } else {
+                for m in &missing {
+                    println!("missing: {} (Linux {}+)", m.feature, m.since);
+                }
+                return Ok(ExitCode::from(1));
+            }
+        }
+        EbpfCommand::Unenroll { netns, pins } => {
+            if ebpf::unenroll(&Netns::at(netns::resolve(&netns)), &pins.pins())? {
+                eprintln!("unenrolled {netns}");
+            } else {
+                eprintln!("{netns} was not enrolled");
+            }
+        }
+        EbpfCommand::Status { json, pins } => {
+            let s = ebpf::status(&pins.pins())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print!("{s}");
+            }
+        }
+        EbpfCommand::Unload { pins } => {
+            if ebpf::unload(&pins.pins())? {
+                eprintln!("unloaded: every program, link, map and pin removed");
+            } else {
+                eprintln!("nothing was loaded at {}", pins.pin_dir.display());
+            }
+        }
+        EbpfCommand::Debug { state, pins } => {
+            ebpf::debug::set_debug(&pins.pins(), state == "on").context("is eBPF mode loaded?")?;
+            eprintln!("debug logging {state}");
+        }
+        EbpfCommand::Log { seconds, pins } => ebpf::debug::follow(&pins.pins(), seconds.map(Duration::from_secs))?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_explain(cmd: ExplainCommand) -> Result<ExitCode> {
+    let (policy_args, flow, json) = match cmd {
+        ExplainCommand::Outbound { dst, uid, oif, local, udp, policy, json } => {
+            let p = policy.build()?;
+            let mut flow = Flow::outbound(dst, uid.unwrap_or(0).max(if uid.is_none() { 1000 } else { 0 }));
+            if let Some(u) = uid {
+                flow.uid = Some(u);
+            }
+            if local || oif.as_deref() == Some("lo") {
+                flow = flow.local();
+            } else if let Some(o) = oif {
+                flow = flow.via(&o);
+            }
+            if udp {
+                flow.proto = Proto::Udp;
+            }
+            (p, flow, json)
+        }
+        ExplainCommand::Inbound { dst_port, dst, iif, from_pod, policy, json } => {
+            let p = policy.build()?;
+            let mut flow = Flow::inbound(std::net::SocketAddr::new(dst, dst_port));
+            if let Some(i) = iif {
+                flow = flow.via(&i);
+            }
+            if from_pod {
+                flow = flow.from_pod();
+            }
+            (p, flow, json)
+        }
+    };
+    let e = explain(&policy_args, flow, &ChainNames::DOCUMENTED);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&e)?);
+    } else {
+        print!("{e}");
+    }
+    if e.decision.reason.is_none() && e.flow.proto == Proto::Tcp {
+        bail!("no rule decided this flow");
+    }
+    Ok(ExitCode::SUCCESS)
+}

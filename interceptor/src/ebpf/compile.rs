@@ -1,0 +1,280 @@
+//! Policy + the pod's routing snapshot → the map entries of one policy generation. Pure:
+//! what the kernel programs will read is decided here and unit-tested.
+use std::net::IpAddr;
+
+use anyhow::{Result, bail};
+use interceptor_common::{
+    AF_INET, AF_INET6, CidrData, CidrKey, IfaceKey, PodConfig, PortKey, RouteValue, pod_flags,
+    port_flags, route_flags,
+};
+use ipnet::IpNet;
+
+use crate::{
+    policy::{Family, LocalProxyMode, Policy, interface_matches},
+    routes::{NetSnapshot, RouteKind, TABLE_LOCAL, TABLE_MAIN},
+};
+
+/// An LPM key: prefix length (in bits of `CidrData`) and data.
+pub type Lpm = (u32, CidrData);
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Compiled {
+    pub config: Option<PodConfig>,
+    pub excluded: Vec<Lpm>,
+    pub included: Vec<Lpm>,
+    pub routes: Vec<(Lpm, RouteValue)>,
+    pub ports: Vec<(PortKey, u8)>,
+    pub ifaces: Vec<IfaceKey>,
+}
+
+impl Compiled {
+    pub fn entry_count(&self) -> usize {
+        self.excluded.len() + self.included.len() + self.routes.len() + self.ports.len() + self.ifaces.len()
+    }
+}
+
+pub fn family_code(f: Family) -> u16 {
+    match f {
+        Family::Ipv4 => AF_INET,
+        Family::Ipv6 => AF_INET6,
+    }
+}
+
+pub fn addr_bytes(ip: &IpAddr) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    match ip {
+        IpAddr::V4(v4) => out[..4].copy_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => out = v6.octets(),
+    }
+    out
+}
+
+pub fn lpm(policy_id: u32, net: &IpNet) -> Lpm {
+    let net = net.trunc();
+    let key = CidrKey::new(
+        policy_id,
+        family_code(Family::of(&net.addr())),
+        addr_bytes(&net.addr()),
+        net.prefix_len() as u32,
+    );
+    (key.prefix_len, CidrData { policy_id_be: key.policy_id_be, family_be: key.family_be, addr: key.addr })
+}
+
+/// The pod addresses used for PodIP mode: the given ones, else the namespace's first global
+/// address of each family.
+pub fn pod_ips(given: &[IpAddr], snap: &NetSnapshot) -> (Option<IpAddr>, Option<IpAddr>) {
+    let pick = |v6: bool| {
+        given.iter().copied().find(|ip| ip.is_ipv6() == v6).or_else(|| snap.global_addrs().find(|ip| ip.is_ipv6() == v6))
+    };
+    (pick(false), pick(true))
+}
+
+pub fn compile(policy: &Policy, snap: &NetSnapshot, policy_id: u32, given_pod_ips: &[IpAddr]) -> Result<Compiled> {
+    if policy.local_dns_proxy {
+        bail!("the local DNS proxy redirection (UDP) is not supported in eBPF mode; use iptables mode or disable it");
+    }
+    let mut out = Compiled::default();
+    let (ip4, ip6) = pod_ips(given_pod_ips, snap);
+    if policy.local_proxy_mode == LocalProxyMode::PodIp && ip4.is_none() && ip6.is_none() {
+        bail!("localProxyMode PodIP needs the pod's address: pass --pod-ip (the namespace has no global address)");
+    }
+
+    let mut flags = 0;
+    if policy.has_inclusions(Family::Ipv4) {
+        flags |= pod_flags::HAS_INCLUSIONS_V4;
+    }
+    if policy.has_inclusions(Family::Ipv6) {
+        flags |= pod_flags::HAS_INCLUSIONS_V6;
+    }
+    if policy.local_proxy_mode == LocalProxyMode::PodIp {
+        flags |= pod_flags::POD_IP_MODE;
+    }
+    let mut pod_ip4 = [0u8; 4];
+    let mut pod_ip6 = [0u8; 16];
+    if let Some(IpAddr::V4(v4)) = ip4 {
+        pod_ip4 = v4.octets();
+        flags |= pod_flags::HAS_POD_IP4;
+    }
+    if let Some(IpAddr::V6(v6)) = ip6 {
+        pod_ip6 = v6.octets();
+        flags |= pod_flags::HAS_POD_IP6;
+    }
+
+    for c in &policy.outbound_ip_range_exclusions {
+        out.excluded.push(lpm(policy_id, &c.net));
+    }
+    for c in &policy.outbound_ip_range_inclusions {
+        out.included.push(lpm(policy_id, &c.net));
+    }
+    let mut ports: std::collections::BTreeMap<u16, u8> = Default::default();
+    for p in &policy.outbound_port_exclusions {
+        *ports.entry(*p).or_default() |= port_flags::OUTBOUND_EXCLUDED;
+    }
+    for p in &policy.inbound_port_exclusions {
+        *ports.entry(*p).or_default() |= port_flags::INBOUND_EXCLUDED;
+    }
+    out.ports = ports.into_iter().map(|(port, f)| (PortKey { policy_id, port, _pad: 0 }, f)).collect();
+
+    let excluded_iface = |index: Option<u32>| -> bool {
+        let Some(name) = index.and_then(|i| snap.link_name(i)) else { return false };
+        policy.network_interface_exclusions.iter().any(|p| interface_matches(p, name))
+    };
+    for (index, name) in &snap.links {
+        if policy.network_interface_exclusions.iter().any(|p| interface_matches(p, name)) {
+            out.ifaces.push(IfaceKey { policy_id, ifindex: *index });
+        }
+    }
+    if !out.ifaces.is_empty() {
+        flags |= pod_flags::HAS_IFACE_EXCLUSIONS;
+    }
+    out.routes = routes(policy_id, snap, &excluded_iface);
+
+    out.config = Some(PodConfig {
+        policy_id,
+        proxy_uid: policy.proxy_uid,
+        flags,
+        outbound_port: policy.ports.outbound,
+        inbound_port: policy.ports.inbound,
+        reserved_inbound_ports: {
+            let b = policy.ports.inbound_bypass();
+            [b[0], b[1], b[2], b[3], b[4], 0]
+        },
+        pod_ip4,
+        pod_ip6,
+    });
+    Ok(out)
+}
+
+/// The routes the programs look up: local addresses (`-o lo`) from the local table, the
+/// main table's unicast routes (with whether their interface is excluded and their
+/// source address). A main route inside a local prefix is dropped: the local table wins.
+fn routes(policy_id: u32, snap: &NetSnapshot, excluded_iface: &dyn Fn(Option<u32>) -> bool) -> Vec<(Lpm, RouteValue)> {
+    let mut out: Vec<(Lpm, RouteValue)> = Vec::new();
+    let mut seen: Vec<IpNet> = Vec::new();
+    let lo_excluded = snap.links.iter().find(|(_, n)| n == "lo").map(|(i, _)| excluded_iface(Some(*i))).unwrap_or(false);
+    let locals: Vec<&crate::routes::RouteEntry> =
+        snap.routes.iter().filter(|r| r.table == TABLE_LOCAL && r.kind == RouteKind::Local).collect();
+    for r in &locals {
+        if seen.contains(&r.dst) {
+            continue;
+        }
+        seen.push(r.dst);
+        let src = r.prefsrc.unwrap_or(r.dst.addr());
+        let mut flags = route_flags::LOCAL | route_flags::HAS_SRC;
+        if lo_excluded {
+            flags |= route_flags::EXCLUDED_INTERFACE;
+        }
+        out.push((lpm(policy_id, &r.dst), RouteValue { flags, ifindex: r.oif.unwrap_or(0), src: addr_bytes(&src) }));
+    }
+    let mut main: Vec<&crate::routes::RouteEntry> =
+        snap.routes.iter().filter(|r| r.table == TABLE_MAIN && r.kind == RouteKind::Unicast).collect();
+    main.sort_by_key(|r| r.priority);
+    for r in main {
+        if seen.contains(&r.dst) || locals.iter().any(|l| l.dst.contains(&r.dst)) {
+            continue;
+        }
+        seen.push(r.dst);
+        let src = r.prefsrc.or_else(|| r.oif.and_then(|i| snap.primary_addr(i, r.dst.addr().is_ipv6())));
+        let mut flags = 0;
+        if src.is_some() {
+            flags |= route_flags::HAS_SRC;
+        }
+        if excluded_iface(r.oif) {
+            flags |= route_flags::EXCLUDED_INTERFACE;
+        }
+        let src = src.map(|s| addr_bytes(&s)).unwrap_or_default();
+        out.push((lpm(policy_id, &r.dst), RouteValue { flags, ifindex: r.oif.unwrap_or(0), src }));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        policy::{Cidr, Ports},
+        routes::{AddrEntry, RouteEntry},
+    };
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn snap() -> NetSnapshot {
+        let route = |dst: &str, table, kind, oif, src: Option<&str>| RouteEntry {
+            dst: net(dst),
+            table,
+            kind,
+            oif: Some(oif),
+            prefsrc: src.map(|s| s.parse().unwrap()),
+            priority: 0,
+        };
+        NetSnapshot {
+            links: vec![(1, "lo".into()), (2, "eth0".into()), (3, "eth1".into())],
+            addrs: vec![AddrEntry { ifindex: 2, addr: "198.51.100.2".parse().unwrap(), global: true }],
+            routes: vec![
+                route("127.0.0.0/8", TABLE_LOCAL, RouteKind::Local, 1, Some("127.0.0.1")),
+                route("198.51.100.2/32", TABLE_LOCAL, RouteKind::Local, 2, Some("198.51.100.2")),
+                route("198.51.100.0/24", TABLE_MAIN, RouteKind::Unicast, 2, Some("198.51.100.2")),
+                route("203.0.113.0/24", TABLE_MAIN, RouteKind::Unicast, 3, None),
+                route("127.1.0.0/16", TABLE_MAIN, RouteKind::Unicast, 3, None),
+                route("0.0.0.0/0", TABLE_MAIN, RouteKind::Other, 2, None),
+            ],
+        }
+    }
+
+    #[test]
+    fn compiles_lists_ports_routes_and_flags() {
+        let policy = Policy {
+            outbound_ip_range_exclusions: vec![Cidr { text: "10.0.0.1/8".into(), net: net("10.0.0.1/8") }],
+            outbound_ip_range_inclusions: vec![Cidr { text: "2001:db8::/32".into(), net: net("2001:db8::/32") }],
+            outbound_port_exclusions: vec![6379, 7070],
+            inbound_port_exclusions: vec![7070],
+            network_interface_exclusions: vec!["eth1".into()],
+            ports: Ports::default(),
+            ..Policy::default()
+        };
+        let c = compile(&policy, &snap(), 7, &[]).unwrap();
+        let cfg = c.config.unwrap();
+        assert_eq!(cfg.policy_id, 7);
+        assert_eq!(cfg.flags & pod_flags::HAS_INCLUSIONS_V6, pod_flags::HAS_INCLUSIONS_V6);
+        assert_eq!(cfg.flags & pod_flags::HAS_INCLUSIONS_V4, 0);
+        assert_eq!(cfg.flags & pod_flags::HAS_IFACE_EXCLUSIONS, pod_flags::HAS_IFACE_EXCLUSIONS);
+        assert_eq!(cfg.pod_ip4, [198, 51, 100, 2]);
+        assert_eq!(cfg.reserved_inbound_ports, [15010, 15901, 15902, 15903, 15904, 0]);
+        // 10.0.0.1/8 is matched as 10.0.0.0/8: 64 header bits + 8.
+        assert_eq!(c.excluded[0].0, 72);
+        assert_eq!(&c.excluded[0].1.addr[..4], &[10, 0, 0, 0]);
+        assert_eq!(c.included[0].0, 64 + 32);
+        assert_eq!(
+            c.ports,
+            vec![
+                (PortKey { policy_id: 7, port: 6379, _pad: 0 }, port_flags::OUTBOUND_EXCLUDED),
+                (PortKey { policy_id: 7, port: 7070, _pad: 0 }, port_flags::OUTBOUND_EXCLUDED | port_flags::INBOUND_EXCLUDED),
+            ]
+        );
+        assert_eq!(c.ifaces, vec![IfaceKey { policy_id: 7, ifindex: 3 }]);
+        // Local routes, then main unicast routes not inside a local prefix; no blackhole default.
+        let routes: Vec<(u32, [u8; 4], u32)> =
+            c.routes.iter().map(|((len, d), v)| (*len - 64, [d.addr[0], d.addr[1], d.addr[2], d.addr[3]], v.flags)).collect();
+        assert_eq!(
+            routes,
+            vec![
+                (8, [127, 0, 0, 0], route_flags::LOCAL | route_flags::HAS_SRC),
+                (32, [198, 51, 100, 2], route_flags::LOCAL | route_flags::HAS_SRC),
+                (24, [198, 51, 100, 0], route_flags::HAS_SRC),
+                (24, [203, 0, 113, 0], route_flags::EXCLUDED_INTERFACE),
+            ]
+        );
+    }
+
+    #[test]
+    fn refuses_dns_proxy_and_pod_ip_without_address() {
+        let dns = Policy { local_dns_proxy: true, ..Policy::default() };
+        assert!(compile(&dns, &snap(), 1, &[]).unwrap_err().to_string().contains("DNS"));
+        let podip = Policy { local_proxy_mode: LocalProxyMode::PodIp, ..Policy::default() };
+        assert!(compile(&podip, &NetSnapshot::default(), 1, &[]).is_err());
+        let c = compile(&podip, &snap(), 1, &["203.0.113.9".parse().unwrap()]).unwrap();
+        assert_eq!(c.config.unwrap().pod_ip4, [203, 0, 113, 9]);
+    }
+}

@@ -1,0 +1,288 @@
+//! load / upgrade / unload of the node-wide programs.
+use std::{
+    fs::{self, File},
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use aya::{Ebpf, EbpfLoader, programs::Program};
+use interceptor_common::{LAYOUT_VERSION, PodInfo, Settings, capacity, map_names};
+
+use super::{
+    PinDir,
+    maps::PinnedMaps,
+    object::{self, CGROUP_PROGRAMS, NETNS_COOKIE_GLOBAL, SK_LOOKUP_PROGRAM},
+    probe, raw,
+};
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Where to attach; default: the cgroup v2 root (every pod on the node).
+    pub cgroup: Option<PathBuf>,
+    pub pin_dir: PinDir,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LoadOutcome {
+    Loaded { cgroup: PathBuf },
+    /// The same build is already loaded: nothing changed.
+    AlreadyLoaded,
+    /// Another build was loaded: programs replaced in place, maps and pods kept.
+    Upgraded { pods: usize },
+}
+
+/// The cgroup v2 mount point, from /proc/mounts (/sys/fs/cgroup on most nodes,
+/// /sys/fs/cgroup/unified on hybrid hierarchies).
+pub fn cgroup2_root() -> Result<PathBuf> {
+    let mounts = fs::read_to_string("/proc/mounts").context("cannot read /proc/mounts")?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_dev, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+            (fstype == "cgroup2").then(|| PathBuf::from(dir))
+        })
+        .next()
+        .ok_or_else(|| anyhow!("no cgroup v2 filesystem is mounted (eBPF mode needs cgroup v2); use iptables mode"))
+}
+
+fn bpffs_mounts() -> Result<Vec<PathBuf>> {
+    let mounts = fs::read_to_string("/proc/mounts").context("cannot read /proc/mounts")?;
+    Ok(mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_dev, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+            (fstype == "bpf").then(|| PathBuf::from(dir))
+        })
+        .collect())
+}
+
+/// Makes sure the pin directory is on a bpf filesystem, mounting /sys/fs/bpf if needed.
+pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
+    let on_bpffs = |mounts: &[PathBuf]| mounts.iter().any(|m| pin_dir.starts_with(m));
+    if on_bpffs(&bpffs_mounts()?) {
+        return Ok(());
+    }
+    let default = Path::new("/sys/fs/bpf");
+    if pin_dir.starts_with(default) {
+        fs::create_dir_all(default).ok();
+        nix::mount::mount(Some("bpf"), default, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+            .context("cannot mount the bpf filesystem at /sys/fs/bpf")?;
+        return Ok(());
+    }
+    bail!(
+        "{} is not on a bpf filesystem; mount one (mount -t bpf bpf DIR) or use --pin-dir under /sys/fs/bpf",
+        pin_dir.display()
+    )
+}
+
+/// Loads and attaches everything, or does nothing if this build is already loaded.
+pub fn load(opts: &LoadOptions) -> Result<LoadOutcome> {
+    let pins = &opts.pin_dir;
+    ensure_bpffs(pins.path())?;
+    probe::check()?;
+    remove_stale_staging(pins);
+    if pins.path().exists() {
+        if !pins.is_loaded() {
+            bail!(
+                "{} holds an incomplete installation; remove it with `interceptor ebpf unload --pin-dir {}`",
+                pins.path().display(),
+                pins.path().display()
+            );
+        }
+        let settings = PinnedMaps::open(pins)?.settings()?;
+        if settings.layout_version != LAYOUT_VERSION {
+            bail!(
+                "the programs pinned at {} use map layout {} and this build uses {}: unload them first (pods must be enrolled again)",
+                pins.path().display(),
+                settings.layout_version,
+                LAYOUT_VERSION
+            );
+        }
+        if settings.fingerprint == object::fingerprint() {
+            return Ok(LoadOutcome::AlreadyLoaded);
+        }
+        let pods = upgrade(pins)?;
+        return Ok(LoadOutcome::Upgraded { pods });
+    }
+    let cgroup = match &opts.cgroup {
+        Some(c) => c.clone(),
+        None => cgroup2_root()?,
+    };
+    let staging = pins.staging();
+    let result = install(&staging, &cgroup).and_then(|()| {
+        if let Some(parent) = pins.path().parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::rename(staging.path(), pins.path())
+            .with_context(|| format!("cannot move {} into place", staging.path().display()))
+    });
+    if let Err(e) = result {
+        let _ = fs::remove_dir_all(staging.path());
+        return Err(e);
+    }
+    Ok(LoadOutcome::Loaded { cgroup })
+}
+
+fn remove_stale_staging(pins: &PinDir) {
+    let (Some(parent), Some(name)) = (pins.path().parent(), pins.path().file_name()) else { return };
+    let prefix = format!("{}-staging-", name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(parent) else { return };
+    for e in entries.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = n.strip_prefix(&prefix) {
+            let alive = Path::new("/proc").join(pid).exists();
+            if !alive {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// Loads the object with every map pinned (or reused) under `pins`.
+fn open_object(pins: &PinDir, netns_cookie: Option<u64>) -> Result<Ebpf> {
+    let paths: Vec<(&str, PathBuf)> = map_names::ALL.iter().map(|n| (*n, pins.map(n))).collect();
+    let cookie = netns_cookie.unwrap_or(0);
+    let mut loader = EbpfLoader::new();
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    if netns_cookie.is_some() {
+        loader.override_global(NETNS_COOKIE_GLOBAL, &cookie, true);
+    }
+    loader.load(object::bytes()?).context("cannot load the eBPF object")
+}
+
+fn load_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Program> {
+    let prog = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} is missing from the eBPF object"))?;
+    let result = match prog {
+        Program::CgroupSockAddr(p) => p.load(),
+        Program::SockOps(p) => p.load(),
+        Program::CgroupSockopt(p) => p.load(),
+        Program::SkLookup(p) => p.load(),
+        other => bail!("unexpected program type for {name}: {:?}", other.prog_type()),
+    };
+    result.with_context(|| format!("the kernel refused program {name}"))?;
+    Ok(prog)
+}
+
+fn install(staging: &PinDir, cgroup: &Path) -> Result<()> {
+    for dir in ["maps", "progs", "links", "pods"] {
+        fs::create_dir_all(staging.path().join(dir))?;
+    }
+    let mut ebpf = open_object(staging, None)?;
+    let info = raw::hash_map_create(
+        map_names::POD_INFO,
+        8,
+        size_of::<PodInfo>() as u32,
+        capacity::PODS as u32,
+    )
+    .context("cannot create the POD_INFO map")?;
+    raw::obj_pin(info.as_fd(), &staging.map(map_names::POD_INFO))?;
+
+    let cg = File::open(cgroup).with_context(|| format!("cannot open cgroup {}", cgroup.display()))?;
+    for (name, attach_type) in CGROUP_PROGRAMS {
+        let prog = load_program(&mut ebpf, name)?;
+        prog.pin(staging.prog(name)).with_context(|| format!("cannot pin program {name}"))?;
+        let link = raw::link_create(prog.fd()?.as_fd(), cg.as_fd(), attach_type)
+            .with_context(|| format!("cannot attach {name} to cgroup {}", cgroup.display()))?;
+        raw::obj_pin(link.as_fd(), &staging.link(name)).with_context(|| format!("cannot pin the link of {name}"))?;
+    }
+    let maps = PinnedMaps::open(staging)?;
+    let mut settings_map = maps.settings;
+    settings_map.set(
+        0,
+        Settings { debug: 0, layout_version: LAYOUT_VERSION, fingerprint: object::fingerprint() },
+        0,
+    )?;
+    Ok(())
+}
+
+/// Replaces every program behind its existing link (BPF_LINK_UPDATE is atomic: no moment
+/// without interception), keeping maps and pods.
+fn upgrade(pins: &PinDir) -> Result<usize> {
+    let mut ebpf = open_object(pins, None)?;
+    for (name, _) in CGROUP_PROGRAMS {
+        let prog = load_program(&mut ebpf, name)?;
+        let link = raw::obj_get(&pins.link(name)).with_context(|| format!("cannot open the link of {name}"))?;
+        raw::link_update(link.as_fd(), prog.fd()?.as_fd()).with_context(|| format!("cannot replace {name}"))?;
+        let _ = fs::remove_file(pins.prog(name));
+        prog.pin(pins.prog(name))?;
+    }
+    let mut pods = 0;
+    for cookie in pinned_pods(pins)? {
+        let mut ebpf = open_object(pins, Some(cookie))?;
+        let prog = load_program(&mut ebpf, SK_LOOKUP_PROGRAM)?;
+        let link = raw::obj_get(&pins.pod_link(cookie))?;
+        raw::link_update(link.as_fd(), prog.fd()?.as_fd())?;
+        let _ = fs::remove_file(pins.pod_prog(cookie));
+        prog.pin(pins.pod_prog(cookie))?;
+        pods += 1;
+    }
+    let maps = PinnedMaps::open(pins)?;
+    let mut settings = maps.settings()?;
+    settings.fingerprint = object::fingerprint();
+    let mut settings_map = maps.settings;
+    settings_map.set(0, settings, 0)?;
+    Ok(pods)
+}
+
+/// Network namespace cookies that have a pinned sk_lookup instance.
+pub fn pinned_pods(pins: &PinDir) -> Result<Vec<u64>> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir(pins.pods()) else { return Ok(out) };
+    for e in entries.flatten() {
+        if let Ok(c) = e.file_name().to_string_lossy().parse() {
+            out.push(c);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Loads and attaches the sk_lookup instance of one pod (no-op if it exists).
+pub fn attach_sk_lookup(pins: &PinDir, cookie: u64, netns: &File) -> Result<()> {
+    if pins.pod_link(cookie).exists() {
+        return Ok(());
+    }
+    let dir = pins.pod(cookie);
+    fs::create_dir_all(&dir)?;
+    let result = (|| -> Result<()> {
+        let mut ebpf = open_object(pins, Some(cookie))?;
+        let prog = load_program(&mut ebpf, SK_LOOKUP_PROGRAM)?;
+        let link = raw::link_create(prog.fd()?.as_fd(), netns.as_fd(), raw::attach_type::SK_LOOKUP)
+            .context("cannot attach sk_lookup to the pod's network namespace")?;
+        prog.pin(pins.pod_prog(cookie))?;
+        raw::obj_pin(link.as_fd(), &pins.pod_link(cookie))?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+/// Detaches and removes one pod's sk_lookup instance.
+pub fn detach_sk_lookup(pins: &PinDir, cookie: u64) -> Result<()> {
+    let dir = pins.pod(cookie);
+    if dir.exists() {
+        fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Removes every program, link, map and pin. Returns whether anything was loaded.
+pub fn unload(pins: &PinDir) -> Result<bool> {
+    remove_stale_staging(pins);
+    if !pins.path().exists() {
+        return Ok(false);
+    }
+    // Pod links first: they stop steering before the maps they read go away.
+    for cookie in pinned_pods(pins)? {
+        detach_sk_lookup(pins, cookie)?;
+    }
+    fs::remove_dir_all(pins.path()).with_context(|| format!("cannot remove {}", pins.path().display()))?;
+    Ok(true)
+}

@@ -1,0 +1,63 @@
+//! Typed handles on the pinned maps, for the loader, enroll and status.
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuHashMap};
+use interceptor_common::{
+    CidrData, CounterKey, IfaceKey, PodConfig, PodInfo, PortKey, RouteValue, Settings, map_names,
+};
+
+use super::PinDir;
+
+pub struct PinnedMaps {
+    pub pods: HashMap<MapData, u64, PodConfig>,
+    pub excluded: LpmTrie<MapData, CidrData, u8>,
+    pub included: LpmTrie<MapData, CidrData, u8>,
+    pub routes: LpmTrie<MapData, CidrData, RouteValue>,
+    pub ports: HashMap<MapData, PortKey, u8>,
+    pub ifaces: HashMap<MapData, IfaceKey, u8>,
+    pub counters: PerCpuHashMap<MapData, CounterKey, u64>,
+    pub settings: Array<MapData, Settings>,
+    pub pod_info: HashMap<MapData, u64, PodInfo>,
+}
+
+fn open(path: &Path) -> Result<MapData> {
+    MapData::from_pin(path).with_context(|| format!("cannot open pinned map {}", path.display()))
+}
+
+impl PinnedMaps {
+    pub fn open(pins: &PinDir) -> Result<PinnedMaps> {
+        use map_names::*;
+        let m = |name: &str| open(&pins.map(name));
+        Ok(PinnedMaps {
+            pods: HashMap::try_from(Map::HashMap(m(PODS)?))?,
+            excluded: LpmTrie::try_from(Map::LpmTrie(m(EXCLUDED_CIDRS)?))?,
+            included: LpmTrie::try_from(Map::LpmTrie(m(INCLUDED_CIDRS)?))?,
+            routes: LpmTrie::try_from(Map::LpmTrie(m(ROUTES)?))?,
+            ports: HashMap::try_from(Map::HashMap(m(PORTS)?))?,
+            ifaces: HashMap::try_from(Map::HashMap(m(IFACES)?))?,
+            counters: PerCpuHashMap::try_from(Map::PerCpuHashMap(m(COUNTERS)?))?,
+            settings: Array::try_from(Map::Array(m(SETTINGS)?))?,
+            pod_info: HashMap::try_from(Map::HashMap(m(POD_INFO)?))?,
+        })
+    }
+
+    pub fn settings(&self) -> Result<Settings> {
+        Ok(self.settings.get(&0, 0)?)
+    }
+}
+
+/// Decodes a NUL-padded byte field.
+pub fn c_str(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// Encodes a string into a NUL-padded byte field (truncated to fit).
+pub fn fill<const N: usize>(s: &str) -> [u8; N] {
+    let mut out = [0u8; N];
+    let b = s.as_bytes();
+    let n = b.len().min(N - 1);
+    out[..n].copy_from_slice(&b[..n]);
+    out
+}

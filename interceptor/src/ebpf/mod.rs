@@ -1,0 +1,27 @@
+//! eBPF mode: programs loaded once per node and attached at a cgroup, pods enrolled by
+//! network namespace with their own policy, all state pinned under one directory.
+//!
+//! | program            | hook                     | what it does                               |
+//! |--------------------|--------------------------|--------------------------------------------|
+//! | intercept_connect4/6 | cgroup/connect4, connect6 | PROXY_OUTPUT: redirect without NAT      |
+//! | dialled_peer4/6    | cgroup/getpeername4/6    | the application sees what it dialled       |
+//! | track_connections  | sock_ops                 | original destination to the sidecar side; inbound listener discovery |
+//! | original_dst       | cgroup/getsockopt        | SO_ORIGINAL_DST                            |
+//! | steer_inbound      | sk_lookup (per pod netns)| PROXY_INBOUND: steer to 15003 without NAT  |
+//!
+//! Minimum kernel: 5.15 (see `probe`).
+pub mod compile;
+pub mod debug;
+pub mod enroll;
+pub mod loader;
+pub mod maps;
+pub mod object;
+pub mod pins;
+pub mod probe;
+pub mod raw;
+pub mod status;
+
+pub use enroll::{EnrollOptions, enroll, unenroll};
+pub use loader::{LoadOptions, LoadOutcome, load, unload};
+pub use pins::PinDir;
+pub use status::{Status, status};

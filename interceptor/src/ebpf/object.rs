@@ -1,0 +1,36 @@
+//! The eBPF object built by build.rs from `interceptor-ebpf`, embedded in the binary.
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use anyhow::{Result, bail};
+
+/// The ELF object (aligned: aya parses it in place).
+pub fn bytes() -> Result<&'static [u8]> {
+    let b = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/interceptor"));
+    if b.is_empty() {
+        bail!("this binary was built without its eBPF programs (AYA_BUILD_SKIP); rebuild with `cargo xtask build`");
+    }
+    Ok(b)
+}
+
+/// A fingerprint of the embedded object: loading the same build twice is a no-op, a
+/// different build is an in-place upgrade.
+pub fn fingerprint() -> u64 {
+    let mut h = DefaultHasher::new();
+    bytes().unwrap_or_default().hash(&mut h);
+    h.finish()
+}
+
+/// Cgroup programs: (name in the object, attach type).
+pub const CGROUP_PROGRAMS: [(&str, u32); 6] = [
+    ("intercept_connect4", super::raw::attach_type::CGROUP_INET4_CONNECT),
+    ("intercept_connect6", super::raw::attach_type::CGROUP_INET6_CONNECT),
+    ("dialled_peer4", super::raw::attach_type::CGROUP_INET4_GETPEERNAME),
+    ("dialled_peer6", super::raw::attach_type::CGROUP_INET6_GETPEERNAME),
+    ("track_connections", super::raw::attach_type::CGROUP_SOCK_OPS),
+    ("original_dst", super::raw::attach_type::CGROUP_GETSOCKOPT),
+];
+
+/// The per-namespace program.
+pub const SK_LOOKUP_PROGRAM: &str = "steer_inbound";
+/// Its global set at load to the namespace's cookie.
+pub const NETNS_COOKIE_GLOBAL: &str = "NETNS_COOKIE";

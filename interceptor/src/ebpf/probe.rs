@@ -1,0 +1,93 @@
+//! Before loading anything, check that the kernel has every program type, map type and
+//! helper eBPF mode uses. A missing one is one clear error naming it (and the fix: iptables
+//! mode), never a half-working interception.
+//!
+//! | feature                                   | minimum kernel |
+//! |-------------------------------------------|----------------|
+//! | cgroup sock_addr (connect4/6)             | 4.17           |
+//! | sk_storage maps                           | 5.2            |
+//! | cgroup sockopt (getsockopt)               | 5.3            |
+//! | bpf_get_netns_cookie in connect4/6        | 5.7            |
+//! | getpeername4/6 hooks, ring buffers        | 5.8            |
+//! | sk_lookup, sockhash from TCP_LISTEN_CB    | 5.9            |
+//! | SO_NETNS_COOKIE                           | 5.14           |
+//! | bpf_get_netns_cookie in sock_ops          | 5.15           |
+//! | sk_lookup `ingress_ifindex` (interface exclusions inbound) | 5.17 |
+use aya::{
+    maps::MapType,
+    programs::ProgramType,
+    sys::{BpfHelper, is_helper_supported, is_map_supported, is_program_supported},
+};
+
+/// The documented minimum kernel.
+pub const MINIMUM_KERNEL: &str = "5.15";
+
+/// One missing kernel feature.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Missing {
+    pub feature: String,
+    pub since: &'static str,
+}
+
+/// Every feature eBPF mode needs; an empty list means the kernel has them all.
+pub fn missing_features() -> Vec<Missing> {
+    let mut missing = Vec::new();
+    let programs = [
+        (ProgramType::CgroupSockAddr, "program type cgroup_sock_addr (cgroup/connect4, connect6, getpeername4, getpeername6)", "4.17"),
+        (ProgramType::SockOps, "program type sock_ops", "4.13"),
+        (ProgramType::CgroupSockopt, "program type cgroup_sockopt (cgroup/getsockopt)", "5.3"),
+        (ProgramType::SkLookup, "program type sk_lookup", "5.9"),
+    ];
+    for (t, name, since) in programs {
+        if !is_program_supported(t).unwrap_or(false) {
+            missing.push(Missing { feature: name.to_string(), since });
+        }
+    }
+    let maps = [
+        (MapType::Hash, "map type hash", "3.19"),
+        (MapType::Array, "map type array", "3.19"),
+        (MapType::LpmTrie, "map type lpm_trie", "4.11"),
+        (MapType::LruHash, "map type lru_hash", "4.10"),
+        (MapType::PerCpuHash, "map type percpu_hash", "4.6"),
+        (MapType::SockHash, "map type sockhash", "4.18"),
+        (MapType::SkStorage, "map type sk_storage", "5.2"),
+        (MapType::RingBuf, "map type ringbuf", "5.8"),
+    ];
+    for (t, name, since) in maps {
+        if !is_map_supported(t).unwrap_or(false) {
+            missing.push(Missing { feature: name.to_string(), since });
+        }
+    }
+    let helpers = [
+        (ProgramType::CgroupSockAddr, BpfHelper::BPF_FUNC_get_netns_cookie, "helper bpf_get_netns_cookie in cgroup/connect4", "5.7"),
+        (ProgramType::CgroupSockAddr, BpfHelper::BPF_FUNC_sk_storage_get, "helper bpf_sk_storage_get in cgroup/connect4", "5.10"),
+        (ProgramType::CgroupSockAddr, BpfHelper::BPF_FUNC_bind, "helper bpf_bind in cgroup/connect4", "4.17"),
+        (ProgramType::SockOps, BpfHelper::BPF_FUNC_get_netns_cookie, "helper bpf_get_netns_cookie in sock_ops", "5.15"),
+        (ProgramType::SockOps, BpfHelper::BPF_FUNC_sk_storage_get, "helper bpf_sk_storage_get in sock_ops", "5.3"),
+        (ProgramType::SockOps, BpfHelper::BPF_FUNC_sock_hash_update, "helper bpf_sock_hash_update in sock_ops", "4.18"),
+        (ProgramType::CgroupSockopt, BpfHelper::BPF_FUNC_sk_storage_get, "helper bpf_sk_storage_get in cgroup/getsockopt", "5.3"),
+        (ProgramType::SkLookup, BpfHelper::BPF_FUNC_sk_assign, "helper bpf_sk_assign in sk_lookup", "5.9"),
+    ];
+    for (t, helper, name, since) in helpers {
+        if !is_helper_supported(t, helper).unwrap_or(false) {
+            missing.push(Missing { feature: name.to_string(), since });
+        }
+    }
+    if crate::netns::current_cookie().is_err() {
+        missing.push(Missing { feature: "socket option SO_NETNS_COOKIE".into(), since: "5.14" });
+    }
+    missing
+}
+
+/// The error for a kernel without every feature.
+pub fn check() -> anyhow::Result<()> {
+    let missing = missing_features();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = missing.iter().map(|m| format!("  - {} (Linux {}+)", m.feature, m.since)).collect();
+    anyhow::bail!(
+        "this kernel lacks what eBPF mode needs (minimum Linux {MINIMUM_KERNEL}):\n{}\nuse iptables mode instead: `interceptor iptables apply`",
+        list.join("\n")
+    )
+}

@@ -1,0 +1,139 @@
+//! The few bpf(2) commands aya 0.14 does not expose the way we need them: links created on
+//! any program and pinned (aya cannot pin a CgroupSockopt link), link updates for in-place
+//! upgrades, and an RCU barrier.
+use std::{
+    ffi::CString,
+    io,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    os::unix::ffi::OsStrExt,
+    path::Path,
+};
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_LINK_UPDATE: libc::c_long = 29;
+
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
+
+/// `enum bpf_attach_type` values (UAPI, stable).
+pub mod attach_type {
+    pub const CGROUP_SOCK_OPS: u32 = 3;
+    pub const CGROUP_INET4_CONNECT: u32 = 10;
+    pub const CGROUP_INET6_CONNECT: u32 = 11;
+    pub const CGROUP_GETSOCKOPT: u32 = 21;
+    pub const CGROUP_INET4_GETPEERNAME: u32 = 29;
+    pub const CGROUP_INET6_GETPEERNAME: u32 = 30;
+    pub const SK_LOOKUP: u32 = 36;
+}
+
+/// `union bpf_attr` is at most this large for the commands used here; the kernel accepts
+/// a shorter or zero-padded attribute.
+#[repr(C, align(8))]
+struct Attr([u8; 64]);
+
+impl Attr {
+    fn new() -> Attr {
+        Attr([0; 64])
+    }
+    fn put_u32(&mut self, offset: usize, v: u32) -> &mut Self {
+        self.0[offset..offset + 4].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+    fn put_u64(&mut self, offset: usize, v: u64) -> &mut Self {
+        self.0[offset..offset + 8].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+}
+
+fn sys_bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<i64> {
+    // SAFETY: attr is a valid, initialised buffer of the size passed.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.0.as_mut_ptr(), attr.0.len()) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
+}
+
+fn owned(fd: i64) -> OwnedFd {
+    // SAFETY: the kernel just returned this new descriptor to us.
+    unsafe { OwnedFd::from_raw_fd(fd as i32) }
+}
+
+/// BPF_LINK_CREATE: attaches `prog` to `target` (a cgroup or network namespace fd).
+/// `flags` must be 0 for cgroups: a link attachment is always multi-program.
+pub fn link_create(prog: BorrowedFd<'_>, target: BorrowedFd<'_>, attach_type: u32) -> io::Result<OwnedFd> {
+    let mut attr = Attr::new();
+    attr.put_u32(0, prog.as_raw_fd() as u32).put_u32(4, target.as_raw_fd() as u32).put_u32(8, attach_type);
+    sys_bpf(BPF_LINK_CREATE, &mut attr).map(owned)
+}
+
+/// BPF_LINK_UPDATE: atomically replaces the program behind a link (in-place upgrade).
+pub fn link_update(link: BorrowedFd<'_>, new_prog: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = Attr::new();
+    attr.put_u32(0, link.as_raw_fd() as u32).put_u32(4, new_prog.as_raw_fd() as u32);
+    sys_bpf(BPF_LINK_UPDATE, &mut attr).map(|_| ())
+}
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
+}
+
+/// BPF_OBJ_PIN: pins any BPF object (program, map, link) at a bpffs path.
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let c = c_path(path)?;
+    let mut attr = Attr::new();
+    attr.put_u64(0, c.as_ptr() as u64).put_u32(8, fd.as_raw_fd() as u32);
+    sys_bpf(BPF_OBJ_PIN, &mut attr).map(|_| ())
+}
+
+/// BPF_OBJ_GET: opens a pinned object.
+pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let c = c_path(path)?;
+    let mut attr = Attr::new();
+    attr.put_u64(0, c.as_ptr() as u64);
+    sys_bpf(BPF_OBJ_GET, &mut attr).map(owned)
+}
+
+/// Waits until every BPF program that was running when called has finished: the kernel
+/// runs synchronize_rcu() after a syscall update of a map-of-maps. Used between switching
+/// a pod to a new policy and deleting the old one, so that no program run can see a
+/// half-deleted policy.
+pub fn rcu_barrier() -> io::Result<()> {
+    let mut inner = Attr::new();
+    inner.put_u32(0, BPF_MAP_TYPE_ARRAY).put_u32(4, 4).put_u32(8, 4).put_u32(12, 1);
+    let inner = owned(sys_bpf(BPF_MAP_CREATE, &mut inner)?);
+    let mut outer = Attr::new();
+    outer
+        .put_u32(0, BPF_MAP_TYPE_ARRAY_OF_MAPS)
+        .put_u32(4, 4)
+        .put_u32(8, 4)
+        .put_u32(12, 1)
+        .put_u32(20, inner.as_raw_fd() as u32);
+    let outer = owned(sys_bpf(BPF_MAP_CREATE, &mut outer)?);
+    let key: u32 = 0;
+    let value: u32 = inner.as_fd().as_raw_fd() as u32;
+    let mut update = Attr::new();
+    update
+        .put_u32(0, outer.as_raw_fd() as u32)
+        .put_u64(8, &key as *const u32 as u64)
+        .put_u64(16, &value as *const u32 as u64)
+        .put_u64(24, 0);
+    sys_bpf(BPF_MAP_UPDATE_ELEM, &mut update).map(|_| ())
+}
+
+/// BPF_MAP_CREATE of a hash map allocated on demand (for maps only user space uses).
+pub fn hash_map_create(name: &str, key_size: u32, value_size: u32, max_entries: u32) -> io::Result<OwnedFd> {
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    const BPF_F_NO_PREALLOC: u32 = 1;
+    let mut attr = Attr::new();
+    attr.put_u32(0, BPF_MAP_TYPE_HASH)
+        .put_u32(4, key_size)
+        .put_u32(8, value_size)
+        .put_u32(12, max_entries)
+        .put_u32(16, BPF_F_NO_PREALLOC);
+    let bytes = name.as_bytes();
+    let n = bytes.len().min(15);
+    attr.0[28..28 + n].copy_from_slice(&bytes[..n]);
+    sys_bpf(BPF_MAP_CREATE, &mut attr).map(owned)
+}

@@ -1,0 +1,207 @@
+//! `ebpf status`: what is loaded, and each enrolled pod's policy and counters, read back
+//! from the kernel (the maps are the truth, not a file beside them).
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use anyhow::Result;
+use aya::programs::ProgramInfo;
+use interceptor_common::{AF_INET, CidrData, PodConfig, Reason, pod_flags, port_flags};
+use serde::Serialize;
+
+use super::{
+    PinDir,
+    loader::pinned_pods,
+    maps::{PinnedMaps, c_str},
+    object::{CGROUP_PROGRAMS, SK_LOOKUP_PROGRAM},
+};
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub pin_dir: String,
+    pub loaded: bool,
+    pub debug: bool,
+    pub layout_version: u32,
+    pub fingerprint: String,
+    pub programs: Vec<ProgramStatus>,
+    pub pods: Vec<PodStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProgramStatus {
+    pub name: String,
+    pub id: u32,
+    pub attached: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Counters {
+    pub redirected: u64,
+    pub passed: BTreeMap<String, u64>,
+    pub redirected_by_reason: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PodStatus {
+    pub netns_cookie: u64,
+    pub netns: String,
+    pub pod: String,
+    pub enrolled_at: u64,
+    pub policy_id: u32,
+    pub proxy_uid: u32,
+    pub local_proxy_mode: String,
+    pub pod_ips: Vec<IpAddr>,
+    pub outbound_port: u16,
+    pub inbound_port: u16,
+    pub outbound_ip_range_exclusions: Vec<String>,
+    pub outbound_ip_range_inclusions: Vec<String>,
+    pub outbound_port_exclusions: Vec<u16>,
+    pub inbound_port_exclusions: Vec<u16>,
+    pub interface_exclusion_ifindexes: Vec<u32>,
+    pub inbound_steering: bool,
+    pub outbound: Counters,
+    pub inbound: Counters,
+}
+
+fn cidr_text(len: u32, d: &CidrData) -> String {
+    let bits = len.saturating_sub(64);
+    if u32::from_be_bytes(d.family_be) == AF_INET as u32 {
+        let ip = Ipv4Addr::new(d.addr[0], d.addr[1], d.addr[2], d.addr[3]);
+        format!("{ip}/{bits}")
+    } else {
+        format!("{}/{bits}", Ipv6Addr::from(d.addr))
+    }
+}
+
+pub fn status(pins: &PinDir) -> Result<Status> {
+    if !pins.is_loaded() {
+        return Ok(Status {
+            pin_dir: pins.path().display().to_string(),
+            loaded: false,
+            debug: false,
+            layout_version: 0,
+            fingerprint: String::new(),
+            programs: vec![],
+            pods: vec![],
+        });
+    }
+    let maps = PinnedMaps::open(pins)?;
+    let settings = maps.settings()?;
+    let mut programs = Vec::new();
+    for (name, _) in CGROUP_PROGRAMS {
+        let id = ProgramInfo::from_pin(pins.prog(name)).map(|i| i.id()).unwrap_or(0);
+        programs.push(ProgramStatus { name: name.to_string(), id, attached: "cgroup".into() });
+    }
+    for cookie in pinned_pods(pins)? {
+        let id = ProgramInfo::from_pin(pins.pod_prog(cookie)).map(|i| i.id()).unwrap_or(0);
+        programs.push(ProgramStatus { name: SK_LOOKUP_PROGRAM.into(), id, attached: format!("netns {cookie}") });
+    }
+
+    let steering = pinned_pods(pins)?;
+    let mut counters: BTreeMap<u64, (Counters, Counters)> = BTreeMap::new();
+    for item in maps.counters.iter().filter_map(Result::ok) {
+        let (key, values) = item;
+        let total: u64 = values.iter().sum();
+        let Some(reason) = Reason::from_u32(key.reason) else { continue };
+        let entry = counters.entry(key.netns_cookie).or_default();
+        let c = if reason.is_inbound() { &mut entry.1 } else { &mut entry.0 };
+        let redirected = matches!(
+            reason,
+            Reason::OutProxyToLocal | Reason::OutIncluded | Reason::OutDefault | Reason::OutPodIpDnat | Reason::InRedirect
+        );
+        if redirected {
+            c.redirected += total;
+            *c.redirected_by_reason.entry(reason.name().into()).or_default() += total;
+        } else {
+            *c.passed.entry(reason.name().into()).or_default() += total;
+        }
+    }
+
+    let mut pods = Vec::new();
+    let entries: Vec<(u64, PodConfig)> = maps.pods.iter().filter_map(Result::ok).collect();
+    for (cookie, cfg) in entries {
+        let id = cfg.policy_id.to_be_bytes();
+        let list = |trie: &aya::maps::LpmTrie<aya::maps::MapData, CidrData, u8>| -> Vec<String> {
+            trie.keys().filter_map(Result::ok).filter(|k| k.data().policy_id_be == id).map(|k| cidr_text(k.prefix_len(), &k.data())).collect()
+        };
+        let mut out_ports = Vec::new();
+        let mut in_ports = Vec::new();
+        for (k, f) in maps.ports.iter().filter_map(Result::ok).filter(|(k, _)| k.policy_id == cfg.policy_id) {
+            if f & port_flags::OUTBOUND_EXCLUDED != 0 {
+                out_ports.push(k.port);
+            }
+            if f & port_flags::INBOUND_EXCLUDED != 0 {
+                in_ports.push(k.port);
+            }
+        }
+        out_ports.sort_unstable();
+        in_ports.sort_unstable();
+        let mut ifaces: Vec<u32> =
+            maps.ifaces.keys().filter_map(Result::ok).filter(|k| k.policy_id == cfg.policy_id).map(|k| k.ifindex).collect();
+        ifaces.sort_unstable();
+        let info = maps.pod_info.get(&cookie, 0).ok();
+        let mut pod_ips = Vec::new();
+        if cfg.flags & pod_flags::HAS_POD_IP4 != 0 {
+            pod_ips.push(IpAddr::from(cfg.pod_ip4));
+        }
+        if cfg.flags & pod_flags::HAS_POD_IP6 != 0 {
+            pod_ips.push(IpAddr::from(cfg.pod_ip6));
+        }
+        let (outbound, inbound) = counters.remove(&cookie).unwrap_or_default();
+        pods.push(PodStatus {
+            netns_cookie: cookie,
+            netns: info.map(|i| c_str(&i.netns_path)).unwrap_or_default(),
+            pod: info.map(|i| c_str(&i.pod_name)).unwrap_or_default(),
+            enrolled_at: info.map(|i| i.enrolled_at).unwrap_or(0),
+            policy_id: cfg.policy_id,
+            proxy_uid: cfg.proxy_uid,
+            local_proxy_mode: if cfg.flags & pod_flags::POD_IP_MODE != 0 { "PodIP" } else { "Localhost" }.into(),
+            pod_ips,
+            outbound_port: cfg.outbound_port,
+            inbound_port: cfg.inbound_port,
+            outbound_ip_range_exclusions: list(&maps.excluded),
+            outbound_ip_range_inclusions: list(&maps.included),
+            outbound_port_exclusions: out_ports,
+            inbound_port_exclusions: in_ports,
+            interface_exclusion_ifindexes: ifaces,
+            inbound_steering: steering.contains(&cookie),
+            outbound,
+            inbound,
+        });
+    }
+    pods.sort_by_key(|p| p.netns_cookie);
+    Ok(Status {
+        pin_dir: pins.path().display().to_string(),
+        loaded: true,
+        debug: settings.debug != 0,
+        layout_version: settings.layout_version,
+        fingerprint: format!("{:016x}", settings.fingerprint),
+        programs,
+        pods,
+    })
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.loaded {
+            return writeln!(f, "eBPF mode: not loaded (pin directory {})", self.pin_dir);
+        }
+        writeln!(f, "eBPF mode: loaded at {} (build {}, debug {})", self.pin_dir, self.fingerprint, if self.debug { "on" } else { "off" })?;
+        writeln!(f, "programs:")?;
+        for p in &self.programs {
+            writeln!(f, "  {:<20} id {:<6} {}", p.name, p.id, p.attached)?;
+        }
+        writeln!(f, "pods: {}", self.pods.len())?;
+        for p in &self.pods {
+            writeln!(f, "- netns {} (cookie {}){}", p.netns, p.netns_cookie, if p.pod.is_empty() { String::new() } else { format!(" pod {}", p.pod) })?;
+            writeln!(f, "    policy {} uid {} mode {} listeners {}/{} inbound steering {}", p.policy_id, p.proxy_uid, p.local_proxy_mode, p.outbound_port, p.inbound_port, if p.inbound_steering { "on" } else { "off" })?;
+            let show = |v: &[String]| if v.is_empty() { "-".to_string() } else { v.join(",") };
+            let ports = |v: &[u16]| if v.is_empty() { "-".to_string() } else { v.iter().map(u16::to_string).collect::<Vec<_>>().join(",") };
+            writeln!(f, "    exclude {} include {} out-ports {} in-ports {} ifindexes {:?}", show(&p.outbound_ip_range_exclusions), show(&p.outbound_ip_range_inclusions), ports(&p.outbound_port_exclusions), ports(&p.inbound_port_exclusions), p.interface_exclusion_ifindexes)?;
+            writeln!(f, "    outbound: redirected {} passed {:?}", p.outbound.redirected, p.outbound.passed)?;
+            writeln!(f, "    inbound:  redirected {} passed {:?}", p.inbound.redirected, p.inbound.passed)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,259 @@
+//! apply / cleanup / verify: one atomic iptables-restore per family, idempotent, removing
+//! exactly what it added. Works with whichever `iptables` is on PATH (nft or legacy).
+use std::{
+    io::Write,
+    net::IpAddr,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use super::{
+    render::{payload, substitute_pod_ip},
+    saved::SavedNat,
+};
+use crate::{
+    netns::{Netns, in_scratch_netns},
+    policy::{ChainNames, Family, LocalProxyMode, Policy},
+};
+
+#[derive(Clone, Debug)]
+pub struct ApplyOptions {
+    pub netns: Netns,
+    pub pod_ips: Vec<IpAddr>,
+    pub families: Vec<Family>,
+    pub names: ChainNames,
+}
+
+/// What apply will send to iptables-restore for one family.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub family: Family,
+    pub payload: String,
+    /// The nat table before the change, for rolling back.
+    pub before: String,
+}
+
+/// The families to program by default: IPv4, and IPv6 when the kernel and ip6tables have it.
+pub fn default_families() -> Vec<Family> {
+    let mut out = vec![Family::Ipv4];
+    if std::path::Path::new("/proc/sys/net/ipv6").exists() && which(Family::Ipv6.restore_command()) {
+        out.push(Family::Ipv6);
+    }
+    out
+}
+
+fn which(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+fn run(netns: &Netns, program: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
+    if !which(program) {
+        bail!("{program} not found on PATH: install iptables (Debian/Ubuntu: apt-get install iptables)");
+    }
+    let mut cmd: Command = netns.command(program)?;
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let mut child = cmd.spawn().with_context(|| format!("cannot run {program} in {}", netns.describe()))?;
+    if let Some(input) = stdin {
+        child.stdin.take().expect("piped stdin").write_all(input.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(anyhow!("{program} {} failed ({}): {}", args.join(" "), out.status, err.trim()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The live nat table of a family (empty when it does not exist yet).
+pub fn save(netns: &Netns, family: Family) -> Result<String> {
+    match run(netns, family.save_command(), &["-t", "nat"], None) {
+        Ok(text) => Ok(text),
+        Err(e) if e.to_string().contains("does not exist") => Ok(String::new()),
+        Err(e) => Err(e),
+    }
+}
+
+fn restore(netns: &Netns, family: Family, payload: &str, test_only: bool) -> Result<()> {
+    let mut args = vec!["--noflush"];
+    if test_only {
+        args.push("--test");
+    }
+    run(netns, family.restore_command(), &args, Some(payload)).map(|_| ())
+}
+
+fn pod_ip_for(policy: &Policy, pod_ips: &[IpAddr], family: Family) -> Result<Option<String>> {
+    let ip = pod_ips.iter().find(|ip| Family::of(ip) == family).map(IpAddr::to_string);
+    if policy.local_proxy_mode == LocalProxyMode::PodIp && ip.is_none() {
+        bail!(
+            "localProxyMode PodIP needs the pod's {family} address: pass --pod-ip or set POD_IP{}",
+            if family == Family::Ipv6 { " (or drop IPv6 with --family ipv4)" } else { "" }
+        );
+    }
+    Ok(ip)
+}
+
+/// The payloads apply would send: osm-edge's rules, preceded by deletions of the hooks a
+/// previous apply left in the built-in chains (the chain declarations flush our own chains),
+/// so applying twice leaves one copy of everything.
+pub fn plan(policy: &Policy, opts: &ApplyOptions) -> Result<Vec<Plan>> {
+    let mut plans = Vec::new();
+    for &family in &opts.families {
+        let pod_ip = pod_ip_for(policy, &opts.pod_ips, family)?;
+        let before = save(&opts.netns, family)?;
+        let saved = SavedNat::parse(&before);
+        let rendered = substitute_pod_ip(&payload(policy, family, &opts.names), family, pod_ip.as_deref());
+        let mut lines: Vec<String> = rendered.lines().map(str::to_string).collect();
+        // After "# ...", "*nat" and the four chain declarations.
+        let at = 2 + opts.names.ours().len();
+        let deletions = saved.our_hooks(&opts.names, family).into_iter().map(|r| format!("-D {} {}", r.chain, r.spec));
+        lines.splice(at..at, deletions);
+        plans.push(Plan { family, payload: lines.join("\n") + "\n", before });
+    }
+    Ok(plans)
+}
+
+/// Applies the policy: every family is tested first, then committed; if a later family
+/// fails, the earlier ones are rolled back to their previous nat table.
+pub fn apply(policy: &Policy, opts: &ApplyOptions) -> Result<Vec<Plan>> {
+    let plans = plan(policy, opts)?;
+    for p in &plans {
+        restore(&opts.netns, p.family, &p.payload, true)
+            .with_context(|| format!("the {} rules were rejected; nothing was applied", p.family))?;
+    }
+    for (i, p) in plans.iter().enumerate() {
+        if let Err(e) = restore(&opts.netns, p.family, &p.payload, false) {
+            for done in &plans[..i] {
+                rollback(&opts.netns, done);
+            }
+            return Err(e.context(format!("applying the {} rules failed; nothing was applied", p.family)));
+        }
+    }
+    Ok(plans)
+}
+
+fn rollback(netns: &Netns, plan: &Plan) {
+    let result = if plan.before.trim().is_empty() {
+        // The table did not exist: remove what we added.
+        cleanup_family(netns, plan.family, &ChainNames::DOCUMENTED)
+            .and(cleanup_family(netns, plan.family, &ChainNames::OSM))
+            .map(|_| ())
+    } else {
+        run(netns, plan.family.restore_command(), &["--table", "nat"], Some(&plan.before)).map(|_| ())
+    };
+    if let Err(e) = result {
+        tracing::error!("rolling back the {} rules failed: {e:#}", plan.family);
+    }
+}
+
+/// Removes our hooks from the built-in chains and our four chains; leaves everything else.
+/// Returns how many rules and chains were removed.
+pub fn cleanup(opts: &ApplyOptions) -> Result<usize> {
+    let mut removed = 0;
+    for &family in &opts.families {
+        removed += cleanup_family(&opts.netns, family, &opts.names)?;
+    }
+    Ok(removed)
+}
+
+fn cleanup_family(netns: &Netns, family: Family, names: &ChainNames) -> Result<usize> {
+    let saved = SavedNat::parse(&save(netns, family)?);
+    let hooks = saved.our_hooks(names, family);
+    let chains: Vec<&str> = names.ours().into_iter().filter(|c| saved.has_chain(c)).collect();
+    if hooks.is_empty() && chains.is_empty() {
+        return Ok(0);
+    }
+    let mut text = String::from("*nat\n");
+    for h in &hooks {
+        text.push_str(&format!("-D {} {}\n", h.chain, h.spec));
+    }
+    for c in &chains {
+        text.push_str(&format!("-F {c}\n"));
+    }
+    for c in &chains {
+        text.push_str(&format!("-X {c}\n"));
+    }
+    text.push_str("COMMIT\n");
+    restore(netns, family, &text, false).with_context(|| format!("removing the {family} rules failed"))?;
+    Ok(hooks.len() + chains.len())
+}
+
+/// The difference between the live tables and the policy, one line per problem; empty
+/// when they agree. The expected rules are normalised by the kernel itself: the policy is
+/// applied in a scratch namespace and read back with iptables-save.
+pub fn verify(policy: &Policy, opts: &ApplyOptions) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    for &family in &opts.families {
+        let pod_ip = pod_ip_for(policy, &opts.pod_ips, family)?;
+        let wanted = substitute_pod_ip(&payload(policy, family, &opts.names), family, pod_ip.as_deref());
+        let expected_text = in_scratch_netns(move || {
+            restore(&Netns::current(), family, &wanted, false)?;
+            save(&Netns::current(), family)
+        })?;
+        let expected = SavedNat::parse(&expected_text);
+        let live = SavedNat::parse(&save(&opts.netns, family)?);
+        for chain in opts.names.ours() {
+            if !live.has_chain(chain) {
+                problems.push(format!("{family}: chain {chain} is missing"));
+            }
+        }
+        let lines = |nat: &SavedNat| -> (Vec<String>, Vec<String>) {
+            let hooks = nat.our_hooks(&opts.names, family).iter().map(|r| format!("-A {} {}", r.chain, r.spec)).collect();
+            let rules = nat.our_chain_rules(&opts.names).iter().map(|r| format!("-A {} {}", r.chain, r.spec)).collect();
+            (hooks, rules)
+        };
+        let (eh, er) = lines(&expected);
+        let (lh, lr) = lines(&live);
+        compare(&format!("{family} hooks in PREROUTING/OUTPUT"), &eh, &lh, &mut problems);
+        compare(&format!("{family} rules"), &er, &lr, &mut problems);
+    }
+    Ok(problems)
+}
+
+/// Missing and unexpected lines (counting duplicates), then order.
+fn compare(what: &str, expected: &[String], live: &[String], problems: &mut Vec<String>) {
+    let mut remaining: Vec<&String> = live.iter().collect();
+    let mut missing = Vec::new();
+    for e in expected {
+        match remaining.iter().position(|l| *l == e) {
+            Some(i) => {
+                remaining.remove(i);
+            }
+            None => missing.push(e),
+        }
+    }
+    for m in &missing {
+        problems.push(format!("{what}: missing   {m}"));
+    }
+    for u in &remaining {
+        problems.push(format!("{what}: unexpected {u}"));
+    }
+    if missing.is_empty() && remaining.is_empty() && expected != live {
+        let at = expected.iter().zip(live).position(|(a, b)| a != b).unwrap_or(0);
+        problems.push(format!("{what}: order differs at rule {}: expected {}, found {}", at + 1, expected[at], live[at]));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compare;
+
+    #[test]
+    fn compare_reports_missing_unexpected_duplicates_and_order() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let mut p = Vec::new();
+        compare("x", &s(&["a", "b"]), &s(&["a", "b"]), &mut p);
+        assert!(p.is_empty());
+        compare("x", &s(&["a", "b"]), &s(&["a", "a", "c"]), &mut p);
+        assert_eq!(p, ["x: missing   b", "x: unexpected a", "x: unexpected c"]);
+        p.clear();
+        compare("x", &s(&["a", "b"]), &s(&["b", "a"]), &mut p);
+        assert_eq!(p, ["x: order differs at rule 1: expected a, found b"]);
+    }
+}

@@ -1,0 +1,7 @@
+//! The init-container mode: osm-edge's nat-table chains, programmed with iptables-restore.
+pub mod apply;
+pub mod render;
+pub mod saved;
+
+pub use apply::{ApplyOptions, apply, cleanup, verify};
+pub use render::{Format, payload, shell};

@@ -1,0 +1,13 @@
+//! interceptor: transparent interception of a sidecar mesh's pod traffic (osm-edge, Pipy).
+//!
+//! * [`policy`]: the pure model (sources, merge, validation, osm-edge's rules, the decision);
+//! * [`iptables`]: the init-container mode, osm-edge's chains via iptables-restore;
+//! * [`ebpf`]: the node-daemon mode, cgroup/sock_ops/sk_lookup programs without NAT;
+//! * [`explain`]: why a flow is redirected or not.
+pub mod cli;
+pub mod ebpf;
+pub mod explain;
+pub mod iptables;
+pub mod netns;
+pub mod policy;
+pub mod routes;

@@ -1,0 +1,408 @@
+//! The three sources of a policy: flags (named after osm's keys), a MeshConfig manifest and
+//! a Pod manifest (its annotations), in YAML or JSON as kubectl prints them.
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::{
+    Cidr, LocalProxyMode, Policy, Ports,
+    error::{Origin, PolicyError, PolicyErrors, Warning},
+    merge::{self, Sourced},
+    validate::{parse_cidr, parse_interface, parse_port, warnings},
+};
+
+pub const ANNOTATION_OUTBOUND_IP_EXCLUSION: &str = "openservicemesh.io/outbound-ip-range-exclusion-list";
+pub const ANNOTATION_OUTBOUND_IP_INCLUSION: &str = "openservicemesh.io/outbound-ip-range-inclusion-list";
+pub const ANNOTATION_OUTBOUND_PORT_EXCLUSION: &str = "openservicemesh.io/outbound-port-exclusion-list";
+pub const ANNOTATION_INBOUND_PORT_EXCLUSION: &str = "openservicemesh.io/inbound-port-exclusion-list";
+
+/// Raw values of the policy flags, as given (each list flag is comma separated and may be
+/// repeated).
+#[derive(Clone, Debug, Default)]
+pub struct FlagValues {
+    pub outbound_ip_range_exclusion_list: Vec<String>,
+    pub outbound_ip_range_inclusion_list: Vec<String>,
+    pub outbound_port_exclusion_list: Vec<String>,
+    pub inbound_port_exclusion_list: Vec<String>,
+    pub network_interface_exclusion_list: Vec<String>,
+    pub proxy_uid: Option<u32>,
+    pub local_proxy_mode: Option<String>,
+    pub local_dns_proxy: bool,
+    /// Port overrides by name (`admin`, `outbound`, ...), raw text.
+    pub ports: Vec<(&'static str, String)>,
+}
+
+/// Everything a policy is built from.
+#[derive(Clone, Debug, Default)]
+pub struct PolicyInputs {
+    pub flags: FlagValues,
+    pub mesh_config: Option<PathBuf>,
+    pub pod: Option<PathBuf>,
+}
+
+/// Lists of one source (before the merge).
+#[derive(Default)]
+struct Lists {
+    ip_exclusions: Vec<Sourced<Cidr>>,
+    ip_inclusions: Vec<Sourced<Cidr>>,
+    out_port_exclusions: Vec<Sourced<u16>>,
+    in_port_exclusions: Vec<Sourced<u16>>,
+    interfaces: Vec<Sourced<String>>,
+}
+
+impl Lists {
+    fn append(&mut self, other: Lists) {
+        self.ip_exclusions.extend(other.ip_exclusions);
+        self.ip_inclusions.extend(other.ip_inclusions);
+        self.out_port_exclusions.extend(other.out_port_exclusions);
+        self.in_port_exclusions.extend(other.in_port_exclusions);
+        self.interfaces.extend(other.interfaces);
+    }
+}
+
+/// Collects errors instead of stopping at the first one.
+#[derive(Default)]
+struct Collect {
+    errors: Vec<PolicyError>,
+}
+
+impl Collect {
+    fn ok<T>(&mut self, r: Result<T, PolicyError>) -> Option<T> {
+        r.map_err(|e| self.errors.push(e)).ok()
+    }
+}
+
+/// Builds the merged policy, or every error found. Global lists are the MeshConfig's
+/// followed by the flags'; the pod's annotations are merged with them as osm-edge does.
+pub fn build_policy(inputs: &PolicyInputs) -> Result<(Policy, Vec<Warning>), PolicyErrors> {
+    let mut c = Collect::default();
+    let mut global = Lists::default();
+    let mut pod = Lists::default();
+    let mut mode: Option<LocalProxyMode> = None;
+    let mut dns = inputs.flags.local_dns_proxy;
+
+    if let Some(path) = &inputs.mesh_config {
+        if let Some(doc) = c.ok(read_manifest(path)) {
+            let (lists, m, d) = mesh_config(&mut c, &path.display().to_string(), &doc);
+            global.append(lists);
+            mode = m;
+            dns |= d;
+        }
+    }
+    global.append(flag_lists(&mut c, &inputs.flags));
+    if let Some(raw) = &inputs.flags.local_proxy_mode {
+        let origin = Origin::Flag("local-proxy-mode".into());
+        mode = c.ok(LocalProxyMode::parse(raw.trim()).ok_or(PolicyError::UnknownLocalProxyMode {
+            origin,
+            item: raw.clone(),
+        }));
+    }
+    if let Some(path) = &inputs.pod {
+        if let Some(doc) = c.ok(read_manifest(path)) {
+            pod = pod_annotations(&mut c, &path.display().to_string(), &doc);
+        }
+    }
+    let ports = port_overrides(&mut c, &inputs.flags.ports);
+    if !c.errors.is_empty() {
+        return Err(PolicyErrors(c.errors));
+    }
+
+    let mut warns = Vec::new();
+    let policy = Policy {
+        proxy_uid: inputs.flags.proxy_uid.unwrap_or(1500),
+        ports,
+        outbound_ip_range_exclusions: merge::ip_ranges(&global.ip_exclusions, &pod.ip_exclusions, &mut warns),
+        outbound_ip_range_inclusions: merge::ip_ranges(&global.ip_inclusions, &pod.ip_inclusions, &mut warns),
+        outbound_port_exclusions: merge::ports(&global.out_port_exclusions, &pod.out_port_exclusions, &mut warns),
+        inbound_port_exclusions: merge::ports(&global.in_port_exclusions, &pod.in_port_exclusions, &mut warns),
+        network_interface_exclusions: merge::merge_dedup(
+            &global.interfaces,
+            &[],
+            String::clone,
+            |s| format!("interface {s}"),
+            &mut warns,
+        ),
+        local_proxy_mode: mode.unwrap_or_default(),
+        local_dns_proxy: dns,
+    };
+    warns.extend(warnings(&policy));
+    Ok((policy, warns))
+}
+
+fn port_overrides(c: &mut Collect, overrides: &[(&'static str, String)]) -> Ports {
+    let mut ports = Ports::default();
+    for (name, raw) in overrides {
+        let origin = Origin::Flag(format!("{name}-port"));
+        if let Some(p) = c.ok(parse_port(&origin, raw)) {
+            match *name {
+                "admin" => ports.admin = p,
+                "outbound" => ports.outbound = p,
+                "inbound" => ports.inbound = p,
+                "prometheus" => ports.prometheus = p,
+                "liveness-probe" => ports.liveness_probe = p,
+                "readiness-probe" => ports.readiness_probe = p,
+                "startup-probe" => ports.startup_probe = p,
+                "healthcheck" => ports.healthcheck = p,
+                other => unreachable!("unknown port flag {other}"),
+            }
+        }
+    }
+    ports
+}
+
+/// Splits comma-separated values; an entirely empty value means "no items".
+fn split_items(values: &[String]) -> impl Iterator<Item = &str> {
+    values.iter().filter(|v| !v.trim().is_empty()).flat_map(|v| v.split(','))
+}
+
+fn flag_lists(c: &mut Collect, f: &FlagValues) -> Lists {
+    let origin = |name: &str| Origin::Flag(name.to_string());
+    let cidrs = |c: &mut Collect, name: &str, values: &[String]| -> Vec<Sourced<Cidr>> {
+        split_items(values)
+            .filter_map(|item| c.ok(parse_cidr(&origin(name), item)))
+            .map(|value| Sourced { value, origin: origin(name) })
+            .collect()
+    };
+    let ports = |c: &mut Collect, name: &str, values: &[String]| -> Vec<Sourced<u16>> {
+        split_items(values)
+            .filter_map(|item| c.ok(parse_port(&origin(name), item)))
+            .map(|value| Sourced { value, origin: origin(name) })
+            .collect()
+    };
+    Lists {
+        ip_exclusions: cidrs(c, "outbound-ip-range-exclusion-list", &f.outbound_ip_range_exclusion_list),
+        ip_inclusions: cidrs(c, "outbound-ip-range-inclusion-list", &f.outbound_ip_range_inclusion_list),
+        out_port_exclusions: ports(c, "outbound-port-exclusion-list", &f.outbound_port_exclusion_list),
+        in_port_exclusions: ports(c, "inbound-port-exclusion-list", &f.inbound_port_exclusion_list),
+        interfaces: split_items(&f.network_interface_exclusion_list)
+            .filter_map(|item| c.ok(parse_interface(&origin("network-interface-exclusion-list"), item)))
+            .map(|value| Sourced { value, origin: origin("network-interface-exclusion-list") })
+            .collect(),
+    }
+}
+
+/// Reads a YAML or JSON manifest (JSON when it starts with `{`).
+pub fn read_manifest(path: &Path) -> Result<Value, PolicyError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| PolicyError::Unreadable { path: shown.clone(), message: e.to_string() })?;
+    parse_manifest(&shown, &text)
+}
+
+pub fn parse_manifest(shown: &str, text: &str) -> Result<Value, PolicyError> {
+    let value = if text.trim_start().starts_with('{') {
+        serde_json::from_str::<Value>(text).map_err(|e| PolicyError::Malformed {
+            path: shown.to_string(),
+            format: "JSON",
+            message: e.to_string(),
+        })?
+    } else {
+        serde_saphyr::from_str::<Value>(text).map_err(|e| PolicyError::Malformed {
+            path: shown.to_string(),
+            format: "YAML",
+            message: e.to_string().lines().next().unwrap_or_default().to_string(),
+        })?
+    };
+    if !value.is_object() {
+        return Err(PolicyError::Malformed {
+            path: shown.to_string(),
+            format: "manifest",
+            message: "expected a mapping at the top level".to_string(),
+        });
+    }
+    Ok(value)
+}
+
+fn check_kind(c: &mut Collect, path: &str, doc: &Value, expected: &str) -> bool {
+    match doc.get("kind") {
+        None => true,
+        Some(Value::String(k)) if k == expected => true,
+        Some(other) => {
+            c.errors.push(PolicyError::InvalidValue {
+                origin: Origin::File { path: path.to_string(), key: "kind".into() },
+                what: "kind",
+                item: other.as_str().map(str::to_string).unwrap_or_else(|| other.to_string()),
+                reason: format!("expected {expected}"),
+            });
+            false
+        }
+    }
+}
+
+/// `spec.traffic.*` lists, `spec.sidecar.localProxyMode`, `spec.sidecar.localDNSProxy.enable`.
+fn mesh_config(c: &mut Collect, path: &str, doc: &Value) -> (Lists, Option<LocalProxyMode>, bool) {
+    let mut lists = Lists::default();
+    if !check_kind(c, path, doc, "MeshConfig") {
+        return (lists, None, false);
+    }
+    let origin = |key: String| Origin::File { path: path.to_string(), key };
+    let list = |c: &mut Collect, key: &str| -> Vec<(Origin, Value)> {
+        let full = format!("spec.traffic.{key}");
+        match doc.pointer(&format!("/spec/traffic/{key}")) {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (origin(format!("{full}[{i}]")), v.clone()))
+                .collect(),
+            Some(other) => {
+                c.errors.push(PolicyError::InvalidValue {
+                    origin: origin(full),
+                    what: "list",
+                    item: other.to_string(),
+                    reason: "expected a list".into(),
+                });
+                Vec::new()
+            }
+        }
+    };
+    let string_items = |c: &mut Collect, items: Vec<(Origin, Value)>, what: &'static str| {
+        items
+            .into_iter()
+            .filter_map(|(o, v)| match v {
+                Value::String(s) => Some((o, s)),
+                other => {
+                    c.errors.push(PolicyError::InvalidValue {
+                        origin: o,
+                        what,
+                        item: other.to_string(),
+                        reason: "expected a string".into(),
+                    });
+                    None
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    for (key, target) in [
+        ("outboundIPRangeExclusionList", &mut lists.ip_exclusions),
+        ("outboundIPRangeInclusionList", &mut lists.ip_inclusions),
+    ] {
+        let items = list(c, key);
+        for (o, s) in string_items(c, items, "CIDR") {
+            if let Some(value) = c.ok(parse_cidr(&o, &s)) {
+                target.push(Sourced { value, origin: o });
+            }
+        }
+    }
+    for (key, target) in [
+        ("outboundPortExclusionList", &mut lists.out_port_exclusions),
+        ("inboundPortExclusionList", &mut lists.in_port_exclusions),
+    ] {
+        for (o, v) in list(c, key) {
+            let port = match &v {
+                Value::Number(n) => c.ok(parse_port(&o, &n.to_string())),
+                other => {
+                    c.errors.push(PolicyError::InvalidPort {
+                        origin: o.clone(),
+                        item: other.as_str().map(str::to_string).unwrap_or_else(|| other.to_string()),
+                        reason: "expected an integer".into(),
+                    });
+                    None
+                }
+            };
+            if let Some(value) = port {
+                target.push(Sourced { value, origin: o });
+            }
+        }
+    }
+    let items = list(c, "networkInterfaceExclusionList");
+    for (o, s) in string_items(c, items, "interface name") {
+        if let Some(value) = c.ok(parse_interface(&o, &s)) {
+            lists.interfaces.push(Sourced { value, origin: o });
+        }
+    }
+    let mode = match doc.pointer("/spec/sidecar/localProxyMode") {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            let item = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+            c.ok(LocalProxyMode::parse(&item).ok_or(PolicyError::UnknownLocalProxyMode {
+                origin: origin("spec.sidecar.localProxyMode".into()),
+                item,
+            }))
+        }
+    };
+    let dns = match doc.pointer("/spec/sidecar/localDNSProxy/enable") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            c.errors.push(PolicyError::InvalidValue {
+                origin: origin("spec.sidecar.localDNSProxy.enable".into()),
+                what: "boolean",
+                item: other.to_string(),
+                reason: "expected true or false".into(),
+            });
+            false
+        }
+    };
+    (lists, mode, dns)
+}
+
+/// The pod's `metadata.annotations`: comma-separated, items trimmed (osm-edge).
+fn pod_annotations(c: &mut Collect, path: &str, doc: &Value) -> Lists {
+    let mut lists = Lists::default();
+    if !check_kind(c, path, doc, "Pod") {
+        return lists;
+    }
+    let annotations = match doc.pointer("/metadata/annotations") {
+        None | Some(Value::Null) => return lists,
+        Some(Value::Object(map)) => map,
+        Some(other) => {
+            c.errors.push(PolicyError::InvalidValue {
+                origin: Origin::File { path: path.into(), key: "metadata.annotations".into() },
+                what: "annotations",
+                item: other.to_string(),
+                reason: "expected a mapping of strings".into(),
+            });
+            return lists;
+        }
+    };
+    let value = |c: &mut Collect, name: &str| -> Option<(Origin, String)> {
+        let origin = Origin::Annotation { path: path.into(), name: name.into() };
+        match annotations.get(name)? {
+            Value::String(s) => Some((origin, s.clone())),
+            other => {
+                c.errors.push(PolicyError::InvalidValue {
+                    origin,
+                    what: "annotation value",
+                    item: other.to_string(),
+                    reason: "annotation values are strings (quote the list)".into(),
+                });
+                None
+            }
+        }
+    };
+    for (name, target) in [
+        (ANNOTATION_OUTBOUND_IP_EXCLUSION, &mut lists.ip_exclusions),
+        (ANNOTATION_OUTBOUND_IP_INCLUSION, &mut lists.ip_inclusions),
+    ] {
+        if let Some((o, s)) = value(c, name) {
+            for item in s.split(',') {
+                if let Some(v) = c.ok(parse_cidr(&o, item)) {
+                    target.push(Sourced { value: v, origin: o.clone() });
+                }
+            }
+        }
+    }
+    for (name, target) in [
+        (ANNOTATION_OUTBOUND_PORT_EXCLUSION, &mut lists.out_port_exclusions),
+        (ANNOTATION_INBOUND_PORT_EXCLUSION, &mut lists.in_port_exclusions),
+    ] {
+        if let Some((o, s)) = value(c, name) {
+            for item in s.split(',') {
+                if let Some(v) = c.ok(parse_port(&o, item)) {
+                    target.push(Sourced { value: v, origin: o.clone() });
+                }
+            }
+        }
+    }
+    lists
+}
+
+/// `metadata.namespace/metadata.name` of a manifest, for display.
+pub fn manifest_name(doc: &Value) -> Option<String> {
+    let name = doc.pointer("/metadata/name")?.as_str()?;
+    Some(match doc.pointer("/metadata/namespace").and_then(Value::as_str) {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_string(),
+    })
+}

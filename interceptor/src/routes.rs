@@ -1,0 +1,169 @@
+//! What a pod's routing tables say, read over rtnetlink inside its network namespace: the
+//! eBPF programs need to know which destinations are local (`-o lo` for iptables), which
+//! leave through an excluded interface, and which source address a connection would get.
+use std::net::IpAddr;
+
+use anyhow::{Context, Result};
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use netlink_packet_route::{
+    address::{AddressAttribute, AddressScope},
+    link::LinkAttribute,
+    route::{RouteAddress, RouteAttribute, RouteType},
+};
+use rtnetlink::{RouteMessageBuilder, new_connection};
+
+use crate::netns::Netns;
+
+/// The kernel's local and main routing tables (ip rule priorities 0 and 32766).
+pub const TABLE_LOCAL: u32 = 255;
+pub const TABLE_MAIN: u32 = 254;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteKind {
+    /// A local address of the namespace (delivered through `lo`).
+    Local,
+    /// A destination reachable through an interface.
+    Unicast,
+    /// Blackhole, unreachable, prohibit, broadcast, …: no TCP connection gets through.
+    Other,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteEntry {
+    pub dst: IpNet,
+    pub table: u32,
+    pub kind: RouteKind,
+    pub oif: Option<u32>,
+    pub prefsrc: Option<IpAddr>,
+    pub priority: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddrEntry {
+    pub ifindex: u32,
+    pub addr: IpAddr,
+    pub global: bool,
+}
+
+/// A network namespace's links, addresses and routes at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct NetSnapshot {
+    pub routes: Vec<RouteEntry>,
+    pub links: Vec<(u32, String)>,
+    pub addrs: Vec<AddrEntry>,
+}
+
+impl NetSnapshot {
+    pub fn link_name(&self, index: u32) -> Option<&str> {
+        self.links.iter().find(|(i, _)| *i == index).map(|(_, n)| n.as_str())
+    }
+
+    /// The first global address of an interface in a family: what the kernel picks as the
+    /// source of a route without a preferred source.
+    pub fn primary_addr(&self, ifindex: u32, v6: bool) -> Option<IpAddr> {
+        self.addrs
+            .iter()
+            .find(|a| a.ifindex == ifindex && a.global && a.addr.is_ipv6() == v6)
+            .map(|a| a.addr)
+    }
+
+    /// The namespace's global addresses (candidates for the pod IP).
+    pub fn global_addrs(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.addrs.iter().filter(|a| a.global).map(|a| a.addr)
+    }
+}
+
+/// Reads the snapshot of `netns`.
+pub fn snapshot(netns: &Netns) -> Result<NetSnapshot> {
+    netns.run(|| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(read_snapshot())
+    })
+}
+
+async fn read_snapshot() -> Result<NetSnapshot> {
+    let (connection, handle, _) = new_connection().context("cannot open an rtnetlink socket")?;
+    let task = tokio::spawn(connection);
+    let mut snap = NetSnapshot::default();
+
+    let mut links = handle.link().get().execute();
+    while let Some(msg) = links.try_next().await.context("listing links")? {
+        let name = msg.attributes.iter().find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.clone()),
+            _ => None,
+        });
+        if let Some(name) = name {
+            snap.links.push((msg.header.index, name));
+        }
+    }
+
+    let mut addrs = handle.address().get().execute();
+    while let Some(msg) = addrs.try_next().await.context("listing addresses")? {
+        let addr = msg.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Local(ip) => Some(*ip),
+            _ => None,
+        });
+        let addr = addr.or_else(|| {
+            msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            })
+        });
+        if let Some(addr) = addr {
+            snap.addrs.push(AddrEntry {
+                ifindex: msg.header.index,
+                addr,
+                global: msg.header.scope == AddressScope::Universe,
+            });
+        }
+    }
+
+    for v6 in [false, true] {
+        let request = if v6 {
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build()
+        } else {
+            RouteMessageBuilder::<std::net::Ipv4Addr>::new().build()
+        };
+        let mut routes = handle.route().get(request).execute();
+        while let Some(msg) = routes.try_next().await.context("listing routes")? {
+            let mut table = msg.header.table as u32;
+            let mut dst = None;
+            let mut oif = None;
+            let mut prefsrc = None;
+            let mut priority = 0;
+            for attr in &msg.attributes {
+                match attr {
+                    RouteAttribute::Table(t) => table = *t,
+                    RouteAttribute::Destination(a) => dst = route_ip(a),
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::PrefSource(a) => prefsrc = route_ip(a),
+                    RouteAttribute::Priority(p) => priority = *p,
+                    RouteAttribute::MultiPath(hops) if oif.is_none() => {
+                        oif = hops.first().map(|h| h.interface_index);
+                    }
+                    _ => {}
+                }
+            }
+            let len = msg.header.destination_prefix_length;
+            let unspecified: IpAddr = if v6 { std::net::Ipv6Addr::UNSPECIFIED.into() } else { std::net::Ipv4Addr::UNSPECIFIED.into() };
+            let Ok(dst) = IpNet::new(dst.unwrap_or(unspecified), len) else { continue };
+            let kind = match msg.header.kind {
+                RouteType::Local => RouteKind::Local,
+                RouteType::Unicast => RouteKind::Unicast,
+                _ => RouteKind::Other,
+            };
+            snap.routes.push(RouteEntry { dst: dst.trunc(), table, kind, oif, prefsrc, priority });
+        }
+    }
+    task.abort();
+    Ok(snap)
+}
+
+fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(ip) => Some(IpAddr::V4(*ip)),
+        RouteAddress::Inet6(ip) => Some(IpAddr::V6(*ip)),
+        _ => None,
+    }
+}
