@@ -130,6 +130,7 @@ impl TargetArgs {
             netns: self.netns.as_deref().map(|n| Netns::at(netns::resolve(n))).unwrap_or_default(),
             pod_ips: self.pod_ip.clone(),
             families: if self.family.is_empty() { default_families() } else { self.family.clone() },
+            families_explicit: !self.family.is_empty(),
             names: self.names.names(),
         }
     }

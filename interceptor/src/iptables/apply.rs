@@ -22,6 +22,9 @@ pub struct ApplyOptions {
     pub netns: Netns,
     pub pod_ips: Vec<IpAddr>,
     pub families: Vec<Family>,
+    /// False when `families` is the default: then PodIP mode without an IPv6 pod address
+    /// programs IPv4 only instead of failing.
+    pub families_explicit: bool,
     pub names: ChainNames,
 }
 
@@ -88,6 +91,24 @@ fn restore(netns: &Netns, family: Family, payload: &str, test_only: bool) -> Res
     run(netns, family.restore_command(), &args, Some(payload)).map(|_| ())
 }
 
+/// The families to program: PodIP mode needs the pod's address of each family; a family
+/// that was not asked for explicitly and has none is left out (with a warning).
+fn families(policy: &Policy, opts: &ApplyOptions) -> Vec<Family> {
+    opts.families
+        .iter()
+        .copied()
+        .filter(|f| {
+            let skip = !opts.families_explicit
+                && policy.local_proxy_mode == LocalProxyMode::PodIp
+                && !opts.pod_ips.iter().any(|ip| Family::of(ip) == *f);
+            if skip {
+                tracing::warn!("localProxyMode PodIP without an {f} pod address: {f} rules not programmed (pass --pod-ip)");
+            }
+            !skip
+        })
+        .collect()
+}
+
 fn pod_ip_for(policy: &Policy, pod_ips: &[IpAddr], family: Family) -> Result<Option<String>> {
     let ip = pod_ips.iter().find(|ip| Family::of(ip) == family).map(IpAddr::to_string);
     if policy.local_proxy_mode == LocalProxyMode::PodIp && ip.is_none() {
@@ -104,7 +125,7 @@ fn pod_ip_for(policy: &Policy, pod_ips: &[IpAddr], family: Family) -> Result<Opt
 /// so applying twice leaves one copy of everything.
 pub fn plan(policy: &Policy, opts: &ApplyOptions) -> Result<Vec<Plan>> {
     let mut plans = Vec::new();
-    for &family in &opts.families {
+    for family in families(policy, opts) {
         let pod_ip = pod_ip_for(policy, &opts.pod_ips, family)?;
         let before = save(&opts.netns, family)?;
         let saved = SavedNat::parse(&before);
@@ -189,7 +210,7 @@ fn cleanup_family(netns: &Netns, family: Family, names: &ChainNames) -> Result<u
 /// applied in a scratch namespace and read back with iptables-save.
 pub fn verify(policy: &Policy, opts: &ApplyOptions) -> Result<Vec<String>> {
     let mut problems = Vec::new();
-    for &family in &opts.families {
+    for family in families(policy, opts) {
         let pod_ip = pod_ip_for(policy, &opts.pod_ips, family)?;
         let wanted = substitute_pod_ip(&payload(policy, family, &opts.names), family, pod_ip.as_deref());
         let expected_text = in_scratch_netns(move || {

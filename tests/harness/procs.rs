@@ -1,0 +1,142 @@
+//! Processes in the sandbox: in a namespace, optionally in the pod's cgroup and as a UID.
+use std::{
+    ffi::CString,
+    fs::File,
+    io::{BufRead, BufReader},
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+/// Where a sandbox process runs.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub netns: PathBuf,
+    /// `cgroup.procs` of the cgroup to join (the pod's), if any.
+    pub cgroup_procs: Option<PathBuf>,
+    pub uid: u32,
+}
+
+/// A helper binary built next to the test executables (target/<profile>/NAME).
+pub fn sibling_binary(name: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(format!("{}_BIN", name.to_uppercase())) {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    for dir in exe.ancestors().skip(1).take(3) {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!("cannot find the {name} binary next to {} (run `cargo build --workspace` first)", exe.display());
+}
+
+pub fn netprobe() -> PathBuf {
+    sibling_binary("netprobe")
+}
+
+/// A command that enters the identity before exec: cgroup first (a socket's cgroup is
+/// fixed when it is created), then the namespace, then the UID.
+pub fn command(program: &Path, who: &Identity) -> Result<Command> {
+    let ns = File::open(&who.netns).with_context(|| format!("open {}", who.netns.display()))?;
+    let cg = match &who.cgroup_procs {
+        Some(p) => Some(File::options().write(true).open(p).with_context(|| format!("open {}", p.display()))?),
+        None => None,
+    };
+    let uid = who.uid;
+    let mut cmd = Command::new(program);
+    // SAFETY: only async-signal-safe calls (write, setns, setgroups, setgid, setuid).
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(cg) = &cg {
+                let mut buf = [0u8; 16];
+                let mut pid = libc::getpid() as u32;
+                let mut i = buf.len();
+                loop {
+                    i -= 1;
+                    buf[i] = b'0' + (pid % 10) as u8;
+                    pid /= 10;
+                    if pid == 0 {
+                        break;
+                    }
+                }
+                if libc::write(cg.as_raw_fd(), buf[i..].as_ptr().cast(), buf.len() - i) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if uid != 0 {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(uid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    Ok(cmd)
+}
+
+/// Starts a long-running process and waits for it to print `ready`.
+pub fn spawn_ready(mut cmd: Command, what: &str) -> Result<Child> {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).stdin(Stdio::null());
+    let mut child = cmd.spawn().with_context(|| format!("spawn {what}"))?;
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(line) if line.trim() == "ready" => Ok(child),
+        other => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{what} did not start: {other:?}")
+        }
+    }
+}
+
+/// Runs a command to completion and returns its stdout.
+pub fn output(mut cmd: Command, what: &str, timeout: Duration) -> Result<String> {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+    let mut child = cmd.spawn().with_context(|| format!("spawn {what}"))?;
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let out = child.wait_with_output()?;
+            if !status.success() {
+                bail!("{what} failed ({status}): {}", String::from_utf8_lossy(&out.stderr));
+            }
+            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{what} timed out after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Runs `ip ARGS` and fails loudly.
+pub fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip").args(args).output().context("run ip (install iproute2)")?;
+    if !out.status.success() {
+        bail!("ip {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+pub fn cstring(s: &str) -> CString {
+    CString::new(s).expect("no NUL")
+}

@@ -1,0 +1,223 @@
+//! One pod and its world, in fresh namespaces; everything removed on drop.
+//!
+//! ```text
+//!   pod netns                                  world netns
+//!   eth0 198.51.100.2/25   2001:db8:1::2/64 ── eth0 198.51.100.1/25   2001:db8:1::1/64
+//!   eth1 198.51.100.130/25                  ── eth1 198.51.100.129/25
+//!   default via 198.51.100.1 (eth0)            lo: 203.0.113.10, .20, .200, 2001:db8:2::10, ::20
+//!   203.0.113.128/25 via 198.51.100.129 (eth1)
+//! ```
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Child,
+    sync::{
+        Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use interceptor::ebpf::{LoadOptions, PinDir};
+
+use crate::procs::{Identity, command, ip, netprobe, output, spawn_ready};
+
+pub const POD_IP: &str = "198.51.100.2";
+pub const POD_IP_ETH1: &str = "198.51.100.130";
+pub const POD_IP6: &str = "2001:db8:1::2";
+pub const WORLD_IP: &str = "198.51.100.1";
+pub const APP_UID: u32 = 1000;
+pub const PROXY_UID: u32 = 1500;
+/// Ports the application listens on in the pod.
+pub const APP_PORTS: [u16; 8] = [8080, 9090, 15010, 15901, 15902, 15903, 15904, 6379];
+/// Ports the world listens on.
+pub const WORLD_PORTS: [u16; 4] = [80, 443, 6379, 7070];
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Fails the test with a clear message when not run as root.
+pub fn require_root() {
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "these tests program the kernel (namespaces, cgroups, iptables, eBPF): run them as root (`cargo xtask test`)"
+    );
+}
+
+pub struct Sandbox {
+    pub id: String,
+    pub pod: String,
+    pub world: String,
+    pub cgroup: PathBuf,
+    pub pins: PinDir,
+    procs: Mutex<Vec<Child>>,
+}
+
+impl Sandbox {
+    /// A pod and world joined by two veth pairs, with addresses and routes.
+    pub fn new() -> Result<Sandbox> {
+        require_root();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let id = format!("ict{}x{n}", std::process::id());
+        let cgroot = interceptor::ebpf::loader::cgroup2_root()?;
+        let sb = Sandbox {
+            pod: format!("{id}p"),
+            world: format!("{id}w"),
+            cgroup: cgroot.join(format!("interceptor-test-{id}")),
+            pins: PinDir::new(format!("/sys/fs/bpf/interceptor-test-{id}")),
+            id,
+            procs: Mutex::new(Vec::new()),
+        };
+        sb.build().with_context(|| format!("building sandbox {}", sb.id))?;
+        Ok(sb)
+    }
+
+    fn build(&self) -> Result<()> {
+        let (p, w) = (self.pod.as_str(), self.world.as_str());
+        ip(&["netns", "add", p])?;
+        ip(&["netns", "add", w])?;
+        // Created directly inside the namespaces: nothing ever exists in the root one.
+        ip(&["-n", p, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", w])?;
+        ip(&["-n", p, "link", "add", "eth1", "type", "veth", "peer", "name", "eth1", "netns", w])?;
+        for (ns, dev, addr) in [
+            (p, "eth0", "198.51.100.2/25"),
+            (p, "eth1", "198.51.100.130/25"),
+            (w, "eth0", "198.51.100.1/25"),
+            (w, "eth1", "198.51.100.129/25"),
+            (w, "lo", "203.0.113.10/32"),
+            (w, "lo", "203.0.113.20/32"),
+            (w, "lo", "203.0.113.200/32"),
+        ] {
+            ip(&["-n", ns, "addr", "add", addr, "dev", dev])?;
+        }
+        for (ns, dev, addr) in [
+            (p, "eth0", "2001:db8:1::2/64"),
+            (w, "eth0", "2001:db8:1::1/64"),
+            (w, "lo", "2001:db8:2::10/128"),
+            (w, "lo", "2001:db8:2::20/128"),
+        ] {
+            ip(&["-n", ns, "addr", "add", addr, "dev", dev, "nodad"])?;
+        }
+        for ns in [p, w] {
+            for dev in ["lo", "eth0", "eth1"] {
+                ip(&["-n", ns, "link", "set", dev, "up"])?;
+            }
+        }
+        ip(&["-n", p, "route", "add", "default", "via", WORLD_IP, "dev", "eth0"])?;
+        ip(&["-n", p, "route", "add", "203.0.113.128/25", "via", "198.51.100.129", "dev", "eth1"])?;
+        ip(&["-n", p, "-6", "route", "add", "default", "via", "2001:db8:1::1", "dev", "eth0"])?;
+        fs::create_dir(&self.cgroup).with_context(|| format!("create cgroup {}", self.cgroup.display()))?;
+        Ok(())
+    }
+
+    pub fn netns_path(&self, name: &str) -> PathBuf {
+        Path::new("/var/run/netns").join(name)
+    }
+
+    pub fn pod_netns(&self) -> PathBuf {
+        self.netns_path(&self.pod)
+    }
+
+    /// A process of the pod (in its cgroup), as `uid`.
+    pub fn in_pod(&self, uid: u32) -> Identity {
+        Identity { netns: self.pod_netns(), cgroup_procs: Some(self.cgroup.join("cgroup.procs")), uid }
+    }
+
+    /// A process of the world (outside the pod's cgroup), as root.
+    pub fn in_world(&self) -> Identity {
+        Identity { netns: self.netns_path(&self.world), cgroup_procs: None, uid: 0 }
+    }
+
+    /// Starts a netprobe server and keeps it until the sandbox is dropped.
+    pub fn serve(&self, who: &Identity, name: &str, tcp: &[String], udp: &[String]) -> Result<()> {
+        let mut cmd = command(&netprobe(), who)?;
+        cmd.arg("serve").arg("--name").arg(name);
+        for a in tcp {
+            cmd.arg("--listen").arg(a);
+        }
+        for a in udp {
+            cmd.arg("--udp").arg(a);
+        }
+        let child = spawn_ready(cmd, &format!("server {name}"))?;
+        self.procs.lock().unwrap().push(child);
+        Ok(())
+    }
+
+    /// Starts a long-running netprobe with arbitrary arguments (e.g. `sink`).
+    pub fn start(&self, who: &Identity, args: &[&str]) -> Result<()> {
+        let mut cmd = command(&netprobe(), who)?;
+        cmd.args(args);
+        let child = spawn_ready(cmd, &format!("netprobe {}", args.join(" ")))?;
+        self.procs.lock().unwrap().push(child);
+        Ok(())
+    }
+
+    /// The sidecar stand-in (UID 1500: outbound 15001, inbound 15003), the application
+    /// (UID 1000) and the world's servers.
+    pub fn start_servers(&self) -> Result<()> {
+        self.start_sidecar()?;
+        let app: Vec<String> = APP_PORTS.iter().flat_map(|p| [format!("0.0.0.0:{p}"), format!("[::]:{p}")]).collect();
+        self.serve(&self.in_pod(APP_UID), "app", &app, &[])?;
+        let world: Vec<String> = WORLD_PORTS.iter().flat_map(|p| [format!("0.0.0.0:{p}"), format!("[::]:{p}")]).collect();
+        self.serve(&self.in_world(), "world", &world, &["0.0.0.0:53".into(), "[::]:53".into()])?;
+        Ok(())
+    }
+
+    pub fn start_sidecar(&self) -> Result<()> {
+        self.serve(&self.in_pod(PROXY_UID), "sidecar-out", &["0.0.0.0:15001".into(), "[::]:15001".into()], &[])?;
+        self.serve(&self.in_pod(PROXY_UID), "sidecar-in", &["0.0.0.0:15003".into(), "[::]:15003".into()], &[])?;
+        Ok(())
+    }
+
+    /// Stops every process started so far whose server name matches (e.g. the sidecar).
+    pub fn kill_all(&self) {
+        let mut procs = self.procs.lock().unwrap();
+        for mut c in procs.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs `netprobe ARGS` to completion as `who` and returns its stdout.
+    pub fn probe(&self, who: &Identity, args: &[&str], timeout: Duration) -> Result<String> {
+        let mut cmd = command(&netprobe(), who)?;
+        cmd.args(args);
+        output(cmd, &format!("netprobe {}", args.join(" ")), timeout)
+    }
+
+    /// Loads eBPF mode attached to this sandbox's cgroup, pinned in its own directory.
+    pub fn load_ebpf(&self) -> Result<()> {
+        interceptor::ebpf::load(&LoadOptions { cgroup: Some(self.cgroup.clone()), pin_dir: self.pins.clone() })?;
+        Ok(())
+    }
+
+    /// The pod's route to `ip`, as the kernel answers `ip route get`: (device, is local).
+    pub fn pod_route(&self, ip: &str) -> Result<(String, bool)> {
+        let out = std::process::Command::new("ip").args(["-n", &self.pod, "-j", "route", "get", ip]).output()?;
+        if !out.status.success() {
+            bail!("ip route get {ip}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let r = &v[0];
+        let dev = r["dev"].as_str().unwrap_or_default().to_string();
+        let local = r["type"].as_str() == Some("local") || dev == "lo";
+        Ok((dev, local))
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.kill_all();
+        let _ = interceptor::ebpf::unload(&self.pins);
+        for ns in [&self.pod, &self.world] {
+            let _ = ip(&["netns", "del", ns]);
+        }
+        // The cgroup can only go once its processes are gone.
+        for _ in 0..50 {
+            if !self.cgroup.exists() || fs::remove_dir(&self.cgroup).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

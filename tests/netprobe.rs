@@ -1,0 +1,355 @@
+//! netprobe: the servers and clients of the integration tests, the demo and the benchmarks.
+//!
+//! `serve` answers every TCP connection with one JSON line saying who answered, on which
+//! local address, from which peer, and what getsockopt(SO_ORIGINAL_DST) returned: that is
+//! how a test proves where a connection landed. `connect` dials and prints the answer with
+//! the client's own view (getpeername/getsockname).
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    sync::Arc,
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+
+fn usage() -> ! {
+    eprintln!(
+        "usage:\n  netprobe serve --name NAME --listen ADDR:PORT... [--udp ADDR:PORT...] [--close]\n  netprobe connect --to ADDR:PORT [--udp] [--timeout-ms N]\n  netprobe connect-many --to ADDR:PORT... [--repeat N]\n  netprobe rr --to ADDR:PORT --count N      (connect, 1-byte request/response, close; prints latencies in ns)\n  netprobe bulk --to ADDR:PORT --bytes N     (prints MB/s)\n  netprobe sink --listen ADDR:PORT           (accepts and discards; 1-byte echo for rr)"
+    );
+    std::process::exit(2)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(mode) = args.first() else { usage() };
+    let values = |flag: &str| -> Vec<String> {
+        let mut out = Vec::new();
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            if a == flag {
+                if let Some(v) = it.next() {
+                    out.push(v.clone());
+                }
+            }
+        }
+        out
+    };
+    let one = |flag: &str| values(flag).into_iter().next();
+    let has = |flag: &str| args.iter().any(|a| a == flag);
+    let addrs = |flag: &str| -> Vec<SocketAddr> {
+        values(flag).iter().map(|v| v.parse().unwrap_or_else(|_| panic!("bad address {v}"))).collect()
+    };
+    match mode.as_str() {
+        "serve" => serve(&one("--name").unwrap_or_else(|| usage()), &addrs("--listen"), &addrs("--udp")),
+        "connect" => {
+            let to = addrs("--to").into_iter().next().unwrap_or_else(|| usage());
+            let timeout = Duration::from_millis(one("--timeout-ms").map(|v| v.parse().unwrap()).unwrap_or(3000));
+            let out = if has("--udp") { udp_connect(to, timeout) } else { connect(to, timeout) };
+            println!("{out}");
+        }
+        "connect-many" => {
+            let to = addrs("--to");
+            let repeat: usize = one("--repeat").map(|v| v.parse().unwrap()).unwrap_or(1);
+            connect_many(&to, repeat);
+        }
+        "rr" => {
+            let to = addrs("--to").into_iter().next().unwrap_or_else(|| usage());
+            let count: usize = one("--count").map(|v| v.parse().unwrap()).unwrap_or(1000);
+            request_response(to, count);
+        }
+        "bulk" => {
+            let to = addrs("--to").into_iter().next().unwrap_or_else(|| usage());
+            let bytes: u64 = one("--bytes").map(|v| v.parse().unwrap()).unwrap_or(1 << 30);
+            bulk(to, bytes);
+        }
+        "sink" => sink(&addrs("--listen")),
+        _ => usage(),
+    }
+}
+
+/// getsockopt(SOL_IP, SO_ORIGINAL_DST) or (SOL_IPV6, IP6T_SO_ORIGINAL_DST), as a proxy asks.
+fn original_dst(s: &TcpStream) -> Result<SocketAddr, String> {
+    let fd = s.as_raw_fd();
+    let local = s.local_addr().map_err(|e| e.to_string())?;
+    // SAFETY: buffers and lengths are valid for the calls.
+    unsafe {
+        if local.is_ipv4() {
+            let mut sin: libc::sockaddr_in = std::mem::zeroed();
+            let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            if libc::getsockopt(fd, libc::SOL_IP, 80, (&mut sin as *mut libc::sockaddr_in).cast(), &mut len) != 0 {
+                return Err(std::io::Error::last_os_error().to_string());
+            }
+            Ok(SocketAddr::from((u32::from_be(sin.sin_addr.s_addr).to_be_bytes(), u16::from_be(sin.sin_port))))
+        } else {
+            let mut sin6: libc::sockaddr_in6 = std::mem::zeroed();
+            let mut len = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+            if libc::getsockopt(fd, libc::SOL_IPV6, 80, (&mut sin6 as *mut libc::sockaddr_in6).cast(), &mut len) != 0 {
+                return Err(std::io::Error::last_os_error().to_string());
+            }
+            Ok(SocketAddr::from((sin6.sin6_addr.s6_addr, u16::from_be(sin6.sin6_port))))
+        }
+    }
+}
+
+fn bind_udp(addr: SocketAddr) -> UdpSocket {
+    let fd = bound_socket(addr, libc::SOCK_DGRAM);
+    use std::os::fd::FromRawFd;
+    // SAFETY: a fresh, bound socket we own.
+    unsafe { UdpSocket::from_raw_fd(fd) }
+}
+
+fn bind_listener(addr: SocketAddr) -> TcpListener {
+    let fd = bound_socket(addr, libc::SOCK_STREAM);
+    // SAFETY: a bound socket we own.
+    unsafe {
+        if libc::listen(fd, 4096) != 0 {
+            panic!("listen {addr}: {}", std::io::Error::last_os_error());
+        }
+        use std::os::fd::FromRawFd;
+        TcpListener::from_raw_fd(fd)
+    }
+}
+
+/// IPv6 sockets are v6-only, so that an IPv4 connection's landing is unambiguous.
+fn bound_socket(addr: SocketAddr, kind: libc::c_int) -> libc::c_int {
+    let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    unsafe {
+        let fd = libc::socket(domain, kind | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let one: libc::c_int = 1;
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&one as *const i32).cast(), 4);
+        if addr.is_ipv6() {
+            libc::setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, (&one as *const i32).cast(), 4);
+        }
+        let (sa, len) = sockaddr(addr);
+        if libc::bind(fd, (&sa as *const libc::sockaddr_storage).cast(), len) != 0 {
+            panic!("bind {addr}: {}", std::io::Error::last_os_error());
+        }
+        fd
+    }
+}
+
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_zero: [0; 8],
+            };
+            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin) };
+            (ss, size_of::<libc::sockaddr_in>() as libc::socklen_t)
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as u16,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_scope_id: 0,
+            };
+            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin6) };
+            (ss, size_of::<libc::sockaddr_in6>() as libc::socklen_t)
+        }
+    }
+}
+
+fn answer(name: &str, s: &mut TcpStream) {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut line = String::new();
+    let _ = BufReader::new(&*s).read_line(&mut line);
+    let (orig, orig_error) = match original_dst(s) {
+        Ok(a) => (Value::String(a.to_string()), Value::Null),
+        Err(e) => (Value::Null, Value::String(e)),
+    };
+    let reply = json!({
+        "server": name,
+        "local": s.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        "peer": s.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
+        "orig": orig,
+        "orig_error": orig_error,
+    });
+    let _ = writeln!(s, "{reply}");
+}
+
+fn serve(name: &str, tcp: &[SocketAddr], udp: &[SocketAddr]) {
+    let name: Arc<str> = Arc::from(name);
+    let mut threads = Vec::new();
+    for addr in tcp {
+        let listener = bind_listener(*addr);
+        let name = name.clone();
+        threads.push(std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut s) = conn else { continue };
+                let name = name.clone();
+                std::thread::Builder::new()
+                    .stack_size(64 * 1024)
+                    .spawn(move || answer(&name, &mut s))
+                    .expect("spawn");
+            }
+        }));
+    }
+    for addr in udp {
+        let sock = bind_udp(*addr);
+        let name = name.clone();
+        threads.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok((_, from)) = sock.recv_from(&mut buf) {
+                let reply = json!({"server": &*name, "local": sock.local_addr().unwrap().to_string(), "peer": from.to_string(), "orig": null, "orig_error": null});
+                let _ = sock.send_to(reply.to_string().as_bytes(), from);
+            }
+        }));
+    }
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
+fn connect(to: SocketAddr, timeout: Duration) -> Value {
+    match TcpStream::connect_timeout(&to, timeout) {
+        Err(e) => json!({"ok": false, "error": e.to_string()}),
+        Ok(mut s) => {
+            let peername = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            let sockname = s.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            let orig = original_dst(&s).map(|a| a.to_string()).ok();
+            let _ = s.set_read_timeout(Some(timeout));
+            let _ = writeln!(s, "hello");
+            let mut line = String::new();
+            match BufReader::new(&s).read_line(&mut line) {
+                Ok(n) if n > 0 => match serde_json::from_str::<Value>(line.trim()) {
+                    Ok(reply) => json!({"ok": true, "reply": reply, "peername": peername, "sockname": sockname, "client_orig": orig}),
+                    Err(e) => json!({"ok": false, "error": format!("bad reply {line:?}: {e}")}),
+                },
+                Ok(_) => json!({"ok": false, "error": "connection closed without a reply"}),
+                Err(e) => json!({"ok": false, "error": e.to_string()}),
+            }
+        }
+    }
+}
+
+fn udp_connect(to: SocketAddr, timeout: Duration) -> Value {
+    let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
+    let sock = UdpSocket::bind(bind).unwrap();
+    sock.set_read_timeout(Some(timeout)).unwrap();
+    if let Err(e) = sock.connect(to) {
+        return json!({"ok": false, "error": e.to_string()});
+    }
+    let _ = sock.send(b"hello");
+    let mut buf = [0u8; 1024];
+    match sock.recv(&mut buf) {
+        Ok(n) => match serde_json::from_slice::<Value>(&buf[..n]) {
+            Ok(reply) => json!({"ok": true, "reply": reply, "peername": sock.peer_addr().unwrap().to_string(), "sockname": sock.local_addr().unwrap().to_string()}),
+            Err(e) => json!({"ok": false, "error": e.to_string()}),
+        },
+        Err(e) => json!({"ok": false, "error": e.to_string()}),
+    }
+}
+
+/// Every destination at once (one thread each), `repeat` times over: one JSON line each.
+fn connect_many(to: &[SocketAddr], repeat: usize) {
+    let mut threads = Vec::new();
+    for _ in 0..repeat {
+        for addr in to {
+            let addr = *addr;
+            threads.push(
+                std::thread::Builder::new()
+                    .stack_size(128 * 1024)
+                    .spawn(move || {
+                        let mut v = connect(addr, Duration::from_secs(10));
+                        v["to"] = Value::String(addr.to_string());
+                        v
+                    })
+                    .expect("spawn"),
+            );
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    for t in threads {
+        let v = t.join().unwrap_or_else(|_| json!({"ok": false, "error": "panic"}));
+        let _ = writeln!(out, "{v}");
+    }
+}
+
+/// Accepts connections; echoes one byte per read (request/response) or discards (bulk).
+fn sink(listen: &[SocketAddr]) {
+    let mut threads = Vec::new();
+    for addr in listen {
+        let listener = bind_listener(*addr);
+        threads.push(std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut s) = conn else { continue };
+                std::thread::spawn(move || {
+                    let _ = s.set_nodelay(true);
+                    let mut buf = vec![0u8; 1 << 16];
+                    loop {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(1) => {
+                                if s.write_all(&buf[..1]).is_err() {
+                                    break;
+                                }
+                            }
+                            Ok(_) => {}
+                        }
+                    }
+                });
+            }
+        }));
+    }
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
+/// `count` times: connect, send 1 byte, read 1 byte, close. Prints one latency (ns) per line.
+fn request_response(to: SocketAddr, count: usize) {
+    let mut out = std::io::stdout().lock();
+    for _ in 0..count {
+        let start = std::time::Instant::now();
+        let ok = (|| -> std::io::Result<()> {
+            let mut s = TcpStream::connect(to)?;
+            s.set_nodelay(true)?;
+            s.write_all(b"x")?;
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b)?;
+            Ok(())
+        })();
+        let ns = start.elapsed().as_nanos();
+        match ok {
+            Ok(()) => {
+                let _ = writeln!(out, "{ns}");
+            }
+            Err(e) => {
+                let _ = writeln!(out, "error {e}");
+            }
+        }
+    }
+}
+
+/// Sends `bytes` bytes over one connection; prints MB/s.
+fn bulk(to: SocketAddr, bytes: u64) {
+    let mut s = TcpStream::connect(to).expect("connect");
+    let buf = vec![0x5au8; 1 << 20];
+    let start = std::time::Instant::now();
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        // Never a 1-byte write: the sink echoes those.
+        let n = if n == 1 { 2 } else { n };
+        s.write_all(&buf[..n]).expect("write");
+        left = left.saturating_sub(n as u64);
+    }
+    s.shutdown(std::net::Shutdown::Write).ok();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    let secs = start.elapsed().as_secs_f64();
+    println!("{:.1}", bytes as f64 / secs / 1e6);
+}
