@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 fn usage() -> ! {
     eprintln!(
-        "usage:\n  netprobe serve --name NAME --listen ADDR:PORT... [--udp ADDR:PORT...] [--close]\n  netprobe connect --to ADDR:PORT [--udp] [--timeout-ms N]\n  netprobe connect-many --to ADDR:PORT... [--repeat N]\n  netprobe rr --to ADDR:PORT --count N      (connect, 1-byte request/response, close; prints latencies in ns)\n  netprobe bulk --to ADDR:PORT --bytes N     (prints MB/s)\n  netprobe sink --listen ADDR:PORT           (accepts and discards; 1-byte echo for rr)"
+        "usage:\n  netprobe serve --name NAME --listen ADDR:PORT... [--udp ADDR:PORT...] [--close]\n  netprobe connect --to ADDR:PORT [--udp] [--timeout-ms N]\n  netprobe connect-many --to ADDR:PORT... [--repeat N]\n  netprobe connect-hold --to ADDR:PORT        (one exchange per stdin line)\n  netprobe rr --to ADDR:PORT --count N      (connect, 1-byte request/response, close; prints latencies in ns)\n  netprobe bulk --to ADDR:PORT --bytes N     (prints MB/s)\n  netprobe sink --listen ADDR:PORT           (accepts and discards; 1-byte echo for rr)"
     );
     std::process::exit(2)
 }
@@ -48,6 +48,10 @@ fn main() {
             let timeout = Duration::from_millis(one("--timeout-ms").map(|v| v.parse().unwrap()).unwrap_or(3000));
             let out = if has("--udp") { udp_connect(to, timeout) } else { connect(to, timeout) };
             println!("{out}");
+        }
+        "connect-hold" => {
+            let to = addrs("--to").into_iter().next().unwrap_or_else(|| usage());
+            connect_hold(to);
         }
         "connect-many" => {
             let to = addrs("--to");
@@ -158,10 +162,19 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     }
 }
 
+/// Answers each request line of a connection until the client closes it.
 fn answer(name: &str, s: &mut TcpStream) {
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut line = String::new();
-    let _ = BufReader::new(&*s).read_line(&mut line);
+    let mut reader = BufReader::new(s.try_clone().expect("clone"));
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(n) if n > 0 => reply(name, s),
+            _ => return,
+        }
+    }
+}
+
+fn reply(name: &str, s: &mut TcpStream) {
     let (orig, orig_error) = match original_dst(s) {
         Ok(a) => (Value::String(a.to_string()), Value::Null),
         Err(e) => (Value::Null, Value::String(e)),
@@ -229,6 +242,43 @@ fn connect(to: SocketAddr, timeout: Duration) -> Value {
                 Ok(_) => json!({"ok": false, "error": "connection closed without a reply"}),
                 Err(e) => json!({"ok": false, "error": e.to_string()}),
             }
+        }
+    }
+}
+
+/// One connection kept open: an exchange per line read on stdin, one JSON line each.
+fn connect_hold(to: SocketAddr) {
+    let mut s = match TcpStream::connect_timeout(&to, Duration::from_secs(3)) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("{}", json!({"ok": false, "error": e.to_string()}));
+            return;
+        }
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let peername = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let mut reader = BufReader::new(s.try_clone().expect("clone"));
+    let stdin = std::io::stdin();
+    loop {
+        let out = match writeln!(s, "hello") {
+            Err(e) => json!({"ok": false, "error": e.to_string()}),
+            Ok(()) => {
+                let mut line = String::new();
+                match reader.read_line(&mut line) {
+                    Ok(n) if n > 0 => match serde_json::from_str::<Value>(line.trim()) {
+                        Ok(reply) => json!({"ok": true, "reply": reply, "peername": peername}),
+                        Err(e) => json!({"ok": false, "error": e.to_string()}),
+                    },
+                    Ok(_) => json!({"ok": false, "error": "connection closed"}),
+                    Err(e) => json!({"ok": false, "error": e.to_string()}),
+                }
+            }
+        };
+        println!("{out}");
+        let _ = std::io::stdout().flush();
+        let mut cmd = String::new();
+        if stdin.lock().read_line(&mut cmd).unwrap_or(0) == 0 {
+            return;
         }
     }
 }

@@ -120,7 +120,7 @@ pub struct Landing {
 }
 
 impl Landing {
-    fn from_json(v: &Value) -> Landing {
+    pub fn from_json(v: &Value) -> Landing {
         if v["ok"].as_bool() != Some(true) {
             return Landing {
                 server: None,

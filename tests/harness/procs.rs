@@ -140,3 +140,52 @@ pub fn ip(args: &[&str]) -> Result<()> {
 pub fn cstring(s: &str) -> CString {
     CString::new(s).expect("no NUL")
 }
+
+/// A connection held open by `netprobe connect-hold`: each `exchange` sends a request over
+/// the same connection and returns the server's answer.
+pub struct Held {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+    pub first: crate::flows::Landing,
+}
+
+impl Held {
+    pub fn open(program: &Path, who: &Identity, to: &str) -> Result<Held> {
+        let mut cmd = command(program, who)?;
+        cmd.args(["connect-hold", "--to", to]).stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut child = cmd.spawn()?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut held = Held { child, stdin, lines: rx, first: crate::flows::Landing::from_json(&serde_json::Value::Null) };
+        held.first = held.read()?;
+        Ok(held)
+    }
+
+    fn read(&mut self) -> Result<crate::flows::Landing> {
+        let line = self.lines.recv_timeout(Duration::from_secs(10)).context("held connection: no answer")?;
+        Ok(crate::flows::Landing::from_json(&serde_json::from_str(&line)?))
+    }
+
+    pub fn exchange(&mut self) -> Result<crate::flows::Landing> {
+        use std::io::Write;
+        writeln!(self.stdin, "again")?;
+        self.read()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

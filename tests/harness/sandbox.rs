@@ -50,7 +50,9 @@ pub struct Sandbox {
     pub world: String,
     pub cgroup: PathBuf,
     pub pins: PinDir,
-    procs: Mutex<Vec<Child>>,
+    /// The cgroup the pod's processes join (this sandbox's own unless it shares another's).
+    pod_cgroup: Mutex<PathBuf>,
+    procs: Mutex<Vec<(String, Child)>>,
 }
 
 impl Sandbox {
@@ -60,10 +62,12 @@ impl Sandbox {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let id = format!("ict{}x{n}", std::process::id());
         let cgroot = interceptor::ebpf::loader::cgroup2_root()?;
+        let cgroup = cgroot.join(format!("interceptor-test-{id}"));
         let sb = Sandbox {
             pod: format!("{id}p"),
             world: format!("{id}w"),
-            cgroup: cgroot.join(format!("interceptor-test-{id}")),
+            pod_cgroup: Mutex::new(cgroup.clone()),
+            cgroup,
             pins: PinDir::new(format!("/sys/fs/bpf/interceptor-test-{id}")),
             id,
             procs: Mutex::new(Vec::new()),
@@ -120,7 +124,14 @@ impl Sandbox {
 
     /// A process of the pod (in its cgroup), as `uid`.
     pub fn in_pod(&self, uid: u32) -> Identity {
-        Identity { netns: self.pod_netns(), cgroup_procs: Some(self.cgroup.join("cgroup.procs")), uid }
+        let cg = self.pod_cgroup.lock().unwrap().join("cgroup.procs");
+        Identity { netns: self.pod_netns(), cgroup_procs: Some(cg), uid }
+    }
+
+    /// From now on this pod's processes run in `other`'s cgroup: a second pod on the same
+    /// node, under the programs attached there.
+    pub fn share_cgroup_of(&self, other: &Sandbox) {
+        *self.pod_cgroup.lock().unwrap() = other.cgroup.clone();
     }
 
     /// A process of the world (outside the pod's cgroup), as root.
@@ -139,7 +150,7 @@ impl Sandbox {
             cmd.arg("--udp").arg(a);
         }
         let child = spawn_ready(cmd, &format!("server {name}"))?;
-        self.procs.lock().unwrap().push(child);
+        self.procs.lock().unwrap().push((name.to_string(), child));
         Ok(())
     }
 
@@ -148,7 +159,7 @@ impl Sandbox {
         let mut cmd = command(&netprobe(), who)?;
         cmd.args(args);
         let child = spawn_ready(cmd, &format!("netprobe {}", args.join(" ")))?;
-        self.procs.lock().unwrap().push(child);
+        self.procs.lock().unwrap().push((args.join(" "), child));
         Ok(())
     }
 
@@ -169,13 +180,26 @@ impl Sandbox {
         Ok(())
     }
 
-    /// Stops every process started so far whose server name matches (e.g. the sidecar).
+    /// Stops every process started so far.
     pub fn kill_all(&self) {
+        self.kill_where(|_| true);
+    }
+
+    /// Stops the servers of one name (e.g. the sidecar's, to restart it).
+    pub fn kill_named(&self, name: &str) -> usize {
+        self.kill_where(|n| n == name)
+    }
+
+    fn kill_where(&self, pick: impl Fn(&str) -> bool) -> usize {
         let mut procs = self.procs.lock().unwrap();
-        for mut c in procs.drain(..) {
+        let (gone, keep): (Vec<_>, Vec<_>) = procs.drain(..).partition(|(n, _)| pick(n));
+        *procs = keep;
+        let n = gone.len();
+        for (_, mut c) in gone {
             let _ = c.kill();
             let _ = c.wait();
         }
+        n
     }
 
     /// Runs `netprobe ARGS` to completion as `who` and returns its stdout.
@@ -189,6 +213,40 @@ impl Sandbox {
     pub fn load_ebpf(&self) -> Result<()> {
         interceptor::ebpf::load(&LoadOptions { cgroup: Some(self.cgroup.clone()), pin_dir: self.pins.clone() })?;
         Ok(())
+    }
+
+    /// Enrolls this pod (eBPF mode must be loaded in `pins`).
+    pub fn enroll_in(&self, pins: &PinDir, policy: &interceptor::policy::Policy) -> Result<interceptor::ebpf::enroll::EnrollReport> {
+        interceptor::ebpf::enroll(
+            policy,
+            &interceptor::ebpf::EnrollOptions {
+                netns: interceptor::netns::Netns::at(self.pod_netns()),
+                pod_ips: vec![],
+                pin_dir: pins.clone(),
+                pod_name: Some(format!("test/{}", self.id)),
+            },
+        )
+    }
+
+    pub fn enroll(&self, policy: &interceptor::policy::Policy) -> Result<interceptor::ebpf::enroll::EnrollReport> {
+        self.enroll_in(&self.pins, policy)
+    }
+
+    /// This pod's eBPF decision counters (reason → count) in `pins`.
+    pub fn counters_in(&self, pins: &PinDir) -> Result<std::collections::BTreeMap<u32, u64>> {
+        let cookie = interceptor::netns::Netns::at(self.pod_netns()).cookie()?;
+        let maps = interceptor::ebpf::maps::PinnedMaps::open(pins)?;
+        let mut out = std::collections::BTreeMap::new();
+        for (k, v) in maps.counters.iter().filter_map(Result::ok) {
+            if k.netns_cookie == cookie {
+                *out.entry(k.reason).or_default() += v.iter().sum::<u64>();
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn counters(&self) -> Result<std::collections::BTreeMap<u32, u64>> {
+        self.counters_in(&self.pins)
     }
 
     /// The pod's route to `ip`, as the kernel answers `ip route get`: (device, is local).
