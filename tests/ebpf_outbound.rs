@@ -1,1 +1,186 @@
-//! (filled below)
+//! eBPF mode, outbound: node-wide programs with per-pod policies, live policy changes,
+//! pinned state that outlives the loader, load/upgrade/unload, and scale.
+use std::{collections::BTreeSet, process::Command, time::Duration};
+
+use anyhow::{Context, Result};
+use aya::programs::loaded_programs;
+use interceptor::{
+    ebpf::{self, LoadOptions, LoadOutcome, maps::PinnedMaps},
+    policy::Policy,
+};
+use interceptor_tests::{
+    Actor, FlowCase, Sandbox,
+    flows::{matrix_policy, policy_from},
+    procs::{Held, netprobe, sibling_binary},
+    sandbox::APP_UID,
+};
+
+fn flow(actor: Actor, dst: &str) -> FlowCase {
+    FlowCase { name: "check", actor, dst: dst.parse().unwrap(), udp: false }
+}
+
+fn landed(sb: &Sandbox, dst: &str) -> Result<Option<String>> {
+    Ok(sb.run_flow(&flow(Actor::App, dst))?.server)
+}
+
+fn program_ids(sb: &Sandbox) -> Result<BTreeSet<u32>> {
+    Ok(ebpf::status(&sb.pins)?.programs.iter().map(|p| p.id).collect())
+}
+
+#[test]
+fn two_pods_with_different_policies_and_a_pod_that_is_not_enrolled() -> Result<()> {
+    let a = Sandbox::new()?;
+    a.load_ebpf()?;
+    let b = Sandbox::new()?;
+    let c = Sandbox::new()?;
+    b.share_cgroup_of(&a);
+    c.share_cgroup_of(&a);
+    a.enroll(&policy_from(&[("outbound-ip-range-exclusion-list", "203.0.113.10/32")]))?;
+    b.enroll_in(&a.pins, &policy_from(&[("outbound-port-exclusion-list", "80")]))?;
+    for sb in [&a, &b, &c] {
+        sb.start_servers()?;
+    }
+    // a excludes 203.0.113.10, b excludes port 80, c is not enrolled.
+    assert_eq!(landed(&a, "203.0.113.10:80")?.as_deref(), Some("world"));
+    assert_eq!(landed(&a, "203.0.113.20:443")?.as_deref(), Some("sidecar-out"));
+    assert_eq!(landed(&a, "198.51.100.1:80")?.as_deref(), Some("sidecar-out"));
+    assert_eq!(landed(&b, "203.0.113.10:80")?.as_deref(), Some("world"));
+    assert_eq!(landed(&b, "198.51.100.1:80")?.as_deref(), Some("world"));
+    assert_eq!(landed(&b, "203.0.113.20:443")?.as_deref(), Some("sidecar-out"));
+    for dst in ["203.0.113.10:80", "203.0.113.20:443", "198.51.100.1:80"] {
+        assert_eq!(landed(&c, dst)?.as_deref(), Some("world"), "{dst}: a pod that is not enrolled is never touched");
+    }
+    // Without conntrack and without enrollment, SO_ORIGINAL_DST answers as the kernel does.
+    let own = c.run_flow(&flow(Actor::App, "198.51.100.2:8080"))?;
+    assert_eq!(own.server.as_deref(), Some("app"));
+    assert_eq!(own.orig, None, "getsockopt in a pod that is not enrolled must be untouched");
+    let own = a.run_flow(&flow(Actor::App, "198.51.100.2:8080"))?;
+    assert_eq!(own.orig.as_deref(), Some("198.51.100.2:8080"), "an enrolled pod answers like conntrack");
+    let status = ebpf::status(&a.pins)?;
+    assert_eq!(status.pods.len(), 2);
+    Ok(())
+}
+
+#[test]
+fn re_enrolling_changes_new_connections_only() -> Result<()> {
+    let sb = Sandbox::new()?;
+    sb.load_ebpf()?;
+    let before = sb.enroll(&Policy::default())?;
+    sb.start_servers()?;
+    let mut held = Held::open(&netprobe(), &sb.in_pod(APP_UID), "198.51.100.1:80")?;
+    assert_eq!(held.first.server.as_deref(), Some("sidecar-out"));
+    let after = sb.enroll(&policy_from(&[("outbound-ip-range-exclusion-list", "198.51.100.0/24")]))?;
+    assert_ne!(before.policy_id, after.policy_id);
+    assert_eq!(after.replaced_policy, Some(before.policy_id));
+    // New connections follow the new policy at once...
+    assert_eq!(landed(&sb, "198.51.100.1:80")?.as_deref(), Some("world"));
+    // ...while the established one keeps its path and its original destination.
+    let again = held.exchange()?;
+    assert_eq!(again.server.as_deref(), Some("sidecar-out"));
+    assert_eq!(again.orig.as_deref(), Some("198.51.100.1:80"));
+    // The old generation is gone from the maps; only the new one remains.
+    let maps = PinnedMaps::open(&sb.pins)?;
+    let ids: BTreeSet<u32> = maps.routes.keys().filter_map(Result::ok).map(|k| u32::from_be_bytes(k.data().policy_id_be)).collect();
+    assert_eq!(ids, BTreeSet::from([after.policy_id]));
+    Ok(())
+}
+
+#[test]
+fn interception_continues_after_the_loader_exits_and_load_is_idempotent() -> Result<()> {
+    let sb = Sandbox::new()?;
+    let bin = sibling_binary("interceptor");
+    let pin = sb.pins.path().to_str().unwrap().to_string();
+    let cg = sb.cgroup.to_str().unwrap().to_string();
+    let run = |args: &[&str]| -> Result<String> {
+        let o = Command::new(&bin).args(args).output()?;
+        anyhow::ensure!(o.status.success(), "interceptor {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        Ok(String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    assert!(run(&["ebpf", "load", "--cgroup", &cg, "--pin-dir", &pin])?.contains("loaded and attached"));
+    run(&["ebpf", "enroll", "--netns", sb.pod_netns().to_str().unwrap(), "--pin-dir", &pin, "--outbound-port-exclusion-list", "6379"])?;
+    // Every interceptor process has exited: the pins keep programs, links and maps alive.
+    sb.start_servers()?;
+    let c = sb.run_flow(&flow(Actor::App, "203.0.113.20:443"))?;
+    assert_eq!((c.server.as_deref(), c.orig.as_deref()), (Some("sidecar-out"), Some("203.0.113.20:443")));
+    assert_eq!(landed(&sb, "203.0.113.20:6379")?.as_deref(), Some("world"));
+
+    let ids = program_ids(&sb)?;
+    assert_eq!(ids.len(), 7, "6 cgroup programs and the pod's sk_lookup");
+    assert!(run(&["ebpf", "load", "--cgroup", &cg, "--pin-dir", &pin])?.contains("already loaded"));
+    assert_eq!(program_ids(&sb)?, ids, "loading twice changes nothing");
+
+    // Another build (simulated by a different fingerprint): replaced in place, pods kept.
+    let maps = PinnedMaps::open(&sb.pins)?;
+    let mut settings = maps.settings()?;
+    settings.fingerprint ^= 1;
+    let mut m = maps.settings;
+    m.set(0, settings, 0)?;
+    let outcome = ebpf::load(&LoadOptions { cgroup: Some(sb.cgroup.clone()), pin_dir: sb.pins.clone() })?;
+    assert_eq!(outcome, LoadOutcome::Upgraded { pods: 1 });
+    let new_ids = program_ids(&sb)?;
+    assert!(new_ids.is_disjoint(&ids), "every program was replaced: {ids:?} → {new_ids:?}");
+    assert_eq!(sb.run_flow(&flow(Actor::App, "203.0.113.20:443"))?.server.as_deref(), Some("sidecar-out"));
+    let inbound = sb.run_flow(&flow(Actor::Peer, "198.51.100.2:8080"))?;
+    assert_eq!(inbound.server.as_deref(), Some("sidecar-in"), "the upgraded sk_lookup instance steers");
+    assert_eq!(landed(&sb, "203.0.113.20:6379")?.as_deref(), Some("world"), "the pod's policy survived the upgrade");
+    Ok(())
+}
+
+#[test]
+fn unload_removes_every_program_link_map_and_pin() -> Result<()> {
+    let sb = Sandbox::new()?;
+    sb.load_ebpf()?;
+    sb.enroll(&matrix_policy())?;
+    sb.start_servers()?;
+    assert_eq!(landed(&sb, "198.51.100.1:80")?.as_deref(), Some("sidecar-out"));
+    let ids = program_ids(&sb)?;
+    assert!(ebpf::unload(&sb.pins)?);
+    assert!(!sb.pins.path().exists(), "the pin directory is gone");
+    // Programs are freed once the last reference is dropped (RCU): allow a moment.
+    let mut left = BTreeSet::new();
+    for _ in 0..100 {
+        left = loaded_programs().filter_map(Result::ok).map(|p| p.id()).filter(|id| ids.contains(id)).collect();
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(left.is_empty(), "programs still loaded after unload: {left:?}");
+    assert_eq!(landed(&sb, "198.51.100.1:80")?.as_deref(), Some("world"), "nothing is intercepted any more");
+    assert!(!ebpf::unload(&sb.pins)?, "a second unload finds nothing");
+    Ok(())
+}
+
+#[test]
+fn a_thousand_concurrent_connections_each_see_their_own_original_destination() -> Result<()> {
+    let sb = Sandbox::new()?;
+    sb.load_ebpf()?;
+    sb.enroll(&Policy::default())?;
+    sb.start_sidecar()?;
+    let mut args = vec!["connect-many".to_string()];
+    for i in 0..1000u32 {
+        args.push("--to".into());
+        args.push(format!("203.0.113.{}:{}", 1 + i % 250, 20000 + i));
+    }
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = sb.probe(&sb.in_pod(APP_UID), &argv, Duration::from_secs(120))?;
+    let mut ok = 0;
+    let mut wrong = Vec::new();
+    for line in out.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).context("json")?;
+        let to = v["to"].as_str().unwrap_or_default();
+        let reply = &v["reply"];
+        if v["ok"] == true && reply["server"] == "sidecar-out" && reply["orig"] == to && v["peername"] == to {
+            ok += 1;
+        } else {
+            wrong.push(line.to_string());
+        }
+    }
+    assert_eq!(ok, 1000, "{} wrong, e.g. {:?}", wrong.len(), wrong.first());
+    Ok(())
+}
+
+#[test]
+fn kernel_feature_probe_passes_on_this_kernel() {
+    assert_eq!(ebpf::probe::missing_features(), vec![]);
+}

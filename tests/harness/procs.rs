@@ -6,7 +6,7 @@ use std::{
     os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
@@ -88,6 +88,7 @@ pub fn command(program: &Path, who: &Identity) -> Result<Command> {
 /// Starts a long-running process and waits for it to print `ready`.
 pub fn spawn_ready(mut cmd: Command, what: &str) -> Result<Child> {
     cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).stdin(Stdio::null());
+    let what = short(what);
     let mut child = cmd.spawn().with_context(|| format!("spawn {what}"))?;
     let stdout = child.stdout.take().expect("piped");
     let (tx, rx) = std::sync::mpsc::channel();
@@ -106,26 +107,34 @@ pub fn spawn_ready(mut cmd: Command, what: &str) -> Result<Child> {
     }
 }
 
-/// Runs a command to completion and returns its stdout.
+/// Runs a command to completion and returns its stdout (read while it runs: a child that
+/// fills the pipe would otherwise never exit).
 pub fn output(mut cmd: Command, what: &str, timeout: Duration) -> Result<String> {
+    let what = short(what);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
-    let mut child = cmd.spawn().with_context(|| format!("spawn {what}"))?;
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait()? {
-            let out = child.wait_with_output()?;
-            if !status.success() {
-                bail!("{what} failed ({status}): {}", String::from_utf8_lossy(&out.stderr));
-            }
-            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
-        }
-        if started.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
+    let child = cmd.spawn().with_context(|| format!("spawn {what}"))?;
+    let pid = child.id() as libc::pid_t;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(timeout) {
+        Ok(out) => out?,
+        Err(_) => {
+            // SAFETY: our own child, not yet reaped (the waiting thread reaps it).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
             bail!("{what} timed out after {timeout:?}");
         }
-        std::thread::sleep(Duration::from_millis(2));
+    };
+    if !out.status.success() {
+        bail!("{what} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
     }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A command line shortened for messages.
+pub fn short(what: &str) -> String {
+    if what.len() <= 120 { what.to_string() } else { format!("{}… ({} bytes)", &what[..what.floor_char_boundary(120)], what.len()) }
 }
 
 /// Runs `ip ARGS` and fails loudly.
