@@ -1,0 +1,100 @@
+//! `cargo xtask setup`: everything building and testing need, installed only if missing.
+use std::{
+    fs,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::util::{have, run};
+
+/// Where the LLVM prefix bpf-linker was built against lives; bpf-linker's rpath points
+/// into it, so it must survive (it is a few symlinks).
+fn llvm_prefix() -> PathBuf {
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".local/share/interceptor/llvm")
+}
+
+pub fn setup() -> Result<()> {
+    apt_packages()?;
+    nightly_rust_src()?;
+    bpf_linker()?;
+    Ok(())
+}
+
+fn apt_packages() -> Result<()> {
+    let wanted = [("iptables-restore", "iptables"), ("ip6tables-restore", "iptables"), ("ip", "iproute2")];
+    let mut missing: Vec<&str> = wanted.iter().filter(|(bin, _)| !have(bin)).map(|(_, pkg)| *pkg).collect();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !have("apt-get") {
+        bail!("missing {missing:?} and no apt-get to install them: install them by hand");
+    }
+    eprintln!("xtask: installing {missing:?}");
+    let install = |pkgs: &[&str]| {
+        let mut cmd = Command::new("apt-get");
+        cmd.args(["install", "-y", "--no-install-recommends"]).args(pkgs).env("DEBIAN_FRONTEND", "noninteractive");
+        run(&mut cmd)
+    };
+    if install(&missing).is_err() {
+        run(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"))?;
+        install(&missing)?;
+    }
+    Ok(())
+}
+
+fn nightly_sysroot() -> Result<PathBuf> {
+    let out = Command::new("rustc").args(["+nightly", "--print", "sysroot"]).output().context("run rustup/rustc")?;
+    if !out.status.success() {
+        bail!("the nightly toolchain is missing (`rustup toolchain install nightly`): {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+}
+
+fn nightly_rust_src() -> Result<()> {
+    let sysroot = nightly_sysroot()?;
+    if sysroot.join("lib/rustlib/src/rust/library/core").exists() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing rust-src for nightly");
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn bpf_linker() -> Result<()> {
+    if Command::new("bpf-linker").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        return Ok(());
+    }
+    // bpf-linker links against LLVM; nightly ships its own libLLVM, so point an LLVM prefix
+    // at it: lib/libLLVM.so and the SONAME file, both symlinks to the sysroot's library.
+    let sysroot = nightly_sysroot()?;
+    let lib = sysroot.join("lib");
+    let llvm = fs::read_dir(&lib)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM.so."))
+        .with_context(|| format!("no libLLVM.so.* in {}", lib.display()))?;
+    // libLLVM.so.22.1-rust-1.97.0-nightly → llvm-22
+    let major = llvm.trim_start_matches("libLLVM.so.").split('.').next().unwrap_or_default().to_string();
+    let prefix = llvm_prefix();
+    let prefix_lib = prefix.join("lib");
+    fs::create_dir_all(&prefix_lib)?;
+    for name in ["libLLVM.so", llvm.as_str()] {
+        let link = prefix_lib.join(name);
+        let _ = fs::remove_file(&link);
+        symlink(lib.join(&llvm), &link).with_context(|| format!("symlink {}", link.display()))?;
+    }
+    eprintln!("xtask: building bpf-linker against nightly's LLVM {major} (a few minutes, once)");
+    run(Command::new("cargo")
+        .args(["install", "bpf-linker", "--version", "0.13.0", "--no-default-features", "--features"])
+        .arg(format!("llvm-{major}"))
+        .env("LLVM_PREFIX", &prefix)
+        .current_dir(Path::new("/")))?;
+    if !have("bpf-linker") {
+        bail!("bpf-linker was installed but is not on PATH: add ~/.cargo/bin to PATH");
+    }
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! Running commands, building, testing, and the demo.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context, Result, bail};
+
+pub fn have(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// The workspace root (xtask's parent).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+pub fn require_root(task: &str) -> Result<()> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc_geteuid() } != 0 {
+        bail!("`cargo xtask {task}` programs the kernel (namespaces, cgroups, iptables, eBPF): run it as root");
+    }
+    Ok(())
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+pub fn build() -> Result<()> {
+    run(cargo().args(["build", "--workspace", "--exclude", "interceptor-ebpf", "--all-targets"]))
+}
+
+pub fn build_release() -> Result<()> {
+    run(cargo().args(["build", "--release", "--workspace", "--exclude", "interceptor-ebpf", "--bins"]))
+}
+
+/// Removes what a crashed earlier run of the tests may have left (only our own names).
+pub fn cleanup_stale() {
+    if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or_default();
+            if name.starts_with("ict") || name.starts_with("icdemo") || name.starts_with("icbench") {
+                let _ = Command::new("ip").args(["netns", "del", name]).status();
+            }
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let cg = mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+    });
+    for (dir, prefixes) in [
+        (cg, ["interceptor-test-", "interceptor-demo-", "interceptor-bench-"]),
+        (Some(PathBuf::from("/sys/fs/bpf")), ["interceptor-test-", "interceptor-demo-", "interceptor-bench-"]),
+    ] {
+        let Some(dir) = dir else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if prefixes.iter().any(|p| n.starts_with(p)) {
+                let _ = std::fs::write(e.path().join("cgroup.kill"), "1");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                let _ = std::fs::remove_dir(e.path()).or_else(|_| std::fs::remove_dir_all(e.path()));
+            }
+        }
+    }
+}
+
+pub fn test(args: &[String]) -> Result<()> {
+    require_root("test")?;
+    cleanup_stale();
+    let started = Instant::now();
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--exclude", "interceptor-ebpf"]).args(args);
+    let result = run(&mut cmd);
+    cleanup_stale();
+    eprintln!("xtask: tests finished in {:.0?}", started.elapsed());
+    result
+}
+
+pub fn demo(args: &[String]) -> Result<()> {
+    require_root("demo")?;
+    cleanup_stale();
+    run(cargo().args(["run", "--quiet", "--package", "interceptor-tests", "--bin", "demo", "--"]).args(args))
+}
