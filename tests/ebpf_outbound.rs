@@ -115,7 +115,7 @@ fn interception_continues_after_the_loader_exits_and_load_is_idempotent() -> Res
     settings.fingerprint ^= 1;
     let mut m = maps.settings;
     m.set(0, settings, 0)?;
-    let outcome = ebpf::load(&LoadOptions { cgroup: Some(sb.cgroup.clone()), pin_dir: sb.pins.clone() })?;
+    let outcome = ebpf::load(&LoadOptions { cgroup: Some(sb.cgroup.clone()), pin_dir: sb.pins.clone(), max_tracked_connections: None })?;
     assert_eq!(outcome, LoadOutcome::Upgraded { pods: 1 });
     let new_ids = program_ids(&sb)?;
     assert!(new_ids.is_disjoint(&ids), "every program was replaced: {ids:?} → {new_ids:?}");

@@ -16,7 +16,8 @@ pub mod map_names {
     pub const PORTS: &str = "PORTS";
     pub const IFACES: &str = "IFACES";
     pub const PENDING: &str = "PENDING";
-    pub const SOCK_ORIG: &str = "SOCK_ORIG";
+    pub const ORIG_BY_COOKIE: &str = "ORIG_BY_COOKIE";
+    pub const ACCEPTED: &str = "ACCEPTED";
     pub const LISTENERS: &str = "LISTENERS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const SETTINGS: &str = "SETTINGS";
@@ -24,7 +25,7 @@ pub mod map_names {
     /// Created by the loader, not by the object: only user space reads it.
     pub const POD_INFO: &str = "POD_INFO";
     /// Maps defined in the eBPF object.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         PODS,
         EXCLUDED_CIDRS,
         INCLUDED_CIDRS,
@@ -32,7 +33,8 @@ pub mod map_names {
         PORTS,
         IFACES,
         PENDING,
-        SOCK_ORIG,
+        ORIG_BY_COOKIE,
+        ACCEPTED,
         LISTENERS,
         COUNTERS,
         SETTINGS,
@@ -48,7 +50,9 @@ pub mod capacity {
     pub const ROUTES: usize = 1_048_576;
     pub const PORTS: usize = 1_048_576;
     pub const IFACES: usize = 65_536;
-    pub const PENDING: usize = 262_144;
+    /// Tracked connections (redirected, and accepted by enrolled pods): LRU maps, which the
+    /// kernel preallocates; `ebpf load --max-tracked-connections` overrides it.
+    pub const TRACKED_CONNECTIONS: usize = 131_072;
     pub const LISTENERS: usize = 131_072;
     pub const COUNTERS: usize = 1_048_576;
 }
@@ -267,20 +271,8 @@ pub struct IfaceKey {
     pub ifindex: u32,
 }
 
-/// `OrigDst::kind` values.
-pub mod orig_kind {
-    /// The application's socket whose connect() was redirected; `addr`/`port` is what it dialled.
-    pub const REDIRECTED: u32 = 1;
-    /// The sidecar's accepted end of a redirected connection; `addr`/`port` is the dialled one.
-    pub const REDIRECTED_PEER: u32 = 2;
-    /// Any other accepted socket of an enrolled pod; `addr`/`port` is its local address.
-    pub const ACCEPTED: u32 = 3;
-    /// Any other client socket of an enrolled pod; `addr`/`port` is its remote address.
-    pub const CONNECTED: u32 = 4;
-}
-
-/// Per-socket storage (`SOCK_ORIG`) and `PENDING` value: the original destination of a
-/// connection, as SO_ORIGINAL_DST reports it.
+/// `ORIG_BY_COOKIE` and `PENDING` value: the destination a redirected connection's
+/// application dialled, as SO_ORIGINAL_DST and getpeername() report it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
 pub struct OrigDst {
@@ -289,11 +281,12 @@ pub struct OrigDst {
     /// Host byte order.
     pub port: u16,
     pub family: u16,
-    pub kind: u32,
+    pub _pad: u32,
 }
 
-/// Key of `PENDING`: a redirected connection seen from the listener's side, between the
-/// application's connect() and the sidecar's accept().
+/// Key of `PENDING` (a redirected connection seen from the listener's side, from the
+/// application's connect() until its socket closes) and of `ACCEPTED` (connections accepted
+/// in an enrolled pod).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq, Hash)]
 pub struct ConnKey {
@@ -327,7 +320,7 @@ pub struct CounterKey {
 
 /// Version of the map layout. Bump it whenever a map's type, key or value changes: a load
 /// over pinned state of another layout refuses to reuse it.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Value of `SETTINGS[0]`: run-time switches of the programs and what is loaded.
 #[repr(C)]

@@ -94,3 +94,16 @@ pub fn port_from_be_low16(v: u32) -> u16 {
 pub fn port_to_be_low16(port: u16) -> u32 {
     port.to_be() as u32
 }
+
+/// The key of a connection as seen from one end (`local` = that end's own address).
+#[inline(always)]
+pub fn conn_key(netns_cookie: u64, local: &Endpoint, remote: &Endpoint) -> interceptor_common::ConnKey {
+    interceptor_common::ConnKey {
+        netns_cookie,
+        local_addr: words_to_bytes(local.addr),
+        remote_addr: words_to_bytes(remote.addr),
+        local_port: local.port,
+        remote_port: remote.port,
+        family: local.family as u32,
+    }
+}

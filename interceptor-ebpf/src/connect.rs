@@ -1,24 +1,24 @@
 //! cgroup/connect4 and cgroup/connect6: outbound interception without NAT.
 //!
 //! A redirected connect() is rewritten to the sidecar's listener before the kernel routes
-//! it; the dialled destination is kept in the socket's storage (`SOCK_ORIG`) for
-//! SO_ORIGINAL_DST and getpeername(). Minimum kernel: 5.7 (bpf_get_netns_cookie here).
+//! it; the dialled destination is kept by socket cookie (`ORIG_BY_COOKIE`) for
+//! getpeername() and SO_ORIGINAL_DST. Minimum kernel: 5.7 (bpf_get_netns_cookie here).
 use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::bpf_sock_addr,
-    helpers::{bpf_bind, bpf_get_current_uid_gid, bpf_get_netns_cookie},
+    helpers::{bpf_bind, bpf_get_current_uid_gid, bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
 use aya_log_ebpf::debug;
-use interceptor_common::{AF_INET, IPPROTO_TCP, OrigDst, orig_kind};
+use interceptor_common::{AF_INET, IPPROTO_TCP, OrigDst};
 
 use crate::{
     addr::{Endpoint, port_from_be_low16, port_to_be_low16, words_to_bytes},
     counters::count,
     decide::{Outbound, outbound},
-    maps::{PODS, SOCK_ORIG, debug_enabled},
+    maps::{ORIG_BY_COOKIE, PODS, debug_enabled},
 };
 
 /// Allow the connect() (a cgroup sock_addr program may also return 0 to refuse it; we never do).
@@ -87,22 +87,14 @@ fn on_connect(ctx: &SockAddrContext, dst: Endpoint, v6_socket: bool) {
     }
 }
 
-/// Keeps the dialled destination with the socket, for SO_ORIGINAL_DST and getpeername().
+/// Keeps the dialled destination by socket cookie, for getpeername() and for sock_ops to
+/// hand to the listener's side once the connection is established.
 #[inline(always)]
 fn remember(ctx: &SockAddrContext, netns_cookie: u64, dst: &Endpoint) {
-    let mut value = OrigDst {
-        netns_cookie,
-        addr: words_to_bytes(dst.addr),
-        port: dst.port,
-        family: dst.family,
-        kind: orig_kind::REDIRECTED,
-    };
-    // SAFETY: the context's socket is valid for the duration of the program.
-    let slot = unsafe { SOCK_ORIG.get_or_insert_ptr_mut(ctx, Some(&mut value)) };
-    if !slot.is_null() {
-        // The storage may already exist (a second connect() attempt): overwrite it.
-        unsafe { *slot = value };
-    }
+    let value = OrigDst { netns_cookie, addr: words_to_bytes(dst.addr), port: dst.port, family: dst.family, _pad: 0 };
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut c_void) };
+    // Overwrites an entry of an earlier connect() attempt of the same socket.
+    let _ = ORIG_BY_COOKIE.insert(&cookie, &value, 0);
 }
 
 /// Binds an unbound socket to the source the kernel would have used for the dialled

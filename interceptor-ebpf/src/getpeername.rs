@@ -1,12 +1,14 @@
 //! cgroup/getpeername4 and getpeername6: the application's view stays what it dialled.
 //! A redirected socket is really connected to the sidecar; getpeername() reports the
 //! original destination instead, as it does under NAT. Minimum kernel: 5.8.
-use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
-use interceptor_common::{AF_INET, orig_kind};
+use core::ffi::c_void;
+
+use aya_ebpf::{helpers::bpf_get_socket_cookie, macros::cgroup_sock_addr, programs::SockAddrContext};
+use interceptor_common::AF_INET;
 
 use crate::{
     addr::{V4_MAPPED_WORD2, bytes_to_words, port_to_be_low16},
-    maps::SOCK_ORIG,
+    maps::ORIG_BY_COOKIE,
 };
 
 #[cgroup_sock_addr(getpeername4)]
@@ -23,16 +25,12 @@ pub fn dialled_peer6(ctx: SockAddrContext) -> i32 {
 
 #[inline(always)]
 fn restore(ctx: &SockAddrContext, v6_socket: bool) {
-    // SAFETY: the context's socket is valid for the duration of the program.
-    let orig = unsafe { SOCK_ORIG.get_ptr_mut(ctx) };
-    if orig.is_null() {
-        return;
-    }
-    let orig = unsafe { *orig };
-    if orig.kind != orig_kind::REDIRECTED {
-        return;
-    }
     let sa = ctx.sock_addr;
+    let cookie = unsafe { bpf_get_socket_cookie(sa as *mut c_void) };
+    let orig = match unsafe { ORIG_BY_COOKIE.get(&cookie) } {
+        Some(o) => *o,
+        None => return,
+    };
     let addr = bytes_to_words(orig.addr);
     unsafe {
         if !v6_socket {

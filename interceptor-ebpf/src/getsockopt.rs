@@ -1,15 +1,24 @@
 //! cgroup/getsockopt: answers getsockopt(SOL_IP, SO_ORIGINAL_DST) and
-//! getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST) for sockets of enrolled pods, as conntrack does
-//! in iptables mode. Every other call, and every socket without our storage, is left exactly
-//! as the kernel answered it. Minimum kernel: 5.3 (cgroup sockopt hooks).
-use core::ffi::c_void;
-
+//! getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST) for TCP sockets of enrolled pods, as conntrack
+//! does in iptables mode:
+//!
+//! * either end of a redirected connection: the destination the application dialled;
+//! * an accepted socket: its local address (for sk_lookup-steered connections, the
+//!   destination the client used);
+//! * any other connected socket: its remote address.
+//!
+//! Every other call, and every socket of a pod that is not enrolled, is left exactly as the
+//! kernel answered it. Minimum kernel: 5.15 (bpf_get_netns_cookie in cgroup sockopt).
 use aya_ebpf::{
-    helpers::generated::bpf_sk_storage_get, macros::cgroup_sockopt, programs::SockoptContext,
+    bindings::bpf_sock, helpers::bpf_get_netns_cookie, macros::cgroup_sockopt,
+    programs::SockoptContext,
 };
-use interceptor_common::{AF_INET, AF_INET6, OrigDst, orig_kind};
+use interceptor_common::{AF_INET, AF_INET6, IPPROTO_TCP};
 
-use crate::{addr::bytes_to_words, maps::SOCK_ORIG};
+use crate::{
+    addr::{Endpoint, bytes_to_words, conn_key},
+    maps::{ACCEPTED, PENDING, PODS},
+};
 
 const SOL_IP: i32 = 0;
 const SOL_IPV6: i32 = 41;
@@ -25,6 +34,20 @@ pub fn original_dst(ctx: SockoptContext) -> i32 {
     1
 }
 
+/// The socket's own ends: (local, remote); remote port 0 means not connected.
+#[inline(always)]
+fn endpoints(sk: *mut bpf_sock) -> (Endpoint, Endpoint) {
+    let local_port = ctx_read!(sk, src_port) as u16;
+    let remote_port = u16::from_be(ctx_read!(sk, dst_port));
+    if ctx_read!(sk, family) == AF_INET as u32 {
+        (Endpoint::v4(ctx_read!(sk, src_ip4), local_port), Endpoint::v4(ctx_read!(sk, dst_ip4), remote_port))
+    } else {
+        let l = [ctx_read!(sk, src_ip6[0]), ctx_read!(sk, src_ip6[1]), ctx_read!(sk, src_ip6[2]), ctx_read!(sk, src_ip6[3])];
+        let r = [ctx_read!(sk, dst_ip6[0]), ctx_read!(sk, dst_ip6[1]), ctx_read!(sk, dst_ip6[2]), ctx_read!(sk, dst_ip6[3])];
+        (Endpoint::from_v6_socket(l, local_port), Endpoint::from_v6_socket(r, remote_port))
+    }
+}
+
 #[inline(always)]
 fn answer(ctx: &SockoptContext) {
     let so = ctx.sockopt;
@@ -33,44 +56,44 @@ fn answer(ctx: &SockoptContext) {
         return;
     }
     let sk = ctx_read!(so, __bindgen_anon_1.sk);
-    if sk.is_null() {
+    if sk.is_null() || ctx_read!(sk, protocol) != IPPROTO_TCP {
         return;
     }
-    let map = core::ptr::from_ref(&SOCK_ORIG).cast_mut().cast::<c_void>();
-    let orig = unsafe { bpf_sk_storage_get(map, sk.cast(), core::ptr::null_mut(), 0) }
-        .cast::<OrigDst>();
-    if orig.is_null() {
+    let netns_cookie = unsafe { bpf_get_netns_cookie(so.cast()) };
+    if unsafe { PODS.get(&netns_cookie) }.is_none() {
         return;
     }
-    let orig = unsafe { *orig };
-    if orig.kind == 0 || orig.kind > orig_kind::CONNECTED {
+    let (local, remote) = endpoints(sk);
+    if remote.port == 0 {
+        // Not connected (e.g. a listener): conntrack has nothing either.
         return;
     }
+    let key = conn_key(netns_cookie, &local, &remote);
+    let orig = if let Some(o) = unsafe { PENDING.get(&key) } {
+        // The sidecar's end of a redirected connection.
+        Endpoint { family: o.family, addr: bytes_to_words(o.addr), port: o.port }
+    } else if let Some(o) = unsafe { PENDING.get(&conn_key(netns_cookie, &remote, &local)) } {
+        // The application's end of a redirected connection.
+        Endpoint { family: o.family, addr: bytes_to_words(o.addr), port: o.port }
+    } else if unsafe { ACCEPTED.get(&key) }.is_some() {
+        local
+    } else {
+        remote
+    };
     let optval = ctx_read!(so, __bindgen_anon_2.optval).cast::<u8>();
     let optval_end = ctx_read!(so, __bindgen_anon_3.optval_end).cast::<u8>();
     if level == SOL_IP && orig.family == AF_INET {
         if unsafe { optval.add(SOCKADDR_IN_LEN) } > optval_end {
             return;
         }
-        let sin = SockaddrIn {
-            family: AF_INET,
-            port: orig.port.to_be(),
-            addr: bytes_to_words(orig.addr)[0],
-            zero: [0; 8],
-        };
+        let sin = SockaddrIn { family: AF_INET, port: orig.port.to_be(), addr: orig.addr[0], zero: [0; 8] };
         unsafe { core::ptr::write_unaligned(optval.cast::<SockaddrIn>(), sin) };
         finish(ctx, SOCKADDR_IN_LEN as i32);
     } else if level == SOL_IPV6 && orig.family == AF_INET6 {
         if unsafe { optval.add(SOCKADDR_IN6_LEN) } > optval_end {
             return;
         }
-        let sin6 = SockaddrIn6 {
-            family: AF_INET6,
-            port: orig.port.to_be(),
-            flowinfo: 0,
-            addr: bytes_to_words(orig.addr),
-            scope_id: 0,
-        };
+        let sin6 = SockaddrIn6 { family: AF_INET6, port: orig.port.to_be(), flowinfo: 0, addr: orig.addr, scope_id: 0 };
         unsafe { core::ptr::write_unaligned(optval.cast::<SockaddrIn6>(), sin6) };
         finish(ctx, SOCKADDR_IN6_LEN as i32);
     }

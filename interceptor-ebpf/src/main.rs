@@ -2,11 +2,13 @@
 //!
 //! | hook                     | module          | minimum kernel |
 //! |--------------------------|-----------------|----------------|
-//! | cgroup/connect4, connect6 | `connect`      | 5.7 (netns cookie), 5.15 for the whole set |
+//! | cgroup/connect4, connect6 | `connect`      | 5.7 (netns cookie) |
 //! | sock_ops                 | `sock_ops`      | 5.15 (bpf_get_netns_cookie in sock_ops) |
-//! | cgroup/getsockopt        | `getsockopt`    | 5.15 |
+//! | cgroup/getsockopt        | `getsockopt`    | 5.15 (bpf_get_netns_cookie in sockopt) |
 //! | cgroup/getpeername4, 6   | `getpeername`   | 5.8 |
-//! | sk_lookup                | `sk_lookup`     | 5.9; 5.17 for interface exclusions |
+//! | sk_lookup                | `sk_lookup`     | 5.17 (`ingress_ifindex`) |
+//!
+//! The whole set therefore needs Linux 5.17.
 //!
 //! All decisions read the per-pod policy that `interceptor ebpf enroll` writes (see `maps`).
 #![no_std]

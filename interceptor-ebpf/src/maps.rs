@@ -2,7 +2,8 @@
 //! the per-namespace `sk_lookup` instances and later loads reuse the same maps.
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, SkStorage, SockHash},
+    bindings::BPF_F_NO_COMMON_LRU,
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, SockHash},
     macros::btf_map,
 };
 use interceptor_common::{
@@ -11,6 +12,8 @@ use interceptor_common::{
 };
 
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
+/// Per-CPU LRU lists: no global lock on the connection path.
+const PER_CPU_LRU: usize = BPF_F_NO_COMMON_LRU as usize;
 
 /// Enrolled pods: network namespace cookie → the pod's current policy generation.
 #[btf_map]
@@ -37,13 +40,20 @@ pub static PORTS: HashMap<PortKey, u8, { capacity::PORTS }, NO_PREALLOC> = HashM
 #[btf_map]
 pub static IFACES: HashMap<IfaceKey, u8, { capacity::IFACES }, NO_PREALLOC> = HashMap::new();
 
-/// Redirected connections between the application's connect() and the sidecar's accept().
+/// Redirected connections by their tuple as the listener sees it, from the application's
+/// established connect() until its socket closes: what the sidecar's getsockopt answers.
 #[btf_map]
-pub static PENDING: LruHashMap<ConnKey, OrigDst, { capacity::PENDING }> = LruHashMap::new();
+pub static PENDING: LruHashMap<ConnKey, OrigDst, { capacity::TRACKED_CONNECTIONS }, PER_CPU_LRU> = LruHashMap::new();
 
-/// Per-socket original destination; freed by the kernel with the socket.
+/// Redirected application sockets by socket cookie: what their getpeername() restores.
+/// (Hash maps instead of socket storage: no allocation and memory charge per connection.)
 #[btf_map]
-pub static SOCK_ORIG: SkStorage<OrigDst> = SkStorage::new();
+pub static ORIG_BY_COOKIE: LruHashMap<u64, OrigDst, { capacity::TRACKED_CONNECTIONS }, PER_CPU_LRU> = LruHashMap::new();
+
+/// Connections accepted in enrolled pods that were not redirected: SO_ORIGINAL_DST is their
+/// local address (any other TCP socket of an enrolled pod is a client: its remote address).
+#[btf_map]
+pub static ACCEPTED: LruHashMap<ConnKey, u8, { capacity::TRACKED_CONNECTIONS }, PER_CPU_LRU> = LruHashMap::new();
 
 /// Each enrolled pod's inbound listener (15003), registered when the sidecar calls listen().
 #[btf_map]

@@ -4,8 +4,7 @@
 //! destination the client used, so it is the original destination.
 //!
 //! A sk_lookup program cannot ask which namespace it runs in, so the loader loads one
-//! instance per pod with `NETNS_COOKIE` set. Minimum kernel: 5.9; 5.17 for `ingress_ifindex`
-//! (interface exclusions).
+//! instance per pod with `NETNS_COOKIE` set. Minimum kernel: 5.17 (`ingress_ifindex`).
 use aya_ebpf::{
     Global,
     bindings::{sk_action::SK_DROP, sk_action::SK_PASS},
@@ -13,8 +12,8 @@ use aya_ebpf::{
     programs::SkLookupContext,
 };
 use interceptor_common::{
-    AF_INET, AF_INET6, IPPROTO_TCP, IfaceKey, ListenerKey, PortKey, Reason, pod_flags,
-    port_flags, route_flags,
+    AF_INET, AF_INET6, IPPROTO_TCP, IfaceKey, ListenerKey, PortKey, Reason, pod_flags, port_flags,
+    route_flags,
 };
 
 use crate::{
@@ -22,6 +21,8 @@ use crate::{
     counters::count,
     maps::{IFACES, LISTENERS, PODS, PORTS, ROUTES},
 };
+
+const LOOPBACK_IFINDEX: u32 = 1;
 
 /// The cookie of the network namespace this instance is attached to (set at load).
 #[unsafe(no_mangle)]
@@ -47,13 +48,19 @@ fn decide(ctx: &SkLookupContext) -> Option<Reason> {
     let netns_cookie = NETNS_COOKIE.load();
     let pod = unsafe { PODS.get(&netns_cookie) }.copied()?;
     let family = ctx_read!(l, family);
+    let ifindex = ctx_read!(l, ingress_ifindex);
+    // The pod talking to itself never traverses PREROUTING. Traffic arriving on lo (ifindex
+    // 1 in every namespace) is the cheap case; connections to the pod's own address report
+    // the address's device, so the source is also checked against the pod's local routes.
+    if ifindex == LOOPBACK_IFINDEX {
+        return Some(Reason::InFromPod);
+    }
     let remote = if family == AF_INET as u32 {
         Endpoint::v4(ctx_read!(l, remote_ip4), 0)
     } else {
         let r = [ctx_read!(l, remote_ip6[0]), ctx_read!(l, remote_ip6[1]), ctx_read!(l, remote_ip6[2]), ctx_read!(l, remote_ip6[3])];
         Endpoint::v6(r, 0)
     };
-    // The pod talking to itself never traverses PREROUTING.
     if let Some(route) = ROUTES.get(&remote.lpm_key(pod.policy_id)) {
         if route.flags & route_flags::LOCAL != 0 {
             return Some(Reason::InFromPod);
@@ -68,7 +75,7 @@ fn decide(ctx: &SkLookupContext) -> Option<Reason> {
         }
     }
     if pod.flags & pod_flags::HAS_IFACE_EXCLUSIONS != 0 {
-        let key = IfaceKey { policy_id: pod.policy_id, ifindex: ctx_read!(l, ingress_ifindex) };
+        let key = IfaceKey { policy_id: pod.policy_id, ifindex };
         if unsafe { IFACES.get(&key) }.is_some() {
             return Some(Reason::InExcludedInterface);
         }

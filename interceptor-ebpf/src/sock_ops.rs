@@ -1,6 +1,6 @@
 //! sock_ops: follows a redirected connection from the application's socket to the sidecar's
-//! accepted socket, records every other connection's original destination, and registers
-//! each pod's inbound listener for `sk_lookup`.
+//! accepted socket, remembers which connections of enrolled pods were accepted, and
+//! registers each pod's inbound listener for `sk_lookup`.
 //!
 //! Minimum kernel: 5.15 (bpf_get_netns_cookie in sock_ops; TCP_LISTEN_CB sockhash updates
 //! since 5.9).
@@ -8,19 +8,23 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{
-        BPF_SK_STORAGE_GET_F_CREATE, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_TCP_LISTEN_CB, bpf_sock_ops,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_LISTEN_CB,
+        bpf_sock_ops,
     },
-    helpers::{bpf_get_netns_cookie, generated::bpf_sk_storage_get},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_sock_ops_cb_flags_set},
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use interceptor_common::{AF_INET, ConnKey, ListenerKey, OrigDst, orig_kind};
+use interceptor_common::{AF_INET, ListenerKey};
 
 use crate::{
-    addr::{Endpoint, words_to_bytes},
-    maps::{LISTENERS, PENDING, PODS, SOCK_ORIG},
+    addr::{Endpoint, conn_key},
+    maps::{ACCEPTED, LISTENERS, ORIG_BY_COOKIE, PENDING, PODS},
 };
+
+/// TCP_CLOSE in the kernel's TCP state numbering.
+const TCP_CLOSE: u32 = 7;
 
 /// The function is not named `sock_ops`: the macro's section has that name.
 #[sock_ops]
@@ -30,6 +34,7 @@ pub fn track_connections(ctx: SockOpsContext) -> u32 {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_active_established(ops),
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => on_passive_established(ops),
         BPF_SOCK_OPS_TCP_LISTEN_CB => on_listen(ops),
+        BPF_SOCK_OPS_STATE_CB => on_state_change(ops),
         _ => {}
     }
     1
@@ -50,60 +55,45 @@ fn endpoints(ops: *mut bpf_sock_ops) -> (Endpoint, Endpoint) {
     }
 }
 
-#[inline(always)]
-fn storage(ops: *mut bpf_sock_ops, init: Option<&mut OrigDst>) -> *mut OrigDst {
-    let sk = ctx_read!(ops, __bindgen_anon_2.sk);
-    if sk.is_null() {
-        return core::ptr::null_mut();
-    }
-    let map = core::ptr::from_ref(&SOCK_ORIG).cast_mut().cast::<c_void>();
-    match init {
-        Some(v) => unsafe {
-            bpf_sk_storage_get(map, sk.cast(), (v as *mut OrigDst).cast(), BPF_SK_STORAGE_GET_F_CREATE as u64)
-        }
-        .cast(),
-        None => unsafe { bpf_sk_storage_get(map, sk.cast(), core::ptr::null_mut(), 0) }.cast(),
-    }
-}
-
-#[inline(always)]
-fn conn_key(netns_cookie: u64, local: &Endpoint, remote: &Endpoint) -> ConnKey {
-    ConnKey {
-        netns_cookie,
-        local_addr: words_to_bytes(local.addr),
-        remote_addr: words_to_bytes(remote.addr),
-        local_port: local.port,
-        remote_port: remote.port,
-        family: local.family as u32,
-    }
-}
-
-/// Client side established. A redirected socket announces its original destination to the
-/// listener's side; any other client socket of an enrolled pod records its remote address.
+/// Client side established. A redirected socket (its connect() left its dialled destination
+/// under its cookie) announces that destination under the tuple the listener will see, and
+/// asks for state callbacks to withdraw it when it closes.
 #[inline(always)]
 fn on_active_established(ops: *mut bpf_sock_ops) {
+    let cookie = unsafe { bpf_get_socket_cookie(ops as *mut c_void) };
+    let orig = match unsafe { ORIG_BY_COOKIE.get(&cookie) } {
+        Some(o) => *o,
+        None => return,
+    };
     let (local, remote) = endpoints(ops);
-    let existing = storage(ops, None);
-    if !existing.is_null() {
-        let orig = unsafe { *existing };
-        if orig.kind == orig_kind::REDIRECTED {
-            // Seen from the listener: local = where we connected to, remote = us.
-            let key = conn_key(orig.netns_cookie, &remote, &local);
-            let _ = PENDING.insert(&key, &orig, 0);
-        }
-        return;
-    }
-    let netns_cookie = unsafe { bpf_get_netns_cookie(ops.cast()) };
-    if unsafe { PODS.get(&netns_cookie) }.is_none() {
-        return;
-    }
-    let mut value = orig_of(netns_cookie, &remote, orig_kind::CONNECTED);
-    let _ = storage(ops, Some(&mut value));
+    // Seen from the listener: local = where we connected to, remote = us.
+    let key = conn_key(orig.netns_cookie, &remote, &local);
+    let _ = PENDING.insert(&key, &orig, 0);
+    unsafe { bpf_sock_ops_cb_flags_set(ops, BPF_SOCK_OPS_STATE_CB_FLAG as i32) };
 }
 
-/// Server side established: the sidecar's end of a redirected connection takes the dialled
-/// destination; any other accepted socket of an enrolled pod records its local address
-/// (which, for connections steered by sk_lookup, is the destination the client used).
+/// A redirected application socket closed: its tuple may be reused, so withdraw it.
+/// (TCP_CLOSE comes after the peer's FIN or a reset: the sidecar has already read it.)
+#[inline(always)]
+fn on_state_change(ops: *mut bpf_sock_ops) {
+    let new_state = unsafe { (*ops).__bindgen_anon_1.args[1] };
+    if new_state != TCP_CLOSE {
+        return;
+    }
+    let cookie = unsafe { bpf_get_socket_cookie(ops as *mut c_void) };
+    let orig = match unsafe { ORIG_BY_COOKIE.get(&cookie) } {
+        Some(o) => *o,
+        None => return,
+    };
+    let (local, remote) = endpoints(ops);
+    let _ = PENDING.remove(&conn_key(orig.netns_cookie, &remote, &local));
+    let _ = ORIG_BY_COOKIE.remove(&cookie);
+}
+
+/// Server side established in an enrolled pod: unless it is the sidecar's end of a
+/// redirected connection (in PENDING), remember that this socket was accepted, so that
+/// SO_ORIGINAL_DST answers its local address — which, for connections steered by sk_lookup,
+/// is the destination the client used.
 #[inline(always)]
 fn on_passive_established(ops: *mut bpf_sock_ops) {
     let netns_cookie = unsafe { bpf_get_netns_cookie(ops.cast()) };
@@ -112,16 +102,9 @@ fn on_passive_established(ops: *mut bpf_sock_ops) {
     }
     let (local, remote) = endpoints(ops);
     let key = conn_key(netns_cookie, &local, &remote);
-    let mut value = match unsafe { PENDING.get(&key) } {
-        Some(orig) => {
-            let mut v = *orig;
-            v.kind = orig_kind::REDIRECTED_PEER;
-            v
-        }
-        None => orig_of(netns_cookie, &local, orig_kind::ACCEPTED),
-    };
-    let _ = PENDING.remove(&key);
-    let _ = storage(ops, Some(&mut value));
+    if unsafe { PENDING.get(&key) }.is_none() {
+        let _ = ACCEPTED.insert(&key, &1u8, 0);
+    }
 }
 
 /// listen(): the pod's inbound listener becomes the target of its sk_lookup program. The
@@ -140,9 +123,4 @@ fn on_listen(ops: *mut bpf_sock_ops) {
     let family = ctx_read!(ops, family);
     let mut key = ListenerKey { netns_cookie, family, _pad: 0 };
     let _ = LISTENERS.update(&mut key, unsafe { &mut *ops }, 0);
-}
-
-#[inline(always)]
-fn orig_of(netns_cookie: u64, ep: &Endpoint, kind: u32) -> OrigDst {
-    OrigDst { netns_cookie, addr: words_to_bytes(ep.addr), port: ep.port, family: ep.family, kind }
 }

@@ -143,6 +143,10 @@ pub enum EbpfCommand {
         /// Cgroup to attach at (default: the cgroup v2 root, i.e. every pod).
         #[arg(long)]
         cgroup: Option<PathBuf>,
+        /// Concurrent redirected/accepted connections tracked per node (kernel memory is
+        /// preallocated, ~100 bytes each; default 131072).
+        #[arg(long)]
+        max_tracked_connections: Option<u32>,
         #[command(flatten)]
         pins: PinArg,
     },
@@ -433,8 +437,8 @@ fn run_iptables(cmd: IptablesCommand) -> Result<ExitCode> {
 
 fn run_ebpf(cmd: EbpfCommand) -> Result<ExitCode> {
     match cmd {
-        EbpfCommand::Load { cgroup, pins } => {
-            match ebpf::load(&LoadOptions { cgroup, pin_dir: pins.pins() })? {
+        EbpfCommand::Load { cgroup, max_tracked_connections, pins } => {
+            match ebpf::load(&LoadOptions { cgroup, pin_dir: pins.pins(), max_tracked_connections })? {
                 LoadOutcome::Loaded { cgroup } => eprintln!("loaded and attached at cgroup {}", cgroup.display()),
                 LoadOutcome::AlreadyLoaded => eprintln!("already loaded (this build); nothing changed"),
                 LoadOutcome::Upgraded { pods } => eprintln!("upgraded in place ({pods} pods kept)"),

@@ -211,7 +211,7 @@ impl Sandbox {
 
     /// Loads eBPF mode attached to this sandbox's cgroup, pinned in its own directory.
     pub fn load_ebpf(&self) -> Result<()> {
-        interceptor::ebpf::load(&LoadOptions { cgroup: Some(self.cgroup.clone()), pin_dir: self.pins.clone() })?;
+        interceptor::ebpf::load(&LoadOptions { cgroup: Some(self.cgroup.clone()), pin_dir: self.pins.clone(), max_tracked_connections: None })?;
         Ok(())
     }
 

@@ -21,6 +21,10 @@ pub struct LoadOptions {
     /// Where to attach; default: the cgroup v2 root (every pod on the node).
     pub cgroup: Option<PathBuf>,
     pub pin_dir: PinDir,
+    /// Capacity of the connection-tracking LRU maps (default `capacity::TRACKED_CONNECTIONS`):
+    /// the most concurrent redirected (or accepted) connections per node whose original
+    /// destination is remembered; the kernel preallocates them (~100 bytes each).
+    pub max_tracked_connections: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,7 +116,7 @@ pub fn load(opts: &LoadOptions) -> Result<LoadOutcome> {
         None => cgroup2_root()?,
     };
     let staging = pins.staging();
-    let result = install(&staging, &cgroup).and_then(|()| {
+    let result = install(&staging, &cgroup, opts.max_tracked_connections).and_then(|()| {
         if let Some(parent) = pins.path().parent() {
             fs::create_dir_all(parent)?;
         }
@@ -142,7 +146,7 @@ fn remove_stale_staging(pins: &PinDir) {
 }
 
 /// Loads the object with every map pinned (or reused) under `pins`.
-fn open_object(pins: &PinDir, netns_cookie: Option<u64>) -> Result<Ebpf> {
+fn open_object(pins: &PinDir, netns_cookie: Option<u64>, max_tracked: Option<u32>) -> Result<Ebpf> {
     let paths: Vec<(&str, PathBuf)> = map_names::ALL.iter().map(|n| (*n, pins.map(n))).collect();
     let cookie = netns_cookie.unwrap_or(0);
     let mut loader = EbpfLoader::new();
@@ -151,6 +155,11 @@ fn open_object(pins: &PinDir, netns_cookie: Option<u64>) -> Result<Ebpf> {
     }
     if netns_cookie.is_some() {
         loader.override_global(NETNS_COOKIE_GLOBAL, &cookie, true);
+    }
+    if let Some(n) = max_tracked {
+        for name in [map_names::PENDING, map_names::ORIG_BY_COOKIE, map_names::ACCEPTED] {
+            loader.map_max_entries(name, n);
+        }
     }
     loader.load(object::bytes()?).context("cannot load the eBPF object")
 }
@@ -168,11 +177,11 @@ fn load_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Program> {
     Ok(prog)
 }
 
-fn install(staging: &PinDir, cgroup: &Path) -> Result<()> {
+fn install(staging: &PinDir, cgroup: &Path, max_tracked: Option<u32>) -> Result<()> {
     for dir in ["maps", "progs", "links", "pods"] {
         fs::create_dir_all(staging.path().join(dir))?;
     }
-    let mut ebpf = open_object(staging, None)?;
+    let mut ebpf = open_object(staging, None, max_tracked)?;
     let info = raw::hash_map_create(
         map_names::POD_INFO,
         8,
@@ -190,6 +199,11 @@ fn install(staging: &PinDir, cgroup: &Path) -> Result<()> {
             .with_context(|| format!("cannot attach {name} to cgroup {}", cgroup.display()))?;
         raw::obj_pin(link.as_fd(), &staging.link(name)).with_context(|| format!("cannot pin the link of {name}"))?;
     }
+    // The per-pod program is attached at enroll; verify now that this kernel takes it, so a
+    // kernel without it fails here, before anything is installed.
+    load_program(&mut ebpf, SK_LOOKUP_PROGRAM).context(
+        "the per-pod sk_lookup program was refused (it reads the sk_lookup field ingress_ifindex, Linux 5.17+); use iptables mode on this kernel",
+    )?;
     let maps = PinnedMaps::open(staging)?;
     let mut settings_map = maps.settings;
     settings_map.set(
@@ -203,7 +217,7 @@ fn install(staging: &PinDir, cgroup: &Path) -> Result<()> {
 /// Replaces every program behind its existing link (BPF_LINK_UPDATE is atomic: no moment
 /// without interception), keeping maps and pods.
 fn upgrade(pins: &PinDir) -> Result<usize> {
-    let mut ebpf = open_object(pins, None)?;
+    let mut ebpf = open_object(pins, None, None)?;
     for (name, _) in CGROUP_PROGRAMS {
         let prog = load_program(&mut ebpf, name)?;
         let link = raw::obj_get(&pins.link(name)).with_context(|| format!("cannot open the link of {name}"))?;
@@ -213,7 +227,7 @@ fn upgrade(pins: &PinDir) -> Result<usize> {
     }
     let mut pods = 0;
     for cookie in pinned_pods(pins)? {
-        let mut ebpf = open_object(pins, Some(cookie))?;
+        let mut ebpf = open_object(pins, Some(cookie), None)?;
         let prog = load_program(&mut ebpf, SK_LOOKUP_PROGRAM)?;
         let link = raw::obj_get(&pins.pod_link(cookie))?;
         raw::link_update(link.as_fd(), prog.fd()?.as_fd())?;
@@ -250,7 +264,7 @@ pub fn attach_sk_lookup(pins: &PinDir, cookie: u64, netns: &File) -> Result<()> 
     let dir = pins.pod(cookie);
     fs::create_dir_all(&dir)?;
     let result = (|| -> Result<()> {
-        let mut ebpf = open_object(pins, Some(cookie))?;
+        let mut ebpf = open_object(pins, Some(cookie), None)?;
         let prog = load_program(&mut ebpf, SK_LOOKUP_PROGRAM)?;
         let link = raw::link_create(prog.fd()?.as_fd(), netns.as_fd(), raw::attach_type::SK_LOOKUP)
             .context("cannot attach sk_lookup to the pod's network namespace")?;

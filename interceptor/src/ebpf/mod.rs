@@ -9,7 +9,7 @@
 //! | original_dst       | cgroup/getsockopt        | SO_ORIGINAL_DST                            |
 //! | steer_inbound      | sk_lookup (per pod netns)| PROXY_INBOUND: steer to 15003 without NAT  |
 //!
-//! Minimum kernel: 5.15 (see `probe`).
+//! Minimum kernel: 5.17 (see `probe`).
 pub mod compile;
 pub mod debug;
 pub mod enroll;

@@ -5,14 +5,16 @@
 //! | feature                                   | minimum kernel |
 //! |-------------------------------------------|----------------|
 //! | cgroup sock_addr (connect4/6)             | 4.17           |
-//! | sk_storage maps                           | 5.2            |
 //! | cgroup sockopt (getsockopt)               | 5.3            |
 //! | bpf_get_netns_cookie in connect4/6        | 5.7            |
 //! | getpeername4/6 hooks, ring buffers        | 5.8            |
 //! | sk_lookup, sockhash from TCP_LISTEN_CB    | 5.9            |
 //! | SO_NETNS_COOKIE                           | 5.14           |
-//! | bpf_get_netns_cookie in sock_ops          | 5.15           |
-//! | sk_lookup `ingress_ifindex` (interface exclusions inbound) | 5.17 |
+//! | bpf_get_netns_cookie in sock_ops, sockopt | 5.15           |
+//! | sk_lookup `ingress_ifindex`               | 5.17           |
+//!
+//! `ingress_ifindex` is a context field, not a helper: it is checked by loading the
+//! sk_lookup program itself (without attaching it) before anything is installed.
 use aya::{
     maps::MapType,
     programs::ProgramType,
@@ -20,7 +22,7 @@ use aya::{
 };
 
 /// The documented minimum kernel.
-pub const MINIMUM_KERNEL: &str = "5.15";
+pub const MINIMUM_KERNEL: &str = "5.17";
 
 /// One missing kernel feature.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,7 +52,6 @@ pub fn missing_features() -> Vec<Missing> {
         (MapType::LruHash, "map type lru_hash", "4.10"),
         (MapType::PerCpuHash, "map type percpu_hash", "4.6"),
         (MapType::SockHash, "map type sockhash", "4.18"),
-        (MapType::SkStorage, "map type sk_storage", "5.2"),
         (MapType::RingBuf, "map type ringbuf", "5.8"),
     ];
     for (t, name, since) in maps {
@@ -60,12 +61,12 @@ pub fn missing_features() -> Vec<Missing> {
     }
     let helpers = [
         (ProgramType::CgroupSockAddr, BpfHelper::BPF_FUNC_get_netns_cookie, "helper bpf_get_netns_cookie in cgroup/connect4", "5.7"),
-        (ProgramType::CgroupSockAddr, BpfHelper::BPF_FUNC_sk_storage_get, "helper bpf_sk_storage_get in cgroup/connect4", "5.10"),
+        (ProgramType::CgroupSockAddr, BpfHelper::BPF_FUNC_get_socket_cookie, "helper bpf_get_socket_cookie in cgroup/connect4", "4.12"),
         (ProgramType::CgroupSockAddr, BpfHelper::BPF_FUNC_bind, "helper bpf_bind in cgroup/connect4", "4.17"),
         (ProgramType::SockOps, BpfHelper::BPF_FUNC_get_netns_cookie, "helper bpf_get_netns_cookie in sock_ops", "5.15"),
-        (ProgramType::SockOps, BpfHelper::BPF_FUNC_sk_storage_get, "helper bpf_sk_storage_get in sock_ops", "5.3"),
+        (ProgramType::SockOps, BpfHelper::BPF_FUNC_get_socket_cookie, "helper bpf_get_socket_cookie in sock_ops", "5.10"),
         (ProgramType::SockOps, BpfHelper::BPF_FUNC_sock_hash_update, "helper bpf_sock_hash_update in sock_ops", "4.18"),
-        (ProgramType::CgroupSockopt, BpfHelper::BPF_FUNC_sk_storage_get, "helper bpf_sk_storage_get in cgroup/getsockopt", "5.3"),
+        (ProgramType::CgroupSockopt, BpfHelper::BPF_FUNC_get_netns_cookie, "helper bpf_get_netns_cookie in cgroup/getsockopt", "5.15"),
         (ProgramType::SkLookup, BpfHelper::BPF_FUNC_sk_assign, "helper bpf_sk_assign in sk_lookup", "5.9"),
     ];
     for (t, helper, name, since) in helpers {

@@ -1,0 +1,166 @@
+//! One guest kernel: its initramfs, its boot, and what its console says.
+use std::{
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+
+use super::{
+    build::Built,
+    cpio::Entry,
+    init::{self, Suite},
+    initramfs,
+    kernel::{Expect, Kernel},
+    modules, qemu,
+    results::{self, Binary, Refusal},
+};
+
+/// What the probe and the loader must name on a kernel below the minimum.
+const LIMITING_FEATURE: &str = "bpf_get_netns_cookie in sock_ops";
+
+/// Packs the initramfs for `kernel`, boots it and reads the results from its console.
+pub fn run(kernel: &Kernel, built: &Built, vm_dir: &Path, suite: &[Suite], timeout: Duration) -> Result<results::Kernel> {
+    let label = kernel.spec.label;
+    let dir = vm_dir.join(label);
+    let mut row = results::Kernel { label: label.to_string(), release: kernel.release.clone(), ..Default::default() };
+
+    let mods = modules::resolve(&kernel.modules, modules::WANTED, &dir.join("modules"))?;
+    if !mods.not_found.is_empty() {
+        row.notes.push(format!("modules neither shipped nor built in: {}", mods.not_found.join(", ")));
+    }
+    let mut a = initramfs::skeleton();
+    let ip = initramfs::iproute2(&mut a)?;
+    initramfs::iptables(&mut a)?;
+    initramfs::busybox(&mut a)?;
+    let stripped_dir = vm_dir.join("stripped");
+    for (name, exe) in built.tests.iter().filter(|(n, _)| suite.iter().any(|s| s.name == n)).chain(&built.helpers) {
+        let small = initramfs::stripped(exe, name, &stripped_dir)?;
+        a.add(&format!("tests/{name}"), Entry::File { source: small, mode: 0o755 });
+    }
+    let names: Vec<String> = mods.load_order.iter().map(|(n, _)| n.clone()).collect();
+    for (name, ko) in &mods.load_order {
+        a.add(&format!("modules/{name}.ko"), Entry::File { source: ko.clone(), mode: 0o644 });
+    }
+    let script = init::script(&names, suite, &built.target_tmpdir.to_string_lossy(), kernel.spec.expect, &ip);
+    a.add("init", Entry::Bytes { data: script.into_bytes(), mode: 0o755 });
+    let initrd = dir.join("initramfs.gz");
+    let size = a.write_gz(&initrd)?;
+    eprintln!(
+        "xtask: [{label}] booting {} ({}; initramfs {} MiB unpacked, {} modules), console: {}",
+        kernel.release,
+        kernel.package,
+        size >> 20,
+        names.len(),
+        dir.join("console.log").display()
+    );
+
+    let show = |line: &str| {
+        let t = line.find("VMTEST-").map_or(line.trim_start(), |at| &line[at..]);
+        if t.starts_with("VMTEST-") || t.starts_with("test ") || t.contains("Kernel panic") {
+            eprintln!("[{label}] {t}");
+        }
+    };
+    let boot = qemu::boot(&kernel.vmlinuz, &initrd, &dir.join("console.log"), timeout, show)
+        .with_context(|| format!("booting {}", kernel.release))?;
+    parse(&mut row, &boot, timeout);
+    if kernel.spec.expect == Expect::Refuse {
+        row.refusal = Some(refusal(&row));
+    }
+    Ok(row)
+}
+
+/// Fills the row from the console: markers and libtest's lines between them.
+fn parse(row: &mut results::Kernel, boot: &qemu::Boot, timeout: Duration) {
+    let mut current: Option<Binary> = None;
+    let mut booted_at = None;
+    let mut done_at = None;
+    for line in &boot.lines {
+        // A marker may follow the firmware's terminal escapes on the same line.
+        let t = line.text.find("VMTEST-").map_or(line.text.trim(), |at| line.text[at..].trim());
+        let mut words = t.split_whitespace();
+        match words.next().unwrap_or_default() {
+            "VMTEST-BOOTED" => {
+                booted_at = Some(line.at);
+                if let Some(r) = words.next() {
+                    row.release = r.to_string();
+                }
+            }
+            "VMTEST-START" => current = Some(Binary::new(words.next().unwrap_or_default())),
+            "VMTEST-RESULT" => {
+                if let Some(mut b) = current.take() {
+                    b.exit = words.nth(1).and_then(|c| c.parse().ok());
+                    row.binaries.push(b);
+                }
+            }
+            "VMTEST-SKIPPED" => {
+                let bin = words.next().unwrap_or_default();
+                let test = words.next().unwrap_or_default();
+                row.skipped.push(format!("{bin}::{test}"));
+            }
+            "VMTEST-IPTABLES" if words.next() != Some("ok") => {
+                row.notes.push("iptables-nft cannot program nat rules in this guest: its tests are skipped".into());
+            }
+            "VMTEST-MODULE-FAILED" => row.notes.push(format!("insmod {} failed", words.next().unwrap_or_default())),
+            "VMTEST-PINS" => {
+                if let Some(b) = row.binaries.last_mut() {
+                    b.output.push(t.to_string());
+                }
+            }
+            "VMTEST-DONE" => done_at = Some(line.at),
+            _ => {
+                if let Some(b) = current.as_mut() {
+                    b.line(&line.text);
+                }
+            }
+        }
+    }
+    if let Some(b) = current.take() {
+        row.problems.push(format!("{} did not finish", b.name));
+        row.binaries.push(b);
+    }
+    row.boot = booted_at;
+    let end = done_at.unwrap_or(boot.elapsed);
+    row.run = booted_at.map(|b| end.saturating_sub(b));
+    if done_at.is_none() {
+        let why = if boot.timed_out {
+            format!("timed out after {} min: qemu killed", timeout.as_secs() / 60)
+        } else if booted_at.is_none() {
+            format!("the guest never reached /init (qemu {:?}; see console.log)", boot.status)
+        } else {
+            format!("the guest stopped before the end (qemu {:?}; see console.log)", boot.status)
+        };
+        row.problems.push(why);
+    }
+}
+
+/// Below the minimum kernel: probe and load must both fail, each naming the limiting
+/// feature and the minimum, and leave nothing pinned.
+fn refusal(row: &results::Kernel) -> Refusal {
+    let mut r = Refusal { checks_passed: 0, checks_failed: vec![], message: String::new() };
+    for name in ["probe", "load"] {
+        let Some(b) = row.binaries.iter().find(|b| b.name == name) else {
+            r.checks_failed.push(format!("`interceptor ebpf {name}` did not run"));
+            continue;
+        };
+        let text = b.output.iter().filter(|l| !l.starts_with("VMTEST-")).cloned().collect::<Vec<_>>().join("\n");
+        if name == "probe" {
+            r.message = text.clone();
+        }
+        let refused = b.exit.is_some_and(|c| c != 0);
+        if refused && text.contains(LIMITING_FEATURE) && text.contains("minimum Linux 5.15") {
+            r.checks_passed += 1;
+        } else {
+            r.checks_failed.push(format!("`interceptor ebpf {name}` (exit {:?}) must refuse naming {LIMITING_FEATURE}: {text}", b.exit));
+        }
+        if name == "load" {
+            let pins = b.output.iter().find_map(|l| l.strip_prefix("VMTEST-PINS ")).map(str::trim);
+            if pins == Some("0") {
+                r.checks_passed += 1;
+            } else {
+                r.checks_failed.push(format!("a refused load left pins in /sys/fs/bpf ({pins:?})"));
+            }
+        }
+    }
+    r
+}
