@@ -182,3 +182,6 @@ pub fn interface_matches(pattern: &str, name: &str) -> bool {
         None => pattern == name,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,209 @@
+//! The pure model end to end: sources → merge → rules → decision.
+use std::net::SocketAddr;
+
+use interceptor_common::Reason;
+
+use super::{
+    decide::{Flow, Verdict, decide},
+    sources::{FlagValues, PolicyInputs, build_policy, parse_manifest},
+    *,
+};
+
+const MESH_CONFIG_YAML: &str = r#"apiVersion: config.openservicemesh.io/v1alpha2
+kind: MeshConfig
+metadata:
+  name: osm-mesh-config
+  namespace: osm-system
+spec:
+  sidecar:
+    enablePrivilegedInitContainer: false
+    localProxyMode: PodIP
+    logLevel: error
+  traffic:
+    enableEgress: false
+    outboundIPRangeExclusionList:
+    - 10.96.0.0/16
+    - 169.254.169.254/32
+    outboundIPRangeInclusionList: []
+    outboundPortExclusionList:
+    - 6379
+    inboundPortExclusionList: [9090]
+    networkInterfaceExclusionList:
+    - eth9
+"#;
+
+const POD_YAML: &str = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: bookstore
+  namespace: shop
+  annotations:
+    openservicemesh.io/outbound-ip-range-exclusion-list: "10.244.0.0/16, 169.254.169.254/32"
+    openservicemesh.io/outbound-port-exclusion-list: "7070,6379"
+    openservicemesh.io/inbound-port-exclusion-list: "9091"
+    unrelated/annotation: "x"
+spec:
+  containers: []
+"#;
+
+fn write(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("interceptor-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn texts(c: &[Cidr]) -> Vec<&str> {
+    c.iter().map(|c| c.text.as_str()).collect()
+}
+
+#[test]
+fn sources_merge_in_osm_edge_order() {
+    let inputs = PolicyInputs {
+        flags: FlagValues {
+            outbound_ip_range_exclusion_list: vec!["192.168.0.0/16".into()],
+            outbound_port_exclusion_list: vec!["8443".into(), "6379".into()],
+            network_interface_exclusion_list: vec!["eth8".into()],
+            ..Default::default()
+        },
+        mesh_config: Some(write("mc.yaml", MESH_CONFIG_YAML)),
+        pod: Some(write("pod.yaml", POD_YAML)),
+    };
+    let (p, warnings) = build_policy(&inputs).unwrap();
+    // IP ranges: pod first, then global (MeshConfig, then flags); duplicates dropped.
+    assert_eq!(texts(&p.outbound_ip_range_exclusions), ["10.244.0.0/16", "169.254.169.254/32", "10.96.0.0/16", "192.168.0.0/16"]);
+    // Ports: global first (MeshConfig, then flags), then pod.
+    assert_eq!(p.outbound_port_exclusions, [6379, 8443, 7070]);
+    assert_eq!(p.inbound_port_exclusions, [9090, 9091]);
+    assert_eq!(p.network_interface_exclusions, ["eth9", "eth8"]);
+    assert_eq!(p.local_proxy_mode, LocalProxyMode::PodIp);
+    assert_eq!(p.proxy_uid, 1500);
+    let dups: Vec<String> = warnings.iter().map(|w| w.to_string()).filter(|w| w.contains("duplicate")).collect();
+    assert_eq!(dups.len(), 3, "{dups:?}");
+}
+
+#[test]
+fn json_manifests_and_flag_overrides() {
+    let mc = r#"{"kind":"MeshConfig","spec":{"sidecar":{"localProxyMode":"PodIP"},"traffic":{"outboundPortExclusionList":[1,2]}}}"#;
+    let inputs = PolicyInputs {
+        flags: FlagValues { local_proxy_mode: Some("Localhost".into()), proxy_uid: Some(1337), ..Default::default() },
+        mesh_config: Some(write("mc.json", mc)),
+        pod: None,
+    };
+    let (p, _) = build_policy(&inputs).unwrap();
+    assert_eq!(p.local_proxy_mode, LocalProxyMode::Localhost, "the flag wins over the MeshConfig");
+    assert_eq!(p.proxy_uid, 1337);
+    assert_eq!(p.outbound_port_exclusions, [1, 2]);
+}
+
+#[test]
+fn every_error_is_collected_and_nothing_is_built() {
+    let inputs = PolicyInputs {
+        flags: FlagValues {
+            outbound_ip_range_exclusion_list: vec!["1.2.3.4".into(), "10.0.0.0/8".into()],
+            inbound_port_exclusion_list: vec!["0,65536,x".into()],
+            network_interface_exclusion_list: vec!["way-too-long-name".into()],
+            local_proxy_mode: Some("podip".into()),
+            ports: vec![("outbound", "99999".into())],
+            ..Default::default()
+        },
+        mesh_config: Some(write("bad-kind.yaml", "kind: Pod\nspec: {}\n")),
+        pod: Some(write("bad.yaml", "metadata: {annotations: {\"openservicemesh.io/outbound-port-exclusion-list\": 80}}\n")),
+    };
+    let errors = build_policy(&inputs).unwrap_err();
+    let lines: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
+    assert_eq!(lines.len(), 9, "{lines:#?}");
+    assert!(errors.to_string().contains("nothing was applied"));
+    assert!(lines.iter().any(|l| l.contains("bad-kind.yaml: key kind: invalid kind \"Pod\": expected MeshConfig")));
+    assert!(lines.iter().any(|l| l.contains("flag --outbound-port: invalid port \"99999\"")));
+    assert!(lines.iter().any(|l| l.contains("annotation values are strings")));
+    assert!(lines.iter().any(|l| l.contains("unknown localProxyMode \"podip\"")));
+}
+
+#[test]
+fn malformed_manifests_name_the_file_and_format() {
+    let e = parse_manifest("x.json", "{\"kind\": ").unwrap_err().to_string();
+    assert!(e.starts_with("x.json: malformed JSON"), "{e}");
+    let e = parse_manifest("x.yaml", "a: [1, 2").unwrap_err().to_string();
+    assert!(e.starts_with("x.yaml: malformed YAML"), "{e}");
+    let e = parse_manifest("x.yaml", "- just\n- a list\n").unwrap_err().to_string();
+    assert!(e.contains("expected a mapping"), "{e}");
+}
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// Every rule of PROXY_OUTPUT and PROXY_INBOUND decides at least one flow of this table.
+#[test]
+fn decision_table() {
+    let policy = Policy {
+        outbound_ip_range_exclusions: vec![validate::parse_cidr(&error::Origin::Flag("t".into()), "10.0.0.0/8").unwrap()],
+        outbound_port_exclusions: vec![6379],
+        inbound_port_exclusions: vec![9090],
+        network_interface_exclusions: vec!["veth+".into()],
+        ..Policy::default()
+    };
+    let out = |dst: &str, uid: u32| Flow::outbound(sa(dst), uid).via("eth0");
+    let inb = |dst: &str| Flow::inbound(sa(dst)).via("eth0");
+    use Reason::*;
+    let table: Vec<(Flow, Verdict, Option<Reason>)> = vec![
+        (out("1.1.1.1:80", 1000), Verdict::RedirectOutbound { port: 15001 }, Some(OutDefault)),
+        (out("10.1.2.3:80", 1000), Verdict::Pass, Some(OutExcludedCidr)),
+        (out("1.1.1.1:6379", 1000), Verdict::Pass, Some(OutExcludedPort)),
+        (Flow::outbound(sa("1.1.1.1:80"), 1000).via("veth12"), Verdict::Pass, Some(OutExcludedInterface)),
+        (out("1.1.1.1:80", 1500), Verdict::Pass, Some(OutProxyUid)),
+        (Flow::outbound(sa("10.9.9.9:8080"), 1500).local(), Verdict::RedirectInbound { port: 15003 }, Some(OutProxyToLocal)),
+        (Flow::outbound(sa("127.0.0.1:8080"), 1500).local(), Verdict::Pass, Some(OutProxyUid)),
+        (Flow::outbound(sa("127.0.0.5:8080"), 1500).local(), Verdict::RedirectInbound { port: 15003 }, Some(OutProxyToLocal)),
+        (Flow::outbound(sa("10.9.9.9:8080"), 1000).local(), Verdict::Pass, Some(OutLocalNotProxy)),
+        // Rule 4 only decides when 127.0.0.1 is not routed through lo.
+        (out("127.0.0.1:80", 1000), Verdict::Pass, Some(OutLoopback)),
+        (out("1.1.1.1:53", 1000).udp(), Verdict::Pass, None),
+        (out("[2001:db8::1]:80", 1000), Verdict::RedirectOutbound { port: 15001 }, Some(OutDefault)),
+        (inb("10.9.9.9:8080"), Verdict::RedirectInbound { port: 15003 }, Some(InRedirect)),
+        (inb("10.9.9.9:15010"), Verdict::Pass, Some(InReservedPort)),
+        (inb("10.9.9.9:15904"), Verdict::Pass, Some(InReservedPort)),
+        (inb("10.9.9.9:9090"), Verdict::Pass, Some(InExcludedPort)),
+        (Flow::inbound(sa("10.9.9.9:8080")).via("veth0"), Verdict::Pass, Some(InExcludedInterface)),
+        (inb("10.9.9.9:8080").from_pod(), Verdict::Pass, Some(InFromPod)),
+        (inb("[2001:db8::2]:8080"), Verdict::RedirectInbound { port: 15003 }, Some(InRedirect)),
+    ];
+    for (flow, verdict, reason) in table {
+        let d = decide(&policy, &flow);
+        assert_eq!((d.verdict, d.reason), (verdict, reason), "{flow:?} → {d:?}");
+    }
+}
+
+#[test]
+fn the_deciding_rule_is_the_rendered_rule_and_path_follows_the_chains() {
+    let policy = Policy { local_proxy_mode: LocalProxyMode::PodIp, ..Policy::default() };
+    let d = decide(&policy, &Flow::outbound(sa("127.0.0.1:8080"), 1500).local());
+    assert_eq!(d.verdict, Verdict::DnatPodIp { port: 8080 });
+    assert_eq!(d.rule.as_deref(), Some("-I OUTPUT -p tcp -o lo -d 127.0.0.1/32 -m owner --uid-owner 1500 -j DNAT --to-destination $POD_IP"));
+    let d = decide(&Policy::default(), &Flow::outbound(sa("1.1.1.1:80"), 1000));
+    assert_eq!(
+        d.path,
+        [
+            "-A OUTPUT -p tcp -j PROXY_OUTPUT",
+            "-A PROXY_OUTPUT -j PROXY_REDIRECT",
+            "-A PROXY_REDIRECT -p tcp -j REDIRECT --to-port 15001"
+        ]
+    );
+    assert_eq!(d.rule.as_deref(), Some("-A PROXY_OUTPUT -j PROXY_REDIRECT"));
+    // Inserted rules are evaluated first, the last inserted first.
+    let p = Policy { inbound_port_exclusions: vec![15010], network_interface_exclusions: vec!["eth1".into()], ..Policy::default() };
+    let d = decide(&p, &Flow::inbound(sa("10.0.0.1:15010")).via("eth1"));
+    assert_eq!(d.rule.as_deref(), Some("-I PROXY_INBOUND -p tcp --match multiport --dports 15010 -j RETURN"));
+}
+
+#[test]
+fn inclusions_apply_per_family() {
+    let incl = |t: &str| validate::parse_cidr(&error::Origin::Flag("t".into()), t).unwrap();
+    let p = Policy { outbound_ip_range_inclusions: vec![incl("2001:db8::/32")], ..Policy::default() };
+    assert_eq!(decide(&p, &Flow::outbound(sa("[2001:db8::1]:80"), 1000)).reason, Some(Reason::OutIncluded));
+    assert_eq!(decide(&p, &Flow::outbound(sa("[2001:db9::1]:80"), 1000)).reason, Some(Reason::OutNotIncluded));
+    // No IPv4 inclusion: IPv4 keeps the default.
+    assert_eq!(decide(&p, &Flow::outbound(sa("1.1.1.1:80"), 1000)).reason, Some(Reason::OutDefault));
+}
