@@ -106,7 +106,7 @@ fn live_inbound_policy_changes_and_unenroll() -> Result<()> {
     let p = sb.run_flow(&FlowCase { name: "proxy → pod", actor: Actor::Proxy, dst: "198.51.100.2:9090".parse()?, udp: false })?;
     assert_eq!((p.server.as_deref(), p.orig.as_deref()), (Some("sidecar-in"), Some("198.51.100.2:9090")));
     assert!(ebpf::unenroll(&interceptor::netns::Netns::at(sb.pod_netns()), &sb.pins)?);
-    assert!(!sb.pins.pod(interceptor::netns::Netns::at(sb.pod_netns()).cookie()?).exists(), "the pod's sk_lookup pins are gone");
+    assert!(!sb.pins.pod(interceptor::netns::Netns::at(sb.pod_netns()).cookie()?).exists(), "the pod's sk_lookup link is gone");
     for dst in ["198.51.100.2:8080", "198.51.100.2:9090", "[2001:db8:1::2]:8080"] {
         assert_eq!(sb.run_flow(&inbound(dst))?.server.as_deref(), Some("app"), "{dst}: direct delivery after unenroll");
     }

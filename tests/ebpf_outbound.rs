@@ -31,12 +31,13 @@ fn program_ids(sb: &Sandbox) -> Result<BTreeSet<u32>> {
 fn two_pods_with_different_policies_and_a_pod_that_is_not_enrolled() -> Result<()> {
     let a = Sandbox::new()?;
     a.load_ebpf()?;
-    let b = Sandbox::new()?;
-    let c = Sandbox::new()?;
+    // Pods on one node have distinct addresses.
+    let b = Sandbox::with_host(3)?;
+    let c = Sandbox::with_host(4)?;
     b.share_cgroup_of(&a);
     c.share_cgroup_of(&a);
     a.enroll(&policy_from(&[("outbound-ip-range-exclusion-list", "203.0.113.10/32")]))?;
-    b.enroll_in(&a.pins, &policy_from(&[("outbound-port-exclusion-list", "80")]))?;
+    b.enroll_in(&a.pins, &policy_from(&[("outbound-port-exclusion-list", "80"), ("inbound-port-exclusion-list", "8080")]))?;
     for sb in [&a, &b, &c] {
         sb.start_servers()?;
     }
@@ -50,11 +51,18 @@ fn two_pods_with_different_policies_and_a_pod_that_is_not_enrolled() -> Result<(
     for dst in ["203.0.113.10:80", "203.0.113.20:443", "198.51.100.1:80"] {
         assert_eq!(landed(&c, dst)?.as_deref(), Some("world"), "{dst}: a pod that is not enrolled is never touched");
     }
+    // Inbound: each pod by its own policy (b excludes 8080), c untouched.
+    let inbound = |sb: &Sandbox| sb.run_flow(&flow(Actor::Peer, &format!("{}:8080", sb.pod_ip())));
+    assert_eq!(inbound(&a)?.server.as_deref(), Some("sidecar-in"));
+    assert_eq!(inbound(&b)?.server.as_deref(), Some("app"));
+    assert_eq!(inbound(&c)?.server.as_deref(), Some("app"));
+    let v6 = a.run_flow(&flow(Actor::Peer, &format!("[{}]:9090", a.pod_ip6())))?;
+    assert_eq!(v6.server.as_deref(), Some("sidecar-in"));
     // Without conntrack and without enrollment, SO_ORIGINAL_DST answers as the kernel does.
-    let own = c.run_flow(&flow(Actor::App, "198.51.100.2:8080"))?;
+    let own = c.run_flow(&flow(Actor::App, &format!("{}:8080", c.pod_ip())))?;
     assert_eq!(own.server.as_deref(), Some("app"));
     assert_eq!(own.orig, None, "getsockopt in a pod that is not enrolled must be untouched");
-    let own = a.run_flow(&flow(Actor::App, "198.51.100.2:8080"))?;
+    let own = a.run_flow(&flow(Actor::App, &format!("{}:8080", a.pod_ip())))?;
     assert_eq!(own.orig.as_deref(), Some("198.51.100.2:8080"), "an enrolled pod answers like conntrack");
     let status = ebpf::status(&a.pins)?;
     assert_eq!(status.pods.len(), 2);
@@ -105,7 +113,7 @@ fn interception_continues_after_the_loader_exits_and_load_is_idempotent() -> Res
     assert_eq!(landed(&sb, "203.0.113.20:6379")?.as_deref(), Some("world"));
 
     let ids = program_ids(&sb)?;
-    assert_eq!(ids.len(), 7, "6 cgroup programs and the pod's sk_lookup");
+    assert_eq!(ids.len(), 7, "6 cgroup programs and steer_inbound");
     assert!(run(&["ebpf", "load", "--cgroup", &cg, "--pin-dir", &pin])?.contains("already loaded"));
     assert_eq!(program_ids(&sb)?, ids, "loading twice changes nothing");
 
@@ -121,7 +129,7 @@ fn interception_continues_after_the_loader_exits_and_load_is_idempotent() -> Res
     assert!(new_ids.is_disjoint(&ids), "every program was replaced: {ids:?} → {new_ids:?}");
     assert_eq!(sb.run_flow(&flow(Actor::App, "203.0.113.20:443"))?.server.as_deref(), Some("sidecar-out"));
     let inbound = sb.run_flow(&flow(Actor::Peer, "198.51.100.2:8080"))?;
-    assert_eq!(inbound.server.as_deref(), Some("sidecar-in"), "the upgraded sk_lookup instance steers");
+    assert_eq!(inbound.server.as_deref(), Some("sidecar-in"), "the upgraded sk_lookup program steers");
     assert_eq!(landed(&sb, "203.0.113.20:6379")?.as_deref(), Some("world"), "the pod's policy survived the upgrade");
     Ok(())
 }

@@ -10,6 +10,7 @@ use bytemuck::{Pod, Zeroable};
 /// Names of the maps, as the loader pins them (`<pin-dir>/maps/<NAME>`).
 pub mod map_names {
     pub const PODS: &str = "PODS";
+    pub const POD_ADDRS: &str = "POD_ADDRS";
     pub const EXCLUDED_CIDRS: &str = "EXCLUDED_CIDRS";
     pub const INCLUDED_CIDRS: &str = "INCLUDED_CIDRS";
     pub const ROUTES: &str = "ROUTES";
@@ -22,11 +23,13 @@ pub mod map_names {
     pub const COUNTERS: &str = "COUNTERS";
     pub const SETTINGS: &str = "SETTINGS";
     pub const AYA_LOGS: &str = "AYA_LOGS";
-    /// Created by the loader, not by the object: only user space reads it.
+    /// Created by the loader, not by the object: only user space uses them.
     pub const POD_INFO: &str = "POD_INFO";
+    pub const GENERATIONS: &str = "GENERATIONS";
     /// Maps defined in the eBPF object.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         PODS,
+        POD_ADDRS,
         EXCLUDED_CIDRS,
         INCLUDED_CIDRS,
         ROUTES,
@@ -46,6 +49,9 @@ pub mod map_names {
 /// demand (`BPF_F_NO_PREALLOC`), so a large capacity costs nothing until it is used.
 pub mod capacity {
     pub const PODS: usize = 65_536;
+    pub const POD_ADDRS: usize = 262_144;
+    /// Chunks of `GENERATION_CHUNK` records.
+    pub const GENERATIONS: usize = 1_048_576;
     pub const CIDRS: usize = 4_194_304;
     pub const ROUTES: usize = 1_048_576;
     pub const PORTS: usize = 1_048_576;
@@ -191,6 +197,14 @@ pub struct PodConfig {
     pub pod_ip6: [u8; 16],
 }
 
+/// Key of `POD_ADDRS`: one of a pod's own (universe-scope) addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq, Hash)]
+pub struct PodAddrKey {
+    pub family: u32,
+    pub addr: [u8; 16],
+}
+
 /// Key of the LPM tries `EXCLUDED_CIDRS`, `INCLUDED_CIDRS` and `ROUTES`.
 ///
 /// `prefix_len` counts bits of `data`: 64 bits of (policy_id, family) followed by the
@@ -320,7 +334,7 @@ pub struct CounterKey {
 
 /// Version of the map layout. Bump it whenever a map's type, key or value changes: a load
 /// over pinned state of another layout refuses to reuse it.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Value of `SETTINGS[0]`: run-time switches of the programs and what is loaded.
 #[repr(C)]
@@ -346,6 +360,42 @@ pub struct PodInfo {
     pub enrolled_at: u64,
 }
 
+/// Records per `GENERATIONS` chunk.
+pub const GENERATION_CHUNK: usize = 256;
+
+/// Key of `GENERATIONS` (user space only): which entries a policy generation wrote, so
+/// that deleting it costs its own size, not the size of every pod's policies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq, Hash)]
+pub struct GenerationKey {
+    pub policy_id: u32,
+    pub chunk: u32,
+}
+
+/// One entry a generation wrote: which map (`GenerationRecord::KIND_*`) and its key, padded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
+pub struct GenerationRecord {
+    pub kind: u32,
+    pub key: [u8; 28],
+}
+
+impl GenerationRecord {
+    pub const KIND_UNUSED: u32 = 0;
+    pub const KIND_EXCLUDED: u32 = 1;
+    pub const KIND_INCLUDED: u32 = 2;
+    pub const KIND_ROUTE: u32 = 3;
+    pub const KIND_PORT: u32 = 4;
+    pub const KIND_IFACE: u32 = 5;
+}
+
+/// Value of `GENERATIONS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct GenerationChunk {
+    pub records: [GenerationRecord; GENERATION_CHUNK],
+}
+
 #[cfg(feature = "user")]
 mod user {
     use super::*;
@@ -360,4 +410,7 @@ mod user {
     unsafe impl aya::Pod for CounterKey {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for PodInfo {}
+    unsafe impl aya::Pod for PodAddrKey {}
+    unsafe impl aya::Pod for GenerationKey {}
+    unsafe impl aya::Pod for GenerationChunk {}
 }

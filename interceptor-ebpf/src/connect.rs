@@ -14,7 +14,8 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use interceptor_common::{AF_INET, IPPROTO_TCP, OrigDst};
 
-use crate::{
+use interceptor_ebpf::{
+    ctx_read,
     addr::{Endpoint, port_from_be_low16, port_to_be_low16, words_to_bytes},
     counters::count,
     decide::{Outbound, outbound},
@@ -129,7 +130,7 @@ fn bind_source(sa: *mut bpf_sock_addr, family: u16, src: [u32; 4], v6_socket: bo
             return;
         }
         let addr = if family == AF_INET {
-            [0, 0, crate::addr::V4_MAPPED_WORD2, src[0]]
+            [0, 0, interceptor_ebpf::addr::V4_MAPPED_WORD2, src[0]]
         } else {
             src
         };
@@ -150,7 +151,7 @@ fn rewrite(sa: *mut bpf_sock_addr, to: &Endpoint, v6_socket: bool) {
             core::ptr::write_volatile(&mut (*sa).user_ip4, to.addr[0]);
         } else {
             let addr = if to.family == AF_INET {
-                [0, 0, crate::addr::V4_MAPPED_WORD2, to.addr[0]]
+                [0, 0, interceptor_ebpf::addr::V4_MAPPED_WORD2, to.addr[0]]
             } else {
                 to.addr
             };

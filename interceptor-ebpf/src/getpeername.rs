@@ -6,7 +6,7 @@ use core::ffi::c_void;
 use aya_ebpf::{helpers::bpf_get_socket_cookie, macros::cgroup_sock_addr, programs::SockAddrContext};
 use interceptor_common::AF_INET;
 
-use crate::{
+use interceptor_ebpf::{
     addr::{V4_MAPPED_WORD2, bytes_to_words, port_to_be_low16},
     maps::ORIG_BY_COOKIE,
 };

@@ -15,7 +15,8 @@ use aya_ebpf::{
 };
 use interceptor_common::{AF_INET, AF_INET6, IPPROTO_TCP};
 
-use crate::{
+use interceptor_ebpf::{
+    ctx_read,
     addr::{Endpoint, bytes_to_words, conn_key},
     maps::{ACCEPTED, PENDING, PODS},
 };

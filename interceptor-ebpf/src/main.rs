@@ -1,4 +1,4 @@
-//! The eBPF side of interceptor: one module per hook.
+//! The node-wide programs of interceptor: one module per hook.
 //!
 //! | hook                     | module          | minimum kernel |
 //! |--------------------------|-----------------|----------------|
@@ -6,30 +6,16 @@
 //! | sock_ops                 | `sock_ops`      | 5.15 (bpf_get_netns_cookie in sock_ops) |
 //! | cgroup/getsockopt        | `getsockopt`    | 5.15 (bpf_get_netns_cookie in sockopt) |
 //! | cgroup/getpeername4, 6   | `getpeername`   | 5.8 |
-//! | sk_lookup                | `sk_lookup`     | 5.17 (`ingress_ifindex`) |
+//! | sk_lookup (per pod netns) | `sk_lookup`    | 5.17 (`ingress_ifindex`) |
 //!
 //! The whole set therefore needs Linux 5.17.
-//!
 //! All decisions read the per-pod policy that `interceptor ebpf enroll` writes (see `maps`).
 #![no_std]
 #![no_main]
 
-/// Reads one field of a program context with its own load at the field's offset. The
-/// verifier rejects loads through a context pointer the compiler has moved (`ctx + off`),
-/// which ordinary reads may produce.
-macro_rules! ctx_read {
-    ($ptr:expr, $($field:tt)+) => {
-        unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*$ptr).$($field)+)) }
-    };
-}
-
-mod addr;
 mod connect;
-mod counters;
-mod decide;
 mod getpeername;
 mod getsockopt;
-mod maps;
 mod sk_lookup;
 mod sock_ops;
 

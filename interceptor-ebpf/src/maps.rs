@@ -7,7 +7,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use interceptor_common::{
-    CidrData, ConnKey, CounterKey, IfaceKey, ListenerKey, OrigDst, PodConfig, PortKey,
+    CidrData, ConnKey, CounterKey, IfaceKey, ListenerKey, OrigDst, PodAddrKey, PodConfig, PortKey,
     RouteValue, Settings, capacity,
 };
 
@@ -18,6 +18,11 @@ const PER_CPU_LRU: usize = BPF_F_NO_COMMON_LRU as usize;
 /// Enrolled pods: network namespace cookie → the pod's current policy generation.
 #[btf_map]
 pub static PODS: HashMap<u64, PodConfig, { capacity::PODS }, NO_PREALLOC> = HashMap::new();
+
+/// Pod addresses → the pod's network namespace cookie: how sk_lookup (which cannot ask which
+/// namespace it runs in) finds the pod a connection is for.
+#[btf_map]
+pub static POD_ADDRS: HashMap<PodAddrKey, u64, { capacity::POD_ADDRS }, NO_PREALLOC> = HashMap::new();
 
 /// Outbound IP range exclusions of every policy (value unused, presence matters).
 #[btf_map]

@@ -1,38 +1,36 @@
-//! sk_lookup: inbound interception without NAT. Attached to each enrolled pod's network
-//! namespace; hands a new TCP connection to the pod's inbound listener (15003) unless the
-//! PROXY_INBOUND chain would let it through. The accepted socket's local address stays the
-//! destination the client used, so it is the original destination.
+//! sk_lookup: inbound interception without NAT. One program, linked to each enrolled pod's
+//! network namespace; hands a new TCP connection to the pod's inbound listener (15003)
+//! unless the PROXY_INBOUND chain would let it through. The accepted socket's local address
+//! stays the destination the client used, so it is the original destination.
 //!
-//! A sk_lookup program cannot ask which namespace it runs in, so the loader loads one
-//! instance per pod with `NETNS_COOKIE` set. Minimum kernel: 5.17 (`ingress_ifindex`).
+//! A sk_lookup program cannot ask which namespace it runs in; it finds the pod by the
+//! connection's destination address (`POD_ADDRS`, written at enroll: pod addresses are
+//! unique on a node). A destination that is not a pod address passes untouched.
+//! Minimum kernel: 5.17 (`ingress_ifindex`).
 use aya_ebpf::{
-    Global,
     bindings::{sk_action::SK_DROP, sk_action::SK_PASS},
     macros::sk_lookup,
     programs::SkLookupContext,
 };
 use interceptor_common::{
-    AF_INET, AF_INET6, IPPROTO_TCP, IfaceKey, ListenerKey, PortKey, Reason, pod_flags, port_flags,
-    route_flags,
+    AF_INET, AF_INET6, IPPROTO_TCP, IfaceKey, ListenerKey, PodAddrKey, PortKey, Reason, pod_flags,
+    port_flags, route_flags,
 };
 
-use crate::{
-    addr::Endpoint,
+use interceptor_ebpf::{
+    addr::{Endpoint, words_to_bytes},
     counters::count,
-    maps::{IFACES, LISTENERS, PODS, PORTS, ROUTES},
+    ctx_read,
+    maps::{IFACES, LISTENERS, POD_ADDRS, PODS, PORTS, ROUTES},
 };
 
 const LOOPBACK_IFINDEX: u32 = 1;
 
-/// The cookie of the network namespace this instance is attached to (set at load).
-#[unsafe(no_mangle)]
-static NETNS_COOKIE: Global<u64> = Global::new(0);
-
 #[sk_lookup]
 pub fn steer_inbound(ctx: SkLookupContext) -> u32 {
     match decide(&ctx) {
-        Some(reason) => {
-            count(NETNS_COOKIE.load(), reason);
+        Some((netns_cookie, reason)) => {
+            count(netns_cookie, reason);
             if matches!(reason, Reason::InNoListener) { SK_DROP } else { SK_PASS }
         }
         None => SK_PASS,
@@ -40,14 +38,28 @@ pub fn steer_inbound(ctx: SkLookupContext) -> u32 {
 }
 
 #[inline(always)]
-fn decide(ctx: &SkLookupContext) -> Option<Reason> {
+fn decide(ctx: &SkLookupContext) -> Option<(u64, Reason)> {
     let l = ctx.lookup;
     if ctx_read!(l, protocol) != IPPROTO_TCP {
         return None;
     }
-    let netns_cookie = NETNS_COOKIE.load();
-    let pod = unsafe { PODS.get(&netns_cookie) }.copied()?;
     let family = ctx_read!(l, family);
+    let local = if family == AF_INET as u32 {
+        Endpoint::v4(ctx_read!(l, local_ip4), 0)
+    } else {
+        let a = [ctx_read!(l, local_ip6[0]), ctx_read!(l, local_ip6[1]), ctx_read!(l, local_ip6[2]), ctx_read!(l, local_ip6[3])];
+        Endpoint::v6(a, 0)
+    };
+    let addr_key = PodAddrKey { family: local.family as u32, addr: words_to_bytes(local.addr) };
+    let netns_cookie = *unsafe { POD_ADDRS.get(&addr_key) }?;
+    let reason = decide_for_pod(ctx, netns_cookie, family)?;
+    Some((netns_cookie, reason))
+}
+
+#[inline(always)]
+fn decide_for_pod(ctx: &SkLookupContext, netns_cookie: u64, family: u32) -> Option<Reason> {
+    let l = ctx.lookup;
+    let pod = unsafe { PODS.get(&netns_cookie) }.copied()?;
     let ifindex = ctx_read!(l, ingress_ifindex);
     // The pod talking to itself never traverses PREROUTING. Traffic arriving on lo (ifindex
     // 1 in every namespace) is the cheap case; connections to the pod's own address report
@@ -103,3 +115,4 @@ fn assign(ctx: &SkLookupContext, netns_cookie: u64, family: u16) -> bool {
     let key = ListenerKey { netns_cookie, family: family as u32, _pad: 0 };
     LISTENERS.redirect_sk_lookup(ctx, key, 0).is_ok()
 }
+

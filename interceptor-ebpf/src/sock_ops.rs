@@ -18,7 +18,8 @@ use aya_ebpf::{
 };
 use interceptor_common::{AF_INET, ListenerKey};
 
-use crate::{
+use interceptor_ebpf::{
+    ctx_read,
     addr::{Endpoint, conn_key},
     maps::{ACCEPTED, LISTENERS, ORIG_BY_COOKIE, PENDING, PODS},
 };

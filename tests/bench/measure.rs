@@ -3,7 +3,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use interceptor::{
-    ebpf::{self, object::CGROUP_PROGRAMS},
+    ebpf::object::{CGROUP_PROGRAMS, SK_LOOKUP_PROGRAM},
     iptables::{self, ApplyOptions},
     netns::Netns,
     policy::{ChainNames, Cidr, Family, Policy},
@@ -348,9 +348,7 @@ fn prog_totals(sb: &Sandbox) -> Result<Vec<(String, u64, u128)>> {
     use aya::programs::ProgramInfo;
     let mut out = Vec::new();
     let mut paths: Vec<(String, std::path::PathBuf)> = CGROUP_PROGRAMS.iter().map(|(n, _)| (n.to_string(), sb.pins.prog(n))).collect();
-    for cookie in ebpf::loader::pinned_pods(&sb.pins)? {
-        paths.push(("steer_inbound".into(), sb.pins.pod_prog(cookie)));
-    }
+    paths.push((SK_LOOKUP_PROGRAM.into(), sb.pins.prog(SK_LOOKUP_PROGRAM)));
     for (name, path) in paths {
         let info = ProgramInfo::from_pin(&path)?;
         out.push((name, info.run_count(), info.run_time().as_nanos()));

@@ -174,7 +174,8 @@ impl Sandbox {
                 if local { f.local() } else { f.via(&dev) }
             }
             Actor::Peer => {
-                let iif = if dst.ip().to_string() == crate::sandbox::POD_IP_ETH1 { "eth1" } else { "eth0" };
+                let eth1 = format!("198.51.100.{}", 128 + self.host as u16);
+                let iif = if dst.ip().to_string() == eth1 { "eth1" } else { "eth0" };
                 Flow::inbound(dst).via(iif)
             }
         };

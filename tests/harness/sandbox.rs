@@ -24,7 +24,6 @@ use interceptor::ebpf::{LoadOptions, PinDir};
 use crate::procs::{Identity, command, ip, netprobe, output, spawn_ready};
 
 pub const POD_IP: &str = "198.51.100.2";
-pub const POD_IP_ETH1: &str = "198.51.100.130";
 pub const POD_IP6: &str = "2001:db8:1::2";
 pub const WORLD_IP: &str = "198.51.100.1";
 pub const APP_UID: u32 = 1000;
@@ -46,6 +45,9 @@ pub fn require_root() {
 
 pub struct Sandbox {
     pub id: String,
+    /// The pod's host number: its addresses are 198.51.100.<host>, 198.51.100.<128+host>
+    /// and 2001:db8:1::<host> (2 by default; pods sharing a node need distinct addresses).
+    pub host: u8,
     pub pod: String,
     pub world: String,
     pub cgroup: PathBuf,
@@ -58,7 +60,13 @@ pub struct Sandbox {
 impl Sandbox {
     /// A pod and world joined by two veth pairs, with addresses and routes.
     pub fn new() -> Result<Sandbox> {
+        Self::with_host(2)
+    }
+
+    /// A sandbox whose pod has host number `host` (2..=126).
+    pub fn with_host(host: u8) -> Result<Sandbox> {
         require_root();
+        assert!((2..=126).contains(&host), "host number {host} outside 2..=126");
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let id = format!("ict{}x{n}", std::process::id());
         let cgroot = interceptor::ebpf::loader::cgroup2_root()?;
@@ -68,6 +76,7 @@ impl Sandbox {
             world: format!("{id}w"),
             pod_cgroup: Mutex::new(cgroup.clone()),
             cgroup,
+            host,
             pins: PinDir::new(format!("/sys/fs/bpf/interceptor-test-{id}")),
             id,
             procs: Mutex::new(Vec::new()),
@@ -76,16 +85,27 @@ impl Sandbox {
         Ok(sb)
     }
 
+    pub fn pod_ip(&self) -> String {
+        format!("198.51.100.{}", self.host)
+    }
+
+    pub fn pod_ip6(&self) -> String {
+        format!("2001:db8:1::{:x}", self.host)
+    }
+
     fn build(&self) -> Result<()> {
         let (p, w) = (self.pod.as_str(), self.world.as_str());
+        let eth0 = format!("{}/25", self.pod_ip());
+        let eth1 = format!("198.51.100.{}/25", 128 + self.host as u16);
+        let eth0_6 = format!("{}/64", self.pod_ip6());
         ip(&["netns", "add", p])?;
         ip(&["netns", "add", w])?;
         // Created directly inside the namespaces: nothing ever exists in the root one.
         ip(&["-n", p, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", w])?;
         ip(&["-n", p, "link", "add", "eth1", "type", "veth", "peer", "name", "eth1", "netns", w])?;
         for (ns, dev, addr) in [
-            (p, "eth0", "198.51.100.2/25"),
-            (p, "eth1", "198.51.100.130/25"),
+            (p, "eth0", eth0.as_str()),
+            (p, "eth1", eth1.as_str()),
             (w, "eth0", "198.51.100.1/25"),
             (w, "eth1", "198.51.100.129/25"),
             (w, "lo", "203.0.113.10/32"),
@@ -95,7 +115,7 @@ impl Sandbox {
             ip(&["-n", ns, "addr", "add", addr, "dev", dev])?;
         }
         for (ns, dev, addr) in [
-            (p, "eth0", "2001:db8:1::2/64"),
+            (p, "eth0", eth0_6.as_str()),
             (w, "eth0", "2001:db8:1::1/64"),
             (w, "lo", "2001:db8:2::10/128"),
             (w, "lo", "2001:db8:2::20/128"),

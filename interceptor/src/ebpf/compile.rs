@@ -4,8 +4,8 @@ use std::net::IpAddr;
 
 use anyhow::{Result, bail};
 use interceptor_common::{
-    AF_INET, AF_INET6, CidrData, CidrKey, IfaceKey, PodConfig, PortKey, RouteValue, pod_flags,
-    port_flags, route_flags,
+    AF_INET, AF_INET6, CidrData, CidrKey, GenerationRecord, IfaceKey, PodAddrKey, PodConfig, PortKey,
+    RouteValue, pod_flags, port_flags, route_flags,
 };
 use ipnet::IpNet;
 
@@ -25,11 +25,36 @@ pub struct Compiled {
     pub routes: Vec<(Lpm, RouteValue)>,
     pub ports: Vec<(PortKey, u8)>,
     pub ifaces: Vec<IfaceKey>,
+    /// The pod's own addresses, by which sk_lookup finds it.
+    pub addrs: Vec<PodAddrKey>,
 }
 
 impl Compiled {
     pub fn entry_count(&self) -> usize {
         self.excluded.len() + self.included.len() + self.routes.len() + self.ports.len() + self.ifaces.len()
+    }
+
+    /// What this generation writes (except `addrs`, which belong to the pod), for deleting it
+    /// later without scanning every pod's entries.
+    pub fn records(&self) -> Vec<GenerationRecord> {
+        let lpm = |kind, (len, data): &Lpm| {
+            let mut key = [0u8; 28];
+            key[..4].copy_from_slice(&len.to_ne_bytes());
+            key[4..].copy_from_slice(bytemuck::bytes_of(data));
+            GenerationRecord { kind, key }
+        };
+        let small = |kind, bytes: &[u8]| {
+            let mut key = [0u8; 28];
+            key[..bytes.len()].copy_from_slice(bytes);
+            GenerationRecord { kind, key }
+        };
+        let mut out = Vec::with_capacity(self.entry_count());
+        out.extend(self.excluded.iter().map(|k| lpm(GenerationRecord::KIND_EXCLUDED, k)));
+        out.extend(self.included.iter().map(|k| lpm(GenerationRecord::KIND_INCLUDED, k)));
+        out.extend(self.routes.iter().map(|(k, _)| lpm(GenerationRecord::KIND_ROUTE, k)));
+        out.extend(self.ports.iter().map(|(k, _)| small(GenerationRecord::KIND_PORT, bytemuck::bytes_of(k))));
+        out.extend(self.ifaces.iter().map(|k| small(GenerationRecord::KIND_IFACE, bytemuck::bytes_of(k))));
+        out
     }
 }
 
@@ -128,6 +153,13 @@ pub fn compile(policy: &Policy, snap: &NetSnapshot, policy_id: u32, given_pod_ip
         flags |= pod_flags::HAS_IFACE_EXCLUSIONS;
     }
     out.routes = routes(policy_id, snap, &excluded_iface);
+    let mut addrs: Vec<IpAddr> = snap.global_addrs().chain(given_pod_ips.iter().copied()).collect();
+    addrs.sort();
+    addrs.dedup();
+    out.addrs = addrs
+        .iter()
+        .map(|ip| PodAddrKey { family: family_code(Family::of(ip)) as u32, addr: addr_bytes(ip) })
+        .collect();
 
     out.config = Some(PodConfig {
         policy_id,

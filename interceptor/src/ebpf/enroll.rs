@@ -6,17 +6,22 @@
 //! deleted. Established connections are never touched.
 use std::{
     fs::File,
+    os::fd::{AsFd, BorrowedFd},
     net::IpAddr,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context, Result, anyhow, bail};
-use aya::maps::lpm_trie::Key;
-use interceptor_common::{CounterKey, IfaceKey, PodInfo, PortKey};
+use aya::maps::IterableMap;
+use bytemuck::Zeroable;
+use interceptor_common::{
+    CidrData, CounterKey, GENERATION_CHUNK, GenerationChunk, GenerationKey, GenerationRecord, IfaceKey, PodAddrKey, PodInfo,
+    PortKey,
+};
 
 use super::{
     PinDir,
-    compile::{Compiled, compile},
+    compile::{Compiled, Lpm, compile},
     loader::{attach_sk_lookup, detach_sk_lookup},
     maps::{PinnedMaps, fill},
     raw,
@@ -51,23 +56,29 @@ fn require_loaded(pins: &PinDir) -> Result<()> {
 pub fn enroll(policy: &Policy, opts: &EnrollOptions) -> Result<EnrollReport> {
     require_loaded(&opts.pin_dir)?;
     let Some(path) = &opts.netns.path else { bail!("enroll needs --netns") };
+    let t0 = Instant::now();
     let netns_file = File::open(path).with_context(|| format!("cannot open network namespace {}", path.display()))?;
     let cookie = opts.netns.cookie()?;
     let snap = routes::snapshot(&opts.netns)?;
+    let t_snapshot = t0.elapsed();
     let mut maps = PinnedMaps::open(&opts.pin_dir)?;
     let old = maps.pods.get(&cookie, 0).ok();
     let policy_id = fresh_policy_id(&maps)?;
     let compiled = compile(policy, &snap, policy_id, &opts.pod_ips)?;
+    let t_compiled = t0.elapsed();
 
     let started = Instant::now();
-    if let Err(e) = write_generation(&mut maps, &compiled) {
+    let records = compiled.records();
+    if let Err(e) = write_generation(&mut maps, &compiled, &records) {
         delete_generation(&mut maps, policy_id);
         return Err(e.context("writing the policy failed; the pod keeps its previous policy"));
     }
-    if let Err(e) = attach_sk_lookup(&opts.pin_dir, cookie, &netns_file) {
+    let t_written = t0.elapsed();
+    if let Err(e) = attach_sk_lookup(&opts.pin_dir, cookie, &netns_file).and_then(|()| set_addresses(&mut maps, cookie, &compiled)) {
         delete_generation(&mut maps, policy_id);
         return Err(e);
     }
+    let t_attached = t0.elapsed();
     let config = compiled.config.expect("compile sets the config");
     maps.pods.insert(cookie, config, 0).context("switching the pod to its new policy failed")?;
     let apply_time = started.elapsed();
@@ -79,10 +90,17 @@ pub fn enroll(policy: &Policy, opts: &EnrollOptions) -> Result<EnrollReport> {
     };
     maps.pod_info.insert(cookie, info, 0)?;
 
+    let t_switched = t0.elapsed();
+    let mut t_barrier = t_switched;
     if let Some(old) = old {
         raw::rcu_barrier().context("waiting for running programs")?;
+        t_barrier = t0.elapsed();
         delete_generation(&mut maps, old.policy_id);
     }
+    tracing::debug!(
+        "enroll timings: snapshot {t_snapshot:?}, compiled {t_compiled:?}, written {t_written:?}, sk_lookup {t_attached:?}, switched {t_switched:?}, rcu {t_barrier:?}, done {:?}",
+        t0.elapsed()
+    );
     Ok(EnrollReport {
         netns_cookie: cookie,
         policy_id,
@@ -107,6 +125,7 @@ pub fn unenroll_cookie(pins: &PinDir, cookie: u64) -> Result<bool> {
     }
     detach_sk_lookup(pins, cookie)?;
     let _ = maps.pod_info.remove(&cookie);
+    set_addresses(&mut maps, cookie, &Compiled::default())?;
     if let Some(old) = old {
         raw::rcu_barrier()?;
         delete_generation(&mut maps, old.policy_id);
@@ -141,44 +160,117 @@ fn getrandom(buf: &mut [u8]) -> Result<()> {
     Ok(())
 }
 
-fn write_generation(maps: &mut PinnedMaps, c: &Compiled) -> Result<()> {
-    for (len, data) in &c.excluded {
-        maps.excluded.insert(&Key::new(*len, *data), 1, 0).context("EXCLUDED_CIDRS is full")?;
+fn fd<M: IterableMap<K, V>, K: aya::Pod, V>(m: &M) -> BorrowedFd<'_> {
+    m.map().fd().as_fd()
+}
+
+/// Packs LPM keys as the kernel reads them: prefix length, then the data.
+fn lpm_keys<'a>(keys: impl Iterator<Item = &'a Lpm>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (len, data) in keys {
+        out.extend_from_slice(&len.to_ne_bytes());
+        out.extend_from_slice(bytemuck::bytes_of(data));
     }
-    for (len, data) in &c.included {
-        maps.included.insert(&Key::new(*len, *data), 1, 0).context("INCLUDED_CIDRS is full")?;
+    out
+}
+
+/// Points the pod's current addresses at it (and drops addresses it no longer has).
+fn set_addresses(maps: &mut PinnedMaps, cookie: u64, c: &Compiled) -> Result<()> {
+    let stale: Vec<PodAddrKey> = maps
+        .pod_addrs
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, v)| *v == cookie && !c.addrs.contains(k))
+        .map(|(k, _)| k)
+        .collect();
+    for k in &c.addrs {
+        if let Ok(other) = maps.pod_addrs.get(k, 0) {
+            if other != cookie {
+                // Pod addresses are unique on a node: a pod that reuses a departed pod's
+                // address takes it over.
+                tracing::warn!("address {} moves to this pod from netns cookie {other}", crate::ebpf::status::addr_text(k));
+            }
+        }
+        maps.pod_addrs.insert(*k, cookie, 0).context("POD_ADDRS is full")?;
     }
-    for ((len, data), value) in &c.routes {
-        maps.routes.insert(&Key::new(*len, *data), *value, 0).context("ROUTES is full")?;
-    }
-    for (key, flags) in &c.ports {
-        maps.ports.insert(*key, *flags, 0).context("PORTS is full")?;
-    }
-    for key in &c.ifaces {
-        maps.ifaces.insert(*key, 1, 0).context("IFACES is full")?;
+    for k in stale {
+        let _ = maps.pod_addrs.remove(&k);
     }
     Ok(())
 }
 
-/// Deletes every entry of one policy generation (best effort: a missing entry is fine).
+/// Writes a generation with one batch update per map, and the list of what it wrote.
+fn write_generation(maps: &mut PinnedMaps, c: &Compiled, records: &[GenerationRecord]) -> Result<()> {
+    let Some(config) = c.config else { bail!("nothing compiled") };
+    let chunks = generation_chunks(records);
+    let chunk_keys: Vec<u8> = (0..chunks.len() as u32)
+        .flat_map(|chunk| bytemuck::bytes_of(&GenerationKey { policy_id: config.policy_id, chunk }).to_vec())
+        .collect();
+    let chunk_values: Vec<u8> = chunks.iter().flat_map(|c| bytemuck::bytes_of(c).to_vec()).collect();
+    raw::update_batch(fd(&maps.generations), &chunk_keys, &chunk_values, chunks.len()).context("writing GENERATIONS (full?)")?;
+    let ones = |n: usize| vec![1u8; n];
+    raw::update_batch(fd(&maps.excluded), &lpm_keys(c.excluded.iter()), &ones(c.excluded.len()), c.excluded.len())
+        .context("writing EXCLUDED_CIDRS (full?)")?;
+    raw::update_batch(fd(&maps.included), &lpm_keys(c.included.iter()), &ones(c.included.len()), c.included.len())
+        .context("writing INCLUDED_CIDRS (full?)")?;
+    let route_values: Vec<u8> = c.routes.iter().flat_map(|(_, v)| bytemuck::bytes_of(v).to_vec()).collect();
+    raw::update_batch(fd(&maps.routes), &lpm_keys(c.routes.iter().map(|(k, _)| k)), &route_values, c.routes.len())
+        .context("writing ROUTES (full?)")?;
+    let port_keys: Vec<u8> = c.ports.iter().flat_map(|(k, _)| bytemuck::bytes_of(k).to_vec()).collect();
+    let port_values: Vec<u8> = c.ports.iter().map(|(_, f)| *f).collect();
+    raw::update_batch(fd(&maps.ports), &port_keys, &port_values, c.ports.len()).context("writing PORTS (full?)")?;
+    let iface_keys: Vec<u8> = c.ifaces.iter().flat_map(|k| bytemuck::bytes_of(k).to_vec()).collect();
+    raw::update_batch(fd(&maps.ifaces), &iface_keys, &ones(c.ifaces.len()), c.ifaces.len()).context("writing IFACES (full?)")?;
+    Ok(())
+}
+
+fn generation_chunks(records: &[GenerationRecord]) -> Vec<GenerationChunk> {
+    records
+        .chunks(GENERATION_CHUNK)
+        .map(|part| {
+            let mut chunk = GenerationChunk::zeroed();
+            chunk.records[..part.len()].copy_from_slice(part);
+            chunk
+        })
+        .collect()
+}
+
+/// Deletes every entry of one policy generation, found from its own record list (so the
+/// cost is its own size, however many other pods there are). Best effort: a missing entry
+/// is fine.
 fn delete_generation(maps: &mut PinnedMaps, policy_id: u32) {
-    let id = policy_id.to_be_bytes();
-    for trie in [&mut maps.excluded, &mut maps.included] {
-        let keys: Vec<_> = trie.keys().filter_map(Result::ok).filter(|k| k.data().policy_id_be == id).collect();
-        for k in keys {
-            let _ = trie.remove(&k);
+    let mut keys: [Vec<u8>; 6] = Default::default();
+    let mut chunk_keys = Vec::new();
+    for chunk in 0u32.. {
+        let key = GenerationKey { policy_id, chunk };
+        let Ok(c) = maps.generations.get(&key, 0) else { break };
+        chunk_keys.extend_from_slice(bytemuck::bytes_of(&key));
+        for r in c.records.iter().filter(|r| r.kind != GenerationRecord::KIND_UNUSED) {
+            let len = match r.kind {
+                GenerationRecord::KIND_PORT => size_of::<PortKey>(),
+                GenerationRecord::KIND_IFACE => size_of::<IfaceKey>(),
+                _ => 4 + size_of::<CidrData>(),
+            };
+            if let Some(v) = keys.get_mut(r.kind as usize) {
+                v.extend_from_slice(&r.key[..len]);
+            }
         }
     }
-    let keys: Vec<_> = maps.routes.keys().filter_map(Result::ok).filter(|k| k.data().policy_id_be == id).collect();
-    for k in keys {
-        let _ = maps.routes.remove(&k);
+    let targets: [(u32, BorrowedFd<'_>, usize); 5] = [
+        (GenerationRecord::KIND_EXCLUDED, fd(&maps.excluded), 4 + size_of::<CidrData>()),
+        (GenerationRecord::KIND_INCLUDED, fd(&maps.included), 4 + size_of::<CidrData>()),
+        (GenerationRecord::KIND_ROUTE, fd(&maps.routes), 4 + size_of::<CidrData>()),
+        (GenerationRecord::KIND_PORT, fd(&maps.ports), size_of::<PortKey>()),
+        (GenerationRecord::KIND_IFACE, fd(&maps.ifaces), size_of::<IfaceKey>()),
+    ];
+    for (kind, map, key_size) in targets {
+        let mine = &keys[kind as usize];
+        if raw::delete_batch(map, mine, mine.len() / key_size).is_err() {
+            for k in mine.chunks(key_size) {
+                let _ = raw::delete_batch(map, k, 1);
+            }
+        }
     }
-    let keys: Vec<PortKey> = maps.ports.keys().filter_map(Result::ok).filter(|k| k.policy_id == policy_id).collect();
-    for k in keys {
-        let _ = maps.ports.remove(&k);
-    }
-    let keys: Vec<IfaceKey> = maps.ifaces.keys().filter_map(Result::ok).filter(|k| k.policy_id == policy_id).collect();
-    for k in keys {
-        let _ = maps.ifaces.remove(&k);
-    }
+    let n = chunk_keys.len() / size_of::<GenerationKey>();
+    let _ = raw::delete_batch(fd(&maps.generations), &chunk_keys, n);
 }

@@ -7,12 +7,12 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{Ebpf, EbpfLoader, programs::Program};
-use interceptor_common::{LAYOUT_VERSION, PodInfo, Settings, capacity, map_names};
+use interceptor_common::{GenerationChunk, GenerationKey, LAYOUT_VERSION, PodInfo, Settings, capacity, map_names};
 
 use super::{
     PinDir,
     maps::PinnedMaps,
-    object::{self, CGROUP_PROGRAMS, NETNS_COOKIE_GLOBAL, SK_LOOKUP_PROGRAM},
+    object::{self, CGROUP_PROGRAMS, SK_LOOKUP_PROGRAM},
     probe, raw,
 };
 
@@ -146,15 +146,13 @@ fn remove_stale_staging(pins: &PinDir) {
 }
 
 /// Loads the object with every map pinned (or reused) under `pins`.
-fn open_object(pins: &PinDir, netns_cookie: Option<u64>, max_tracked: Option<u32>) -> Result<Ebpf> {
+fn open_object(pins: &PinDir, max_tracked: Option<u32>) -> Result<Ebpf> {
     let paths: Vec<(&str, PathBuf)> = map_names::ALL.iter().map(|n| (*n, pins.map(n))).collect();
-    let cookie = netns_cookie.unwrap_or(0);
     let mut loader = EbpfLoader::new();
+    // The programs use no CO-RE relocations.
+    loader.btf(None);
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
-    }
-    if netns_cookie.is_some() {
-        loader.override_global(NETNS_COOKIE_GLOBAL, &cookie, true);
     }
     if let Some(n) = max_tracked {
         for name in [map_names::PENDING, map_names::ORIG_BY_COOKIE, map_names::ACCEPTED] {
@@ -181,15 +179,19 @@ fn install(staging: &PinDir, cgroup: &Path, max_tracked: Option<u32>) -> Result<
     for dir in ["maps", "progs", "links", "pods"] {
         fs::create_dir_all(staging.path().join(dir))?;
     }
-    let mut ebpf = open_object(staging, None, max_tracked)?;
-    let info = raw::hash_map_create(
-        map_names::POD_INFO,
-        8,
-        size_of::<PodInfo>() as u32,
-        capacity::PODS as u32,
-    )
-    .context("cannot create the POD_INFO map")?;
+    let mut ebpf = open_object(staging, max_tracked)?;
+    // Maps only user space uses: created here, pinned with the rest.
+    let info = raw::hash_map_create(map_names::POD_INFO, 8, size_of::<PodInfo>() as u32, capacity::PODS as u32)
+        .context("cannot create the POD_INFO map")?;
     raw::obj_pin(info.as_fd(), &staging.map(map_names::POD_INFO))?;
+    let generations = raw::hash_map_create(
+        map_names::GENERATIONS,
+        size_of::<GenerationKey>() as u32,
+        size_of::<GenerationChunk>() as u32,
+        capacity::GENERATIONS as u32,
+    )
+    .context("cannot create the GENERATIONS map")?;
+    raw::obj_pin(generations.as_fd(), &staging.map(map_names::GENERATIONS))?;
 
     let cg = File::open(cgroup).with_context(|| format!("cannot open cgroup {}", cgroup.display()))?;
     for (name, attach_type) in CGROUP_PROGRAMS {
@@ -199,11 +201,12 @@ fn install(staging: &PinDir, cgroup: &Path, max_tracked: Option<u32>) -> Result<
             .with_context(|| format!("cannot attach {name} to cgroup {}", cgroup.display()))?;
         raw::obj_pin(link.as_fd(), &staging.link(name)).with_context(|| format!("cannot pin the link of {name}"))?;
     }
-    // The per-pod program is attached at enroll; verify now that this kernel takes it, so a
-    // kernel without it fails here, before anything is installed.
-    load_program(&mut ebpf, SK_LOOKUP_PROGRAM).context(
-        "the per-pod sk_lookup program was refused (it reads the sk_lookup field ingress_ifindex, Linux 5.17+); use iptables mode on this kernel",
+    // Linked to each pod's network namespace at enroll; loaded now, so that a kernel
+    // without it fails here, before anything is installed.
+    let prog = load_program(&mut ebpf, SK_LOOKUP_PROGRAM).context(
+        "the sk_lookup program was refused (it reads the sk_lookup field ingress_ifindex, Linux 5.17+); use iptables mode on this kernel",
     )?;
+    prog.pin(staging.prog(SK_LOOKUP_PROGRAM))?;
     let maps = PinnedMaps::open(staging)?;
     let mut settings_map = maps.settings;
     settings_map.set(
@@ -217,7 +220,7 @@ fn install(staging: &PinDir, cgroup: &Path, max_tracked: Option<u32>) -> Result<
 /// Replaces every program behind its existing link (BPF_LINK_UPDATE is atomic: no moment
 /// without interception), keeping maps and pods.
 fn upgrade(pins: &PinDir) -> Result<usize> {
-    let mut ebpf = open_object(pins, None, None)?;
+    let mut ebpf = open_object(pins, None)?;
     for (name, _) in CGROUP_PROGRAMS {
         let prog = load_program(&mut ebpf, name)?;
         let link = raw::obj_get(&pins.link(name)).with_context(|| format!("cannot open the link of {name}"))?;
@@ -225,16 +228,15 @@ fn upgrade(pins: &PinDir) -> Result<usize> {
         let _ = fs::remove_file(pins.prog(name));
         prog.pin(pins.prog(name))?;
     }
+    let prog = load_program(&mut ebpf, SK_LOOKUP_PROGRAM)?;
     let mut pods = 0;
     for cookie in pinned_pods(pins)? {
-        let mut ebpf = open_object(pins, Some(cookie), None)?;
-        let prog = load_program(&mut ebpf, SK_LOOKUP_PROGRAM)?;
         let link = raw::obj_get(&pins.pod_link(cookie))?;
-        raw::link_update(link.as_fd(), prog.fd()?.as_fd())?;
-        let _ = fs::remove_file(pins.pod_prog(cookie));
-        prog.pin(pins.pod_prog(cookie))?;
+        raw::link_update(link.as_fd(), prog.fd()?.as_fd()).with_context(|| format!("cannot replace the sk_lookup program of pod {cookie}"))?;
         pods += 1;
     }
+    let _ = fs::remove_file(pins.prog(SK_LOOKUP_PROGRAM));
+    prog.pin(pins.prog(SK_LOOKUP_PROGRAM))?;
     let maps = PinnedMaps::open(pins)?;
     let mut settings = maps.settings()?;
     settings.fingerprint = object::fingerprint();
@@ -243,7 +245,7 @@ fn upgrade(pins: &PinDir) -> Result<usize> {
     Ok(pods)
 }
 
-/// Network namespace cookies that have a pinned sk_lookup instance.
+/// Network namespace cookies that have a pinned sk_lookup link.
 pub fn pinned_pods(pins: &PinDir) -> Result<Vec<u64>> {
     let mut out = Vec::new();
     let Ok(entries) = fs::read_dir(pins.pods()) else { return Ok(out) };
@@ -256,7 +258,7 @@ pub fn pinned_pods(pins: &PinDir) -> Result<Vec<u64>> {
     Ok(out)
 }
 
-/// Loads and attaches the sk_lookup instance of one pod (no-op if it exists).
+/// Links the pinned sk_lookup program to one pod's network namespace (no-op if linked).
 pub fn attach_sk_lookup(pins: &PinDir, cookie: u64, netns: &File) -> Result<()> {
     if pins.pod_link(cookie).exists() {
         return Ok(());
@@ -264,11 +266,9 @@ pub fn attach_sk_lookup(pins: &PinDir, cookie: u64, netns: &File) -> Result<()> 
     let dir = pins.pod(cookie);
     fs::create_dir_all(&dir)?;
     let result = (|| -> Result<()> {
-        let mut ebpf = open_object(pins, Some(cookie), None)?;
-        let prog = load_program(&mut ebpf, SK_LOOKUP_PROGRAM)?;
-        let link = raw::link_create(prog.fd()?.as_fd(), netns.as_fd(), raw::attach_type::SK_LOOKUP)
+        let prog = raw::obj_get(&pins.prog(SK_LOOKUP_PROGRAM)).context("cannot open the pinned sk_lookup program")?;
+        let link = raw::link_create(prog.as_fd(), netns.as_fd(), raw::attach_type::SK_LOOKUP)
             .context("cannot attach sk_lookup to the pod's network namespace")?;
-        prog.pin(pins.pod_prog(cookie))?;
         raw::obj_pin(link.as_fd(), &pins.pod_link(cookie))?;
         Ok(())
     })();
@@ -278,7 +278,7 @@ pub fn attach_sk_lookup(pins: &PinDir, cookie: u64, netns: &File) -> Result<()> 
     result
 }
 
-/// Detaches and removes one pod's sk_lookup instance.
+/// Removes one pod's sk_lookup link.
 pub fn detach_sk_lookup(pins: &PinDir, cookie: u64) -> Result<()> {
     let dir = pins.pod(cookie);
     if dir.exists() {

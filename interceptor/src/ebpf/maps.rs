@@ -4,13 +4,16 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuHashMap};
 use interceptor_common::{
-    CidrData, CounterKey, IfaceKey, PodConfig, PodInfo, PortKey, RouteValue, Settings, map_names,
+    CidrData, CounterKey, GenerationChunk, GenerationKey, IfaceKey, PodAddrKey, PodConfig, PodInfo, PortKey,
+    RouteValue, Settings, map_names,
 };
 
 use super::PinDir;
 
 pub struct PinnedMaps {
     pub pods: HashMap<MapData, u64, PodConfig>,
+    pub pod_addrs: HashMap<MapData, PodAddrKey, u64>,
+    pub generations: HashMap<MapData, GenerationKey, GenerationChunk>,
     pub excluded: LpmTrie<MapData, CidrData, u8>,
     pub included: LpmTrie<MapData, CidrData, u8>,
     pub routes: LpmTrie<MapData, CidrData, RouteValue>,
@@ -31,6 +34,8 @@ impl PinnedMaps {
         let m = |name: &str| open(&pins.map(name));
         Ok(PinnedMaps {
             pods: HashMap::try_from(Map::HashMap(m(PODS)?))?,
+            pod_addrs: HashMap::try_from(Map::HashMap(m(POD_ADDRS)?))?,
+            generations: HashMap::try_from(Map::HashMap(m(GENERATIONS)?))?,
             excluded: LpmTrie::try_from(Map::LpmTrie(m(EXCLUDED_CIDRS)?))?,
             included: LpmTrie::try_from(Map::LpmTrie(m(INCLUDED_CIDRS)?))?,
             routes: LpmTrie::try_from(Map::LpmTrie(m(ROUTES)?))?,

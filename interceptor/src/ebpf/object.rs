@@ -5,7 +5,7 @@ use anyhow::{Result, bail};
 
 /// The ELF object (aligned: aya parses it in place).
 pub fn bytes() -> Result<&'static [u8]> {
-    let b = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/interceptor"));
+    let b: &'static [u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/interceptor"));
     if b.is_empty() {
         bail!("this binary was built without its eBPF programs (AYA_BUILD_SKIP); rebuild with `cargo xtask build`");
     }
@@ -30,7 +30,5 @@ pub const CGROUP_PROGRAMS: [(&str, u32); 6] = [
     ("original_dst", super::raw::attach_type::CGROUP_GETSOCKOPT),
 ];
 
-/// The per-namespace program.
+/// The program linked to each enrolled pod's network namespace.
 pub const SK_LOOKUP_PROGRAM: &str = "steer_inbound";
-/// Its global set at load to the namespace's cookie.
-pub const NETNS_COOKIE_GLOBAL: &str = "NETNS_COOKIE";

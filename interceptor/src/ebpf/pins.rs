@@ -2,10 +2,9 @@
 //!
 //! ```text
 //! <dir>/maps/<NAME>                  every map (shared by all programs and pods)
-//! <dir>/progs/<program>              the cgroup programs
-//! <dir>/links/<program>              their cgroup attachments
-//! <dir>/pods/<netns-cookie>/prog     the pod's sk_lookup program instance
-//! <dir>/pods/<netns-cookie>/link     its attachment to the pod's network namespace
+//! <dir>/progs/<program>              the programs (the cgroup ones and steer_inbound)
+//! <dir>/links/<program>              the cgroup programs' attachments
+//! <dir>/pods/<netns-cookie>/link     steer_inbound's link to the pod's network namespace
 //! ```
 //!
 //! A load builds the tree in `<dir>-staging-<pid>` (bpffs forbids dots in names) and renames it into place, so the directory
@@ -39,9 +38,6 @@ impl PinDir {
     pub fn pod(&self, cookie: u64) -> PathBuf {
         self.pods().join(cookie.to_string())
     }
-    pub fn pod_prog(&self, cookie: u64) -> PathBuf {
-        self.pod(cookie).join("prog")
-    }
     pub fn pod_link(&self, cookie: u64) -> PathBuf {
         self.pod(cookie).join("link")
     }
@@ -49,6 +45,7 @@ impl PinDir {
     /// Whether a complete installation is pinned here.
     pub fn is_loaded(&self) -> bool {
         self.map(interceptor_common::map_names::PODS).exists()
+            && self.prog(super::object::SK_LOOKUP_PROGRAM).exists()
             && super::object::CGROUP_PROGRAMS.iter().all(|(p, _)| self.link(p).exists())
     }
 

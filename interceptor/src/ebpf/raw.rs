@@ -137,3 +137,80 @@ pub fn hash_map_create(name: &str, key_size: u32, value_size: u32, max_entries: 
     attr.0[28..28 + n].copy_from_slice(&bytes[..n]);
     sys_bpf(BPF_MAP_CREATE, &mut attr).map(owned)
 }
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+
+/// `union bpf_attr` for the batch commands.
+fn batch_attr(map: BorrowedFd<'_>, keys: u64, values: u64, count: u32) -> Attr {
+    let mut attr = Attr::new();
+    attr.put_u64(16, keys).put_u64(24, values).put_u32(32, count).put_u32(36, map.as_raw_fd() as u32);
+    attr
+}
+
+/// BPF_MAP_UPDATE_BATCH: inserts `count` packed keys and values in one call (one syscall
+/// instead of one per entry: a 10 000-range policy is written in a few milliseconds).
+pub fn update_batch(map: BorrowedFd<'_>, keys: &[u8], values: &[u8], count: usize) -> io::Result<()> {
+    if count == 0 {
+        return Ok(());
+    }
+    let mut done = 0;
+    let key_size = keys.len() / count;
+    let value_size = values.len() / count;
+    while done < count {
+        let mut attr = batch_attr(
+            map,
+            keys[done * key_size..].as_ptr() as u64,
+            values[done * value_size..].as_ptr() as u64,
+            (count - done) as u32,
+        );
+        let r = sys_bpf(BPF_MAP_UPDATE_BATCH, &mut attr);
+        let processed = u32::from_ne_bytes(attr.0[32..36].try_into().expect("4 bytes")) as usize;
+        r?;
+        if processed == 0 {
+            return Err(io::Error::other("BPF_MAP_UPDATE_BATCH made no progress"));
+        }
+        done += processed;
+    }
+    Ok(())
+}
+
+/// BPF_MAP_DELETE_BATCH of packed keys.
+pub fn delete_batch(map: BorrowedFd<'_>, keys: &[u8], count: usize) -> io::Result<()> {
+    if count == 0 {
+        return Ok(());
+    }
+    let mut attr = batch_attr(map, keys.as_ptr() as u64, 0, count as u32);
+    sys_bpf(BPF_MAP_DELETE_BATCH, &mut attr).map(|_| ())
+}
+
+/// Every key of a map (packed), read with BPF_MAP_LOOKUP_BATCH in large chunks.
+pub fn all_keys(map: BorrowedFd<'_>, key_size: usize, value_size: usize) -> io::Result<Vec<u8>> {
+    const CHUNK: usize = 8192;
+    let mut out = Vec::new();
+    let mut keys = vec![0u8; CHUNK * key_size];
+    // Per-CPU maps would need value_size × CPUs; only used on shared maps.
+    let mut values = vec![0u8; CHUNK * value_size.max(1)];
+    // The batch token is opaque: a key for the generic implementation (LPM tries), a bucket
+    // index for hash maps; 8 bytes cover the latter, key_size the former.
+    let token_size = key_size.max(8);
+    let mut token_in = vec![0u8; token_size];
+    let mut token_out = vec![0u8; token_size];
+    let mut first = true;
+    loop {
+        let mut attr = batch_attr(map, keys.as_mut_ptr() as u64, values.as_mut_ptr() as u64, CHUNK as u32);
+        attr.put_u64(0, if first { 0 } else { token_in.as_ptr() as u64 }).put_u64(8, token_out.as_mut_ptr() as u64);
+        let r = sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let n = u32::from_ne_bytes(attr.0[32..36].try_into().expect("4 bytes")) as usize;
+        out.extend_from_slice(&keys[..n * key_size]);
+        match r {
+            Ok(_) => {}
+            // ENOENT: the last chunk (possibly empty) has been returned.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+            Err(e) => return Err(e),
+        }
+        std::mem::swap(&mut token_in, &mut token_out);
+        first = false;
+    }
+}

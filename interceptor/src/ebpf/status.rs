@@ -52,6 +52,8 @@ pub struct PodStatus {
     pub proxy_uid: u32,
     pub local_proxy_mode: String,
     pub pod_ips: Vec<IpAddr>,
+    /// The addresses inbound steering finds the pod by.
+    pub addresses: Vec<String>,
     pub outbound_port: u16,
     pub inbound_port: u16,
     pub outbound_ip_range_exclusions: Vec<String>,
@@ -62,6 +64,15 @@ pub struct PodStatus {
     pub inbound_steering: bool,
     pub outbound: Counters,
     pub inbound: Counters,
+}
+
+/// A pod address key as text.
+pub fn addr_text(k: &interceptor_common::PodAddrKey) -> String {
+    if k.family == AF_INET as u32 {
+        Ipv4Addr::new(k.addr[0], k.addr[1], k.addr[2], k.addr[3]).to_string()
+    } else {
+        Ipv6Addr::from(k.addr).to_string()
+    }
 }
 
 fn cidr_text(len: u32, d: &CidrData) -> String {
@@ -93,10 +104,9 @@ pub fn status(pins: &PinDir) -> Result<Status> {
         let id = ProgramInfo::from_pin(pins.prog(name)).map(|i| i.id()).unwrap_or(0);
         programs.push(ProgramStatus { name: name.to_string(), id, attached: "cgroup".into() });
     }
-    for cookie in pinned_pods(pins)? {
-        let id = ProgramInfo::from_pin(pins.pod_prog(cookie)).map(|i| i.id()).unwrap_or(0);
-        programs.push(ProgramStatus { name: SK_LOOKUP_PROGRAM.into(), id, attached: format!("netns {cookie}") });
-    }
+    let id = ProgramInfo::from_pin(pins.prog(SK_LOOKUP_PROGRAM)).map(|i| i.id()).unwrap_or(0);
+    let links = pinned_pods(pins)?.len();
+    programs.push(ProgramStatus { name: SK_LOOKUP_PROGRAM.into(), id, attached: format!("{links} pod network namespace(s)") });
 
     let steering = pinned_pods(pins)?;
     let mut counters: BTreeMap<u64, (Counters, Counters)> = BTreeMap::new();
@@ -149,6 +159,9 @@ pub fn status(pins: &PinDir) -> Result<Status> {
             pod_ips.push(IpAddr::from(cfg.pod_ip6));
         }
         let (outbound, inbound) = counters.remove(&cookie).unwrap_or_default();
+        let mut addresses: Vec<String> =
+            maps.pod_addrs.iter().filter_map(Result::ok).filter(|(_, c)| *c == cookie).map(|(k, _)| addr_text(&k)).collect();
+        addresses.sort();
         pods.push(PodStatus {
             netns_cookie: cookie,
             netns: info.map(|i| c_str(&i.netns_path)).unwrap_or_default(),
@@ -158,6 +171,7 @@ pub fn status(pins: &PinDir) -> Result<Status> {
             proxy_uid: cfg.proxy_uid,
             local_proxy_mode: if cfg.flags & pod_flags::POD_IP_MODE != 0 { "PodIP" } else { "Localhost" }.into(),
             pod_ips,
+            addresses,
             outbound_port: cfg.outbound_port,
             inbound_port: cfg.inbound_port,
             outbound_ip_range_exclusions: list(&maps.excluded),
@@ -194,7 +208,7 @@ impl std::fmt::Display for Status {
         }
         writeln!(f, "pods: {}", self.pods.len())?;
         for p in &self.pods {
-            writeln!(f, "- netns {} (cookie {}){}", p.netns, p.netns_cookie, if p.pod.is_empty() { String::new() } else { format!(" pod {}", p.pod) })?;
+            writeln!(f, "- netns {} (cookie {}){} addresses {}", p.netns, p.netns_cookie, if p.pod.is_empty() { String::new() } else { format!(" pod {}", p.pod) }, p.addresses.join(","))?;
             writeln!(f, "    policy {} uid {} mode {} listeners {}/{} inbound steering {}", p.policy_id, p.proxy_uid, p.local_proxy_mode, p.outbound_port, p.inbound_port, if p.inbound_steering { "on" } else { "off" })?;
             let show = |v: &[String]| if v.is_empty() { "-".to_string() } else { v.join(",") };
             let ports = |v: &[u16]| if v.is_empty() { "-".to_string() } else { v.iter().map(u16::to_string).collect::<Vec<_>>().join(",") };

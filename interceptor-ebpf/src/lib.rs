@@ -1,0 +1,18 @@
+//! The parts of the eBPF programs that are not a hook: maps, address handling, counters and
+//! the outbound decision. The programs themselves are in `src/main.rs` and its modules.
+#![no_std]
+
+/// Reads one field of a program context with its own load at the field's offset. The
+/// verifier rejects loads through a context pointer the compiler has moved (`ctx + off`),
+/// which ordinary reads may produce.
+#[macro_export]
+macro_rules! ctx_read {
+    ($ptr:expr, $($field:tt)+) => {
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*$ptr).$($field)+)) }
+    };
+}
+
+pub mod addr;
+pub mod counters;
+pub mod decide;
+pub mod maps;
