@@ -49,7 +49,6 @@ fn run(args: &[String]) -> Result<()> {
         }
         "bench" => {
             setup::setup()?;
-            util::build_release()?;
             bench::bench(rest)
         }
         "vm-test" => {
