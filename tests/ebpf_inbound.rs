@@ -116,3 +116,17 @@ fn live_inbound_policy_changes_and_unenroll() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_sidecar_listening_before_enrollment_is_adopted() -> Result<()> {
+    let sb = Sandbox::new()?;
+    sb.load_ebpf()?;
+    app_only(&sb)?;
+    sb.serve(&sb.in_pod(PROXY_UID), "sidecar-in", &["0.0.0.0:15003".into(), "[::]:15003".into()], &[])?;
+    sb.enroll(&Policy::default())?;
+    for dst in ["198.51.100.2:8080", "[2001:db8:1::2]:8080"] {
+        let l = sb.run_flow(&inbound(dst))?;
+        assert_eq!((l.server.as_deref(), l.orig.as_deref()), (Some("sidecar-in"), Some(dst)), "{dst}");
+    }
+    Ok(())
+}

@@ -83,6 +83,15 @@ pub fn enroll(policy: &Policy, opts: &EnrollOptions) -> Result<EnrollReport> {
     maps.pods.insert(cookie, config, 0).context("switching the pod to its new policy failed")?;
     let apply_time = started.elapsed();
 
+    // A sidecar that was already listening before this first enroll is registered now (the
+    // programs only see listen() calls made while the pod is enrolled).
+    if old.is_none() {
+        match super::listeners::adopt(&opts.netns, &opts.pin_dir, cookie, config.inbound_port) {
+            Ok(n) if n > 0 => tracing::info!("adopted {n} existing inbound listener(s)"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("could not look for an existing inbound listener: {e:#}"),
+        }
+    }
     let info = PodInfo {
         netns_path: fill(&path.display().to_string()),
         pod_name: fill(opts.pod_name.as_deref().unwrap_or("")),

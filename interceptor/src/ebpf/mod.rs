@@ -13,6 +13,7 @@
 pub mod compile;
 pub mod debug;
 pub mod enroll;
+pub mod listeners;
 pub mod loader;
 pub mod maps;
 pub mod object;

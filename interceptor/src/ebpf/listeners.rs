@@ -1,0 +1,102 @@
+//! Adopting an inbound listener that existed before the pod was enrolled.
+//!
+//! The sock_ops program registers the sidecar's 15003 listener when the sidecar calls
+//! listen(); a sidecar already listening when its pod is enrolled (e.g. eBPF mode loaded on
+//! a running node) would never be registered, and its pod's inbound connections would be
+//! refused until it restarts. At enroll, the listener is found in the namespace's
+//! /proc/net/tcp{,6}, its socket is taken from the owning process with pidfd_getfd(2)
+//! (Linux 5.6+) and put in `LISTENERS`, exactly as the program does.
+use std::{
+    fs,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::unix::fs::MetadataExt,
+    path::Path,
+};
+
+use anyhow::{Context, Result};
+use aya::maps::{Map, MapData, SockHash};
+use interceptor_common::{AF_INET, AF_INET6, ListenerKey, map_names};
+
+use super::PinDir;
+use crate::netns::Netns;
+
+/// A listening TCP socket of the namespace: (socket inode, family).
+fn listeners_on(port: u16) -> Vec<(u64, u16)> {
+    let mut out = Vec::new();
+    for (file, family) in [("tcp", AF_INET), ("tcp6", AF_INET6)] {
+        // thread-self: the namespace this thread has joined, not the process's.
+        let Ok(text) = fs::read_to_string(Path::new("/proc/thread-self/net").join(file)) else { continue };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st ... inode (field 9)
+            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else { continue };
+            let local_port = local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            if *state == "0A" && local_port == Some(port) {
+                if let Ok(inode) = inode.parse() {
+                    out.push((inode, family));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A process of the namespace holding socket `inode`, and its fd number.
+fn holder(netns_inode: u64, inode: u64) -> Option<(i32, i32)> {
+    let want = format!("socket:[{inode}]");
+    for entry in fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let in_ns = fs::metadata(entry.path().join("ns/net")).map(|m| m.ino() == netns_inode).unwrap_or(false);
+        if !in_ns {
+            continue;
+        }
+        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else { continue };
+        for fd in fds.flatten() {
+            if fs::read_link(fd.path()).map(|l| l.to_string_lossy() == want).unwrap_or(false) {
+                if let Ok(n) = fd.file_name().to_string_lossy().parse() {
+                    return Some((pid, n));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// A duplicate of another process's file descriptor.
+fn take_fd(pid: i32, fd: i32) -> Result<OwnedFd> {
+    // SAFETY: plain syscalls; each returned descriptor is new and owned here.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
+        if pidfd < 0 {
+            return Err(std::io::Error::last_os_error()).context("pidfd_open");
+        }
+        let pidfd = OwnedFd::from_raw_fd(pidfd as i32);
+        let dup = libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0);
+        if dup < 0 {
+            return Err(std::io::Error::last_os_error()).context("pidfd_getfd");
+        }
+        Ok(OwnedFd::from_raw_fd(dup as i32))
+    }
+}
+
+/// Registers the namespace's current listener(s) on `port`; returns how many.
+pub fn adopt(netns: &Netns, pins: &PinDir, cookie: u64, port: u16) -> Result<usize> {
+    let Some(path) = &netns.path else { return Ok(0) };
+    let netns_inode = fs::metadata(path)?.ino();
+    let found = netns.run(move || Ok(listeners_on(port)))?;
+    if found.is_empty() {
+        return Ok(0);
+    }
+    let data = MapData::from_pin(pins.map(map_names::LISTENERS)).context("open LISTENERS")?;
+    let mut map: SockHash<MapData, ListenerKey> = SockHash::try_from(Map::SockHash(data))?;
+    let mut n = 0;
+    for (inode, family) in found {
+        let Some((pid, fd)) = holder(netns_inode, inode) else { continue };
+        let Ok(sock) = take_fd(pid, fd) else { continue };
+        let key = ListenerKey { netns_cookie: cookie, family: family as u32, _pad: 0 };
+        if map.insert(key, sock.as_raw_fd(), 0).is_ok() {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
