@@ -192,3 +192,28 @@ fn a_thousand_concurrent_connections_each_see_their_own_original_destination() -
 fn kernel_feature_probe_passes_on_this_kernel() {
     assert_eq!(ebpf::probe::missing_features(), vec![]);
 }
+
+#[test]
+fn debug_logging_is_switched_at_run_time() -> Result<()> {
+    let sb = Sandbox::new()?;
+    sb.load_ebpf()?;
+    sb.enroll(&Policy::default())?;
+    sb.start_servers()?;
+    let pin = sb.pins.path().to_str().unwrap().to_string();
+    let log = |connect_to: &str| -> Result<String> {
+        let child = Command::new(sibling_binary("interceptor"))
+            .args(["ebpf", "log", "--seconds", "2", "--pin-dir", &pin])
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        std::thread::sleep(Duration::from_millis(500));
+        landed(&sb, connect_to)?;
+        Ok(String::from_utf8_lossy(&child.wait_with_output()?.stdout).into_owned())
+    };
+    assert_eq!(log("198.51.100.1:80")?, "", "off by default");
+    ebpf::debug::set_debug(&sb.pins, true)?;
+    let out = log("203.0.113.20:443")?;
+    assert!(out.contains("connect redirect") && out.contains("port=443"), "{out:?}");
+    ebpf::debug::set_debug(&sb.pins, false)?;
+    assert_eq!(log("198.51.100.1:80")?, "");
+    Ok(())
+}
