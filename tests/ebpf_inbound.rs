@@ -1,8 +1,6 @@
 //! eBPF mode, inbound: sk_lookup hands every inbound TCP connection to the sidecar's 15003
 //! listener without NAT; the listener is discovered when the sidecar calls listen().
-use std::time::Duration;
-
-use anyhow::{Context, Result};
+use anyhow::Result;
 use interceptor::{ebpf, policy::Policy};
 use interceptor_common::Reason;
 use interceptor_tests::{
@@ -68,24 +66,18 @@ fn five_hundred_concurrent_inbound_connections_each_see_their_original_destinati
     sb.load_ebpf()?;
     sb.enroll(&Policy::default())?;
     sb.start_sidecar()?;
-    let mut args = vec!["connect-many".to_string()];
-    for i in 0..500u32 {
-        args.push("--to".into());
-        // No listener exists on these ports: only sk_lookup can make them connect.
-        args.push(if i % 2 == 0 { format!("198.51.100.2:{}", 30000 + i) } else { format!("[2001:db8:1::2]:{}", 30000 + i) });
-    }
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = sb.probe(&sb.in_world(), &argv, Duration::from_secs(120))?;
+    // No listener exists on these ports: only sk_lookup can make them connect.
+    let dsts: Vec<String> = (0..500u32)
+        .map(|i| if i % 2 == 0 { format!("198.51.100.2:{}", 30000 + i) } else { format!("[2001:db8:1::2]:{}", 30000 + i) })
+        .collect();
     let mut ok = 0;
     let mut wrong = Vec::new();
-    for line in out.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).context("json")?;
-        let to = v["to"].as_str().unwrap_or_default();
+    for (to, v) in sb.connect_many(&sb.in_world(), &dsts)? {
         // No NAT: the accepted socket's own local address is the original destination.
         if v["ok"] == true && v["reply"]["server"] == "sidecar-in" && v["reply"]["orig"] == to && v["reply"]["local"] == to {
             ok += 1;
         } else {
-            wrong.push(line.to_string());
+            wrong.push(v.to_string());
         }
     }
     assert_eq!(ok, 500, "{} wrong, e.g. {:?}", wrong.len(), wrong.first());

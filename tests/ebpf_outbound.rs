@@ -2,7 +2,7 @@
 //! pinned state that outlives the loader, load/upgrade/unload, and scale.
 use std::{collections::BTreeSet, process::Command, time::Duration};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use aya::programs::loaded_programs;
 use interceptor::{
     ebpf::{self, LoadOptions, LoadOutcome, maps::PinnedMaps},
@@ -165,23 +165,15 @@ fn a_thousand_concurrent_connections_each_see_their_own_original_destination() -
     sb.load_ebpf()?;
     sb.enroll(&Policy::default())?;
     sb.start_sidecar()?;
-    let mut args = vec!["connect-many".to_string()];
-    for i in 0..1000u32 {
-        args.push("--to".into());
-        args.push(format!("203.0.113.{}:{}", 1 + i % 250, 20000 + i));
-    }
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = sb.probe(&sb.in_pod(APP_UID), &argv, Duration::from_secs(120))?;
+    let dsts: Vec<String> = (0..1000u32).map(|i| format!("203.0.113.{}:{}", 1 + i % 250, 20000 + i)).collect();
     let mut ok = 0;
     let mut wrong = Vec::new();
-    for line in out.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).context("json")?;
-        let to = v["to"].as_str().unwrap_or_default();
+    for (to, v) in sb.connect_many(&sb.in_pod(APP_UID), &dsts)? {
         let reply = &v["reply"];
         if v["ok"] == true && reply["server"] == "sidecar-out" && reply["orig"] == to && v["peername"] == to {
             ok += 1;
         } else {
-            wrong.push(line.to_string());
+            wrong.push(v.to_string());
         }
     }
     assert_eq!(ok, 1000, "{} wrong, e.g. {:?}", wrong.len(), wrong.first());

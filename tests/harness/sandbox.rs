@@ -229,6 +229,23 @@ impl Sandbox {
         output(cmd, &format!("netprobe {}", args.join(" ")), timeout)
     }
 
+    /// Opens a connection to every destination at once (`netprobe connect-many`) as `who`;
+    /// returns (destination, the client's JSON report) pairs.
+    pub fn connect_many(&self, who: &Identity, dsts: &[String]) -> Result<Vec<(String, serde_json::Value)>> {
+        let mut args = vec!["connect-many"];
+        for d in dsts {
+            args.push("--to");
+            args.push(d);
+        }
+        let out = self.probe(who, &args, Duration::from_secs(120))?;
+        out.lines()
+            .map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("bad line {line:?}"))?;
+                Ok((v["to"].as_str().unwrap_or_default().to_string(), v))
+            })
+            .collect()
+    }
+
     /// Loads eBPF mode attached to this sandbox's cgroup, pinned in its own directory.
     pub fn load_ebpf(&self) -> Result<()> {
         interceptor::ebpf::load(&LoadOptions { cgroup: Some(self.cgroup.clone()), pin_dir: self.pins.clone(), max_tracked_connections: None })?;
