@@ -28,11 +28,10 @@ fn main() {
         let mut out = Vec::new();
         let mut it = args.iter();
         while let Some(a) = it.next() {
-            if a == flag {
-                if let Some(v) = it.next() {
+            if a == flag
+                && let Some(v) = it.next() {
                     out.push(v.clone());
                 }
-            }
         }
         out
     };

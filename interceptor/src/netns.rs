@@ -79,7 +79,7 @@ impl Netns {
 
     /// The namespace's cookie (SO_NETNS_COOKIE, Linux 5.14+): the key the eBPF programs use.
     pub fn cookie(&self) -> Result<u64> {
-        self.run(|| current_cookie())
+        self.run(current_cookie)
     }
 }
 

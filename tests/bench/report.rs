@@ -7,7 +7,7 @@ use crate::{
     measure::{LatencyRow, Mode, Results, Workload},
 };
 
-fn row<'a>(r: &'a Results, k: usize, mode: Mode, w: Workload) -> Option<&'a LatencyRow> {
+fn row(r: &Results, k: usize, mode: Mode, w: Workload) -> Option<&LatencyRow> {
     r.latency.iter().find(|x| x.k == k && x.mode == mode && x.workload == w)
 }
 

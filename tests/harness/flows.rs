@@ -265,13 +265,11 @@ pub fn counted_reasons(
     let mut out = Vec::new();
     for (reason, n) in after {
         let was = before.get(reason).copied().unwrap_or(0);
-        if *n > was {
-            if let Some(r) = Reason::from_u32(*reason) {
-                if r.is_inbound() == inbound {
+        if *n > was
+            && let Some(r) = Reason::from_u32(*reason)
+                && r.is_inbound() == inbound {
                     out.push(r);
                 }
-            }
-        }
     }
     out
 }

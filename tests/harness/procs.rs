@@ -71,14 +71,13 @@ pub fn command(program: &Path, who: &Identity) -> Result<Command> {
             if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            if uid != 0 {
-                if libc::setgroups(0, std::ptr::null()) != 0
+            if uid != 0
+                && (libc::setgroups(0, std::ptr::null()) != 0
                     || libc::setgid(uid) != 0
-                    || libc::setuid(uid) != 0
+                    || libc::setuid(uid) != 0)
                 {
                     return Err(std::io::Error::last_os_error());
                 }
-            }
             Ok(())
         });
     }

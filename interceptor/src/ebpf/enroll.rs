@@ -193,13 +193,12 @@ fn set_addresses(maps: &mut PinnedMaps, cookie: u64, c: &Compiled) -> Result<()>
         .map(|(k, _)| k)
         .collect();
     for k in &c.addrs {
-        if let Ok(other) = maps.pod_addrs.get(k, 0) {
-            if other != cookie {
+        if let Ok(other) = maps.pod_addrs.get(k, 0)
+            && other != cookie {
                 // Pod addresses are unique on a node: a pod that reuses a departed pod's
                 // address takes it over.
                 tracing::warn!("address {} moves to this pod from netns cookie {other}", crate::ebpf::status::addr_text(k));
             }
-        }
         maps.pod_addrs.insert(*k, cookie, 0).context("POD_ADDRS is full")?;
     }
     for k in stale {

@@ -72,11 +72,10 @@ fn words(spec: &str) -> Vec<&str> {
 fn is_our_hook(rule: &SavedRule, names: &ChainNames, family: Family) -> bool {
     let w = words(&rule.spec);
     let target = w.iter().position(|x| *x == "-j").and_then(|i| w.get(i + 1)).copied();
-    if let Some(t) = target {
-        if names.ours().contains(&t) {
+    if let Some(t) = target
+        && names.ours().contains(&t) {
             return true;
         }
-    }
     if rule.chain != "OUTPUT" || target != Some("DNAT") {
         return false;
     }

@@ -317,11 +317,10 @@ impl Rule {
 
     /// Whether the rule's matches accept a packet with these properties.
     pub fn matches(&self, m: &PacketView<'_>) -> bool {
-        if let Some(p) = self.proto {
-            if p != m.proto {
+        if let Some(p) = self.proto
+            && p != m.proto {
                 return false;
             }
-        }
         if let Some(i) = &self.in_iface {
             match m.in_iface {
                 Some(actual) if interface_matches(i, actual) => {}
@@ -334,21 +333,18 @@ impl Rule {
                 _ => return false,
             }
         }
-        if let Some(d) = &self.dst {
-            if d.net.contains(&m.dst_ip) == d.negated {
+        if let Some(d) = &self.dst
+            && d.net.contains(&m.dst_ip) == d.negated {
                 return false;
             }
-        }
-        if let Some(p) = self.dport {
-            if p != m.dst_port {
+        if let Some(p) = self.dport
+            && p != m.dst_port {
                 return false;
             }
-        }
-        if let Some(ports) = &self.dports {
-            if !ports.contains(&m.dst_port) {
+        if let Some(ports) = &self.dports
+            && !ports.contains(&m.dst_port) {
                 return false;
             }
-        }
         if let Some((negated, uid)) = self.uid_owner {
             // The owner match only exists in OUTPUT; without a socket owner it never matches.
             match m.uid {

@@ -81,14 +81,13 @@ pub fn build_policy(inputs: &PolicyInputs) -> Result<(Policy, Vec<Warning>), Pol
     let mut mode: Option<LocalProxyMode> = None;
     let mut dns = inputs.flags.local_dns_proxy;
 
-    if let Some(path) = &inputs.mesh_config {
-        if let Some(doc) = c.ok(read_manifest(path)) {
+    if let Some(path) = &inputs.mesh_config
+        && let Some(doc) = c.ok(read_manifest(path)) {
             let (lists, m, d) = mesh_config(&mut c, &path.display().to_string(), &doc);
             global.append(lists);
             mode = m;
             dns |= d;
         }
-    }
     global.append(flag_lists(&mut c, &inputs.flags));
     if let Some(raw) = &inputs.flags.local_proxy_mode {
         let origin = Origin::Flag("local-proxy-mode".into());
@@ -97,11 +96,10 @@ pub fn build_policy(inputs: &PolicyInputs) -> Result<(Policy, Vec<Warning>), Pol
             item: raw.clone(),
         }));
     }
-    if let Some(path) = &inputs.pod {
-        if let Some(doc) = c.ok(read_manifest(path)) {
+    if let Some(path) = &inputs.pod
+        && let Some(doc) = c.ok(read_manifest(path)) {
             pod = pod_annotations(&mut c, &path.display().to_string(), &doc);
         }
-    }
     let ports = port_overrides(&mut c, &inputs.flags.ports);
     if !c.errors.is_empty() {
         return Err(PolicyErrors(c.errors));
