@@ -209,3 +209,23 @@ fn debug_logging_is_switched_at_run_time() -> Result<()> {
     assert_eq!(log("198.51.100.1:80")?, "");
     Ok(())
 }
+
+#[test]
+fn a_pod_whose_namespace_is_gone_is_unenrolled_by_cookie() -> Result<()> {
+    let sb = Sandbox::new()?;
+    sb.load_ebpf()?;
+    let r = sb.enroll(&matrix_policy())?;
+    // The pod goes away without being unenrolled.
+    interceptor_tests::procs::ip(&["netns", "del", &sb.pod])?;
+    assert_eq!(ebpf::status(&sb.pins)?.pods.len(), 1);
+    let o = Command::new(sibling_binary("interceptor"))
+        .args(["ebpf", "unenroll", "--netns-cookie", &r.netns_cookie.to_string(), "--pin-dir", sb.pins.path().to_str().unwrap()])
+        .output()?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(ebpf::status(&sb.pins)?.pods.is_empty());
+    assert!(!sb.pins.pod(r.netns_cookie).exists());
+    let maps = PinnedMaps::open(&sb.pins)?;
+    assert_eq!(maps.excluded.keys().count(), 0, "the pod's policy entries are gone");
+    assert_eq!(maps.pod_addrs.keys().count(), 0, "its addresses are gone");
+    Ok(())
+}

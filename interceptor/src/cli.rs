@@ -167,8 +167,13 @@ pub enum EbpfCommand {
     },
     /// Stop intercepting a pod.
     Unenroll {
+        /// The pod's network namespace (path, or a name under /var/run/netns).
+        #[arg(long, required_unless_present = "netns_cookie", conflicts_with = "netns_cookie")]
+        netns: Option<String>,
+        /// The pod's network namespace cookie (see `ebpf status`), for a pod whose namespace
+        /// is already gone.
         #[arg(long)]
-        netns: String,
+        netns_cookie: Option<u64>,
         #[command(flatten)]
         pins: PinArg,
     },
@@ -471,11 +476,16 @@ fn run_ebpf(cmd: EbpfCommand) -> Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
-        EbpfCommand::Unenroll { netns, pins } => {
-            if ebpf::unenroll(&Netns::at(netns::resolve(&netns)), &pins.pins())? {
-                eprintln!("unenrolled {netns}");
+        EbpfCommand::Unenroll { netns, netns_cookie, pins } => {
+            let (done, what) = match (netns, netns_cookie) {
+                (Some(n), _) => (ebpf::unenroll(&Netns::at(netns::resolve(&n)), &pins.pins())?, n),
+                (None, Some(c)) => (ebpf::enroll::unenroll_cookie(&pins.pins(), c)?, format!("netns cookie {c}")),
+                (None, None) => unreachable!("clap requires one"),
+            };
+            if done {
+                eprintln!("unenrolled {what}");
             } else {
-                eprintln!("{netns} was not enrolled");
+                eprintln!("{what} was not enrolled");
             }
         }
         EbpfCommand::Status { json, pins } => {

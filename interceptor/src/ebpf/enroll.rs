@@ -126,7 +126,9 @@ pub fn unenroll(netns: &Netns, pins: &PinDir) -> Result<bool> {
     unenroll_cookie(pins, cookie)
 }
 
+/// Stops intercepting the pod of a network namespace cookie (also when the namespace is gone).
 pub fn unenroll_cookie(pins: &PinDir, cookie: u64) -> Result<bool> {
+    require_loaded(pins)?;
     let mut maps = PinnedMaps::open(pins)?;
     let old = maps.pods.get(&cookie, 0).ok();
     if old.is_some() {
