@@ -70,5 +70,6 @@ const HELP: &str = "usage: cargo xtask <task>
   demo [--mode ebpf|iptables]
                      intercept real traffic in a sandbox; print where each connection landed
   bench [--quick]    interception cost vs no interception, iptables vs eBPF
-  vm-test [--kernel 6.1|6.12|host|all]
-                     run the eBPF test suite in qemu guests on Debian's kernels";
+  vm-test [--kernel 6.1|6.12|5.10|host|all]... [--test BINARY] [--timeout-min N]
+                     the integration tests in qemu guests booting Debian's kernels, and
+                     natively on this kernel (default: 6.1, 6.12, host); 5.10 must refuse";

@@ -24,27 +24,15 @@ pub fn setup() -> Result<()> {
     Ok(())
 }
 
+/// Debian packages, each with a file that shows it is installed.
 fn apt_packages() -> Result<()> {
-    let wanted = [("iptables-restore", "iptables"), ("ip6tables-restore", "iptables"), ("ip", "iproute2")];
-    let mut missing: Vec<&str> = wanted.iter().filter(|(bin, _)| !have(bin)).map(|(_, pkg)| *pkg).collect();
-    missing.dedup();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    if !have("apt-get") {
-        bail!("missing {missing:?} and no apt-get to install them: install them by hand");
-    }
-    eprintln!("xtask: installing {missing:?}");
-    let install = |pkgs: &[&str]| {
-        let mut cmd = Command::new("apt-get");
-        cmd.args(["install", "-y", "--no-install-recommends"]).args(pkgs).env("DEBIAN_FRONTEND", "noninteractive");
-        run(&mut cmd)
-    };
-    if install(&missing).is_err() {
-        run(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"))?;
-        install(&missing)?;
-    }
-    Ok(())
+    crate::vm::apt::ensure_installed(&[
+        ("/usr/sbin/iptables-restore", "iptables"),
+        ("/usr/sbin/ip6tables-restore", "iptables"),
+        ("/usr/sbin/ip", "iproute2"),
+        // The benchmark chart's labels.
+        ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "fonts-dejavu-core"),
+    ])
 }
 
 fn nightly_sysroot() -> Result<PathBuf> {

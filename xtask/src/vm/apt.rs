@@ -36,9 +36,11 @@ pub fn ensure_installed(wanted: &[(&str, &str)]) -> Result<()> {
 
 /// Extra `-o` options for apt: empty for the host's own sources, or a private sources list
 /// with its own state and cache directories (so the host's apt setup is never changed).
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct Sources {
     pub options: Vec<String>,
+    /// `apt-get update` ran for these sources in this run (once is enough).
+    updated: std::cell::Cell<bool>,
 }
 
 impl Sources {
@@ -59,6 +61,7 @@ impl Sources {
                 format!("Dir::State::Lists={}", d("lists")),
                 format!("Dir::Cache={}", d("cache")),
             ],
+            updated: Default::default(),
         })
     }
 
@@ -66,6 +69,14 @@ impl Sources {
         for o in &self.options {
             cmd.arg("-o").arg(o);
         }
+    }
+
+    /// `apt-get update` for these sources, at most once per run.
+    pub fn update_once(&self) -> Result<()> {
+        if !self.updated.replace(true) {
+            update(&self.options)?;
+        }
+        Ok(())
     }
 
     /// True when this private configuration has never been updated (no package lists).
@@ -112,7 +123,7 @@ pub fn download(package: &str, dir: &Path, sources: &Sources) -> Result<PathBuf>
         run(&mut cmd)
     };
     if get().is_err() {
-        update(&sources.options)?;
+        sources.update_once()?;
         get()?;
     }
     cached(package, dir).with_context(|| format!("apt-get download {package} left no .deb in {}", dir.display()))

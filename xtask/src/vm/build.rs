@@ -20,7 +20,7 @@ pub struct Built {
     pub tests: Vec<(String, PathBuf)>,
     /// `interceptor` and `netprobe`, which the harness looks for next to the tests.
     pub helpers: Vec<(String, PathBuf)>,
-    /// The target directory's tmp/ (CARGO_TARGET_TMPDIR, compiled into the tests).
+    /// CARGO_TARGET_TMPDIR of the tests (compiled in; <target-dir>/<triple>/tmp with --target).
     pub target_tmpdir: PathBuf,
 }
 
@@ -87,7 +87,7 @@ pub fn build(target_dir: &Path, tests: &[&str]) -> Result<Built> {
     for (_, exe) in tests.iter().chain(&helpers) {
         ensure_static(exe)?;
     }
-    Ok(Built { tests, helpers, target_tmpdir: target_dir.join("tmp") })
+    Ok(Built { tests, helpers, target_tmpdir: target_dir.join(TARGET).join("tmp") })
 }
 
 /// `file` must call it statically linked: the guest has no dynamic loader for it.

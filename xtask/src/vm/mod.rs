@@ -7,7 +7,7 @@
 //! target/vm/build, an initramfs carries busybox, the host's iproute2 and iptables-nft,
 //! the needed modules and the tests, and /init runs them and powers off. The table goes
 //! to the terminal and to target/vm/results.md; any failure makes the command fail.
-mod apt;
+pub mod apt;
 mod build;
 mod cpio;
 mod guest;

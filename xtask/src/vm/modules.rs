@@ -15,7 +15,8 @@ use anyhow::{Context, Result, bail};
 
 /// What the tests need that Debian's cloud kernels build as modules: veth for the sandbox's
 /// links, and what iptables-nft uses for osm-edge's nat rules (nf_tables with the xtables
-/// compatibility layer for REDIRECT, owner, tcp/multiport matches; NAT and conntrack).
+/// compatibility layer for REDIRECT, DNAT (xt_nat), owner, tcp/multiport matches; NAT and
+/// conntrack).
 pub const WANTED: &[&str] = &[
     "veth",
     "nf_tables",
@@ -28,6 +29,7 @@ pub const WANTED: &[&str] = &[
     "nf_conntrack",
     "x_tables",
     "xt_REDIRECT",
+    "xt_nat",
     "xt_owner",
     "xt_tcpudp",
     "xt_multiport",

@@ -39,12 +39,10 @@ impl Binary {
                     _ => {}
                 }
             }
-        } else if let Some(rest) = t.strip_prefix("test ") {
-            if let Some(name) = rest.strip_suffix(" ... FAILED") {
-                if !self.failing.iter().any(|f| f == name) {
-                    self.failing.push(name.to_string());
-                }
-            }
+        } else if let Some(name) = t.strip_prefix("test ").and_then(|r| r.strip_suffix(" ... FAILED"))
+            && !self.failing.iter().any(|f| f == name)
+        {
+            self.failing.push(name.to_string());
         }
     }
 
