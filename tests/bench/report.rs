@@ -11,6 +11,19 @@ fn row(r: &Results, k: usize, mode: Mode, w: Workload) -> Option<&LatencyRow> {
     r.latency.iter().find(|x| x.k == k && x.mode == mode && x.workload == w)
 }
 
+/// The ratio of a mode to its baseline, paired by round: the median over rounds of
+/// (the mode's batch median / the baseline's batch median in the same round). Rounds run
+/// all modes back to back in shuffled order, so pairing cancels drift between rounds.
+pub fn ratio(row: &LatencyRow, base: &LatencyRow) -> f64 {
+    let mut r: Vec<f64> = row.round_medians_us.iter().zip(&base.round_medians_us).map(|(a, b)| a / b).collect();
+    if r.is_empty() {
+        return row.median_us / base.median_us;
+    }
+    r.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let m = r.len() / 2;
+    if r.len() % 2 == 1 { r[m] } else { (r[m - 1] + r[m]) / 2.0 }
+}
+
 /// The baseline of a workload: "none" on the same destination for pass flows, "none"
 /// dialling the listener directly for redirected ones.
 pub fn baseline(r: &Results, k: usize, w: Workload) -> Option<&LatencyRow> {
@@ -24,7 +37,7 @@ pub fn markdown(r: &Results, cfg: &Config) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "## interceptor benchmark — kernel {}, {} CPUs{}", r.kernel, r.cpus, if r.quick { ", QUICK (smoke run, not for conclusions)" } else { "" });
     let _ = writeln!(s, "\n{} rounds × {} connections per mode, workload and K, modes interleaved in shuffled order.\n", r.rounds, r.batch);
-    let _ = writeln!(s, "### Connect + 1-byte request/response + close (µs; ratio = median / no interception)\n");
+    let _ = writeln!(s, "### Connect + 1-byte request/response + close (µs; ratio to no interception, paired by round: median of per-round median ratios)\n");
     let _ = writeln!(s, "| K | workload | none median (p99) | iptables median (p99) | iptables ratio | eBPF median (p99) | eBPF ratio |");
     let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|---:|");
     for &k in &cfg.ks {
@@ -37,7 +50,7 @@ pub fn markdown(r: &Results, cfg: &Config) -> String {
             let _ = writeln!(
                 s,
                 "| {k} | {label} | {:.1} ({:.1}) | {:.1} ({:.1}) | {:.3}× | {:.1} ({:.1}) | {:.3}× |",
-                base.median_us, base.p99_us, ipt.median_us, ipt.p99_us, ipt.median_us / base.median_us, e.median_us, e.p99_us, e.median_us / base.median_us
+                base.median_us, base.p99_us, ipt.median_us, ipt.p99_us, ratio(ipt, base), e.median_us, e.p99_us, ratio(e, base)
             );
         }
         if let Some(world) = row(r, k, Mode::None, Workload::Redirect) {
@@ -45,8 +58,26 @@ pub fn markdown(r: &Results, cfg: &Config) -> String {
         }
     }
 
+    let _ = writeln!(s, "\n### Where the redirect cost goes (eBPF, µs of median latency)\n");
+    let _ = writeln!(s, "| K | none → listener | eBPF pod → listener (programs run, pass) | eBPF redirect → listener | programs' cost on a passing connection | added by the redirect itself |");
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|");
+    for &k in &cfg.ks {
+        let (Some(n), Some(l), Some(rd)) = (row(r, k, Mode::None, Workload::Listener), row(r, k, Mode::Ebpf, Workload::Listener), row(r, k, Mode::Ebpf, Workload::Redirect)) else { continue };
+        let _ = writeln!(
+            s,
+            "| {k} | {:.1} | {:.1} | {:.1} | {:+.1} ({:.3}×) | {:+.1} ({:.3}×) |",
+            n.median_us,
+            l.median_us,
+            rd.median_us,
+            l.median_us - n.median_us,
+            ratio(l, n),
+            rd.median_us - l.median_us,
+            ratio(rd, l)
+        );
+    }
+
     let _ = writeln!(s, "\n### Applying a policy of K excluded CIDRs (ms)\n");
-    let _ = writeln!(s, "| K | mode | apply | live change | eBPF switch | held connection survived |");
+    let _ = writeln!(s, "| K | mode | apply (whole call) | live change (whole call) | eBPF change in force after | held connection survived |");
     let _ = writeln!(s, "|---:|---|---:|---:|---:|---|");
     for a in &r.apply {
         let _ = writeln!(
@@ -56,7 +87,7 @@ pub fn markdown(r: &Results, cfg: &Config) -> String {
             a.mode.name(),
             a.apply_ms,
             a.change_ms,
-            a.switch_ms.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into()),
+            a.in_force_ms.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into()),
             if a.held_connection_survived { "yes" } else { "NO" }
         );
     }
@@ -90,9 +121,9 @@ pub fn goals(r: &Results, cfg: &Config) -> Vec<String> {
     for &k in &cfg.ks {
         for (w, name) in [(Workload::Pass, "pass"), (Workload::Redirect, "redirect")] {
             if let (Some(b), Some(e)) = (baseline(r, k, w), row(r, k, Mode::Ebpf, w)) {
-                let ratio = e.median_us / b.median_us;
-                if ratio > worst.0 {
-                    worst = (ratio, k, name);
+                let r = ratio(e, b);
+                if r > worst.0 {
+                    worst = (r, k, name);
                 }
             }
         }
@@ -119,14 +150,20 @@ pub fn goals(r: &Results, cfg: &Config) -> Vec<String> {
     }
     for a in r.apply.iter().filter(|a| a.k == k) {
         match a.mode {
-            Mode::Ebpf => out.push(format!(
-                "apply / live change of {k} CIDRs in eBPF mode ≤ 50 ms: apply {:.1} ms, change {:.1} ms (switch {:.1} ms), held connection survived: {} → {}",
-                a.apply_ms,
-                a.change_ms,
-                a.switch_ms.unwrap_or(f64::NAN),
-                a.held_connection_survived,
-                if a.apply_ms <= 50.0 && a.change_ms <= 50.0 && a.held_connection_survived { "MET" } else { "NOT MET" }
-            )),
+            Mode::Ebpf => {
+                let in_force = a.in_force_ms.unwrap_or(f64::NAN);
+                out.push(format!(
+                    "apply / live change of {k} CIDRs in eBPF mode ≤ 50 ms: first apply {:.1} ms (whole call); live change in force after {in_force:.1} ms, whole call {:.1} ms (the rest removes the previous generation after an RCU grace period); held connection survived: {} → {}",
+                    a.apply_ms,
+                    a.change_ms,
+                    a.held_connection_survived,
+                    match (a.apply_ms <= 50.0 && in_force <= 50.0 && a.held_connection_survived, a.change_ms <= 50.0) {
+                        (true, true) => "MET",
+                        (true, false) => "MET for the policy being in force; the whole change call is longer",
+                        _ => "NOT MET",
+                    }
+                ))
+            }
             Mode::Iptables => out.push(format!(
                 "(beside it) iptables-restore of {k} CIDRs: apply {:.1} ms, change {:.1} ms, held connection survived: {}",
                 a.apply_ms, a.change_ms, a.held_connection_survived

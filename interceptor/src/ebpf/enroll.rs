@@ -42,8 +42,11 @@ pub struct EnrollReport {
     pub policy_id: u32,
     pub replaced_policy: Option<u32>,
     pub entries: usize,
-    /// Time from the first map write to the switch (what a live change costs).
+    /// Time from the first map write to the switch.
     pub apply_time: Duration,
+    /// Time from the start of the call until the new policy is in force for new connections
+    /// (the rest is removing the previous generation).
+    pub in_force: Duration,
 }
 
 fn require_loaded(pins: &PinDir) -> Result<()> {
@@ -116,6 +119,7 @@ pub fn enroll(policy: &Policy, opts: &EnrollOptions) -> Result<EnrollReport> {
         replaced_policy: old.map(|o| o.policy_id),
         entries: compiled.entry_count(),
         apply_time,
+        in_force: t_switched,
     })
 }
 
