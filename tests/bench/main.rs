@@ -48,7 +48,7 @@ fn run() -> Result<()> {
     let cfg = if quick {
         Config { ks: vec![0, 100, 1000, 10000], rounds: 4, batch: 100, bulk_bytes: 256 << 20, bulk_reps: 1, seed: 42, out_dir, quick }
     } else {
-        Config { ks: vec![0, 100, 1000, 10000], rounds: 60, batch: 150, bulk_bytes: 1 << 30, bulk_reps: 3, seed: 42, out_dir, quick }
+        Config { ks: vec![0, 100, 1000, 10000], rounds: 60, batch: 150, bulk_bytes: 512 << 20, bulk_reps: 7, seed: 42, out_dir, quick }
     };
     let mut cfg = cfg;
     // Overrides for profiling runs: --ks 0,10000 --rounds N --batch N.
