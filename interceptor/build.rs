@@ -17,11 +17,9 @@ fn main() -> anyhow::Result<()> {
     )?;
     // With AYA_BUILD_SKIP=1 (e.g. for `cargo check`) nothing is built: embed an empty object,
     // which the loader reports as an error instead of failing the build.
-    for object in ["interceptor", "interceptor-sk-lookup"] {
-        let out = PathBuf::from(env::var("OUT_DIR")?).join(object);
-        if !out.exists() {
-            fs::write(&out, [])?;
-        }
+    let out = PathBuf::from(env::var("OUT_DIR")?).join("interceptor");
+    if !out.exists() {
+        fs::write(&out, [])?;
     }
     Ok(())
 }

@@ -1,6 +1,5 @@
 //! Processes in the sandbox: in a namespace, optionally in the pod's cgroup and as a UID.
 use std::{
-    ffi::CString,
     fs::File,
     io::{BufRead, BufReader},
     os::{fd::AsRawFd, unix::process::CommandExt},
@@ -143,10 +142,6 @@ pub fn ip(args: &[&str]) -> Result<()> {
         bail!("ip {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
-}
-
-pub fn cstring(s: &str) -> CString {
-    CString::new(s).expect("no NUL")
 }
 
 /// A connection held open by `netprobe connect-hold`: each `exchange` sends a request over

@@ -85,6 +85,7 @@ pub fn enroll(policy: &Policy, opts: &EnrollOptions) -> Result<EnrollReport> {
     let config = compiled.config.expect("compile sets the config");
     maps.pods.insert(cookie, config, 0).context("switching the pod to its new policy failed")?;
     let apply_time = started.elapsed();
+    let t_switched = t0.elapsed();
 
     // A sidecar that was already listening before this first enroll is registered now (the
     // programs only see listen() calls made while the pod is enrolled).
@@ -102,8 +103,7 @@ pub fn enroll(policy: &Policy, opts: &EnrollOptions) -> Result<EnrollReport> {
     };
     maps.pod_info.insert(cookie, info, 0)?;
 
-    let t_switched = t0.elapsed();
-    let mut t_barrier = t_switched;
+    let mut t_barrier = t0.elapsed();
     if let Some(old) = old {
         raw::rcu_barrier().context("waiting for running programs")?;
         t_barrier = t0.elapsed();
@@ -249,6 +249,15 @@ fn generation_chunks(records: &[GenerationRecord]) -> Vec<GenerationChunk> {
         .collect()
 }
 
+/// The length of the map key a generation record of `kind` holds (the rest is padding).
+fn record_key_len(kind: u32) -> usize {
+    match kind {
+        GenerationRecord::KIND_PORT => size_of::<PortKey>(),
+        GenerationRecord::KIND_IFACE => size_of::<IfaceKey>(),
+        _ => 4 + size_of::<CidrData>(),
+    }
+}
+
 /// Deletes every entry of one policy generation, found from its own record list (so the
 /// cost is its own size, however many other pods there are). Best effort: a missing entry
 /// is fine.
@@ -260,24 +269,20 @@ fn delete_generation(maps: &mut PinnedMaps, policy_id: u32) {
         let Ok(c) = maps.generations.get(&key, 0) else { break };
         chunk_keys.extend_from_slice(bytemuck::bytes_of(&key));
         for r in c.records.iter().filter(|r| r.kind != GenerationRecord::KIND_UNUSED) {
-            let len = match r.kind {
-                GenerationRecord::KIND_PORT => size_of::<PortKey>(),
-                GenerationRecord::KIND_IFACE => size_of::<IfaceKey>(),
-                _ => 4 + size_of::<CidrData>(),
-            };
             if let Some(v) = keys.get_mut(r.kind as usize) {
-                v.extend_from_slice(&r.key[..len]);
+                v.extend_from_slice(&r.key[..record_key_len(r.kind)]);
             }
         }
     }
-    let targets: [(u32, BorrowedFd<'_>, usize); 5] = [
-        (GenerationRecord::KIND_EXCLUDED, fd(&maps.excluded), 4 + size_of::<CidrData>()),
-        (GenerationRecord::KIND_INCLUDED, fd(&maps.included), 4 + size_of::<CidrData>()),
-        (GenerationRecord::KIND_ROUTE, fd(&maps.routes), 4 + size_of::<CidrData>()),
-        (GenerationRecord::KIND_PORT, fd(&maps.ports), size_of::<PortKey>()),
-        (GenerationRecord::KIND_IFACE, fd(&maps.ifaces), size_of::<IfaceKey>()),
+    let targets: [(u32, BorrowedFd<'_>); 5] = [
+        (GenerationRecord::KIND_EXCLUDED, fd(&maps.excluded)),
+        (GenerationRecord::KIND_INCLUDED, fd(&maps.included)),
+        (GenerationRecord::KIND_ROUTE, fd(&maps.routes)),
+        (GenerationRecord::KIND_PORT, fd(&maps.ports)),
+        (GenerationRecord::KIND_IFACE, fd(&maps.ifaces)),
     ];
-    for (kind, map, key_size) in targets {
+    for (kind, map) in targets {
+        let key_size = record_key_len(kind);
         let mine = &keys[kind as usize];
         if raw::delete_batch(map, mine, mine.len() / key_size).is_err() {
             for k in mine.chunks(key_size) {

@@ -138,7 +138,6 @@ pub fn hash_map_create(name: &str, key_size: u32, value_size: u32, max_entries: 
     sys_bpf(BPF_MAP_CREATE, &mut attr).map(owned)
 }
 
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 
@@ -183,34 +182,4 @@ pub fn delete_batch(map: BorrowedFd<'_>, keys: &[u8], count: usize) -> io::Resul
     }
     let mut attr = batch_attr(map, keys.as_ptr() as u64, 0, count as u32);
     sys_bpf(BPF_MAP_DELETE_BATCH, &mut attr).map(|_| ())
-}
-
-/// Every key of a map (packed), read with BPF_MAP_LOOKUP_BATCH in large chunks.
-pub fn all_keys(map: BorrowedFd<'_>, key_size: usize, value_size: usize) -> io::Result<Vec<u8>> {
-    const CHUNK: usize = 8192;
-    let mut out = Vec::new();
-    let mut keys = vec![0u8; CHUNK * key_size];
-    // Per-CPU maps would need value_size × CPUs; only used on shared maps.
-    let mut values = vec![0u8; CHUNK * value_size.max(1)];
-    // The batch token is opaque: a key for the generic implementation (LPM tries), a bucket
-    // index for hash maps; 8 bytes cover the latter, key_size the former.
-    let token_size = key_size.max(8);
-    let mut token_in = vec![0u8; token_size];
-    let mut token_out = vec![0u8; token_size];
-    let mut first = true;
-    loop {
-        let mut attr = batch_attr(map, keys.as_mut_ptr() as u64, values.as_mut_ptr() as u64, CHUNK as u32);
-        attr.put_u64(0, if first { 0 } else { token_in.as_ptr() as u64 }).put_u64(8, token_out.as_mut_ptr() as u64);
-        let r = sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
-        let n = u32::from_ne_bytes(attr.0[32..36].try_into().expect("4 bytes")) as usize;
-        out.extend_from_slice(&keys[..n * key_size]);
-        match r {
-            Ok(_) => {}
-            // ENOENT: the last chunk (possibly empty) has been returned.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
-            Err(e) => return Err(e),
-        }
-        std::mem::swap(&mut token_in, &mut token_out);
-        first = false;
-    }
 }

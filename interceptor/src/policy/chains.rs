@@ -310,11 +310,6 @@ impl Rule {
         s
     }
 
-    /// Whether a built-in chain rule is one of ours (jump to our chains, or our DNATs).
-    pub fn is_builtin_hook(&self) -> bool {
-        matches!(self.chain, Chain::Prerouting | Chain::Output)
-    }
-
     /// Whether the rule's matches accept a packet with these properties.
     pub fn matches(&self, m: &PacketView<'_>) -> bool {
         if let Some(p) = self.proto
