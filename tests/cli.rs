@@ -17,7 +17,9 @@ fn render_prints_the_golden_payload() {
     let o = interceptor(&["iptables", "render", "--format", "shell", "--chain-names", "osm"]);
     let (out, _) = text(&o);
     assert!(o.status.success());
-    assert!(out.starts_with("iptables-restore --noflush <<EOF\n# OSM sidecar interception rules\n*nat\n:OSM_PROXY_INBOUND - [0:0]\n"));
+    assert!(out.starts_with(
+        "iptables-restore --noflush <<EOF\n# OSM sidecar interception rules\n*nat\n:OSM_PROXY_INBOUND - [0:0]\n"
+    ));
     assert!(out.ends_with("-A OSM_PROXY_OUTBOUND -j OSM_PROXY_OUT_REDIRECT\nCOMMIT\nEOF\n"), "{out}");
 }
 
@@ -36,8 +38,14 @@ fn every_bad_input_is_reported_with_its_source_and_exit_code_2() -> Result<()> {
         r#"{"kind":"Pod","metadata":{"name":"p","annotations":{"openservicemesh.io/inbound-port-exclusion-list":"8080, http","openservicemesh.io/outbound-ip-range-inclusion-list":"1.2.3.4"}}}"#,
     )?;
     let o = interceptor(&[
-        "iptables", "render", "--mesh-config", mesh.to_str().unwrap(), "--pod", pod.to_str().unwrap(),
-        "--outbound-port-exclusion-list", "70000",
+        "iptables",
+        "render",
+        "--mesh-config",
+        mesh.to_str().unwrap(),
+        "--pod",
+        pod.to_str().unwrap(),
+        "--outbound-port-exclusion-list",
+        "70000",
     ]);
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
@@ -65,12 +73,19 @@ fn every_bad_input_is_reported_with_its_source_and_exit_code_2() -> Result<()> {
 #[test]
 fn suspicious_inputs_are_accepted_with_warnings() {
     let o = interceptor(&[
-        "iptables", "render", "--outbound-ip-range-exclusion-list", "0.0.0.0/0,10.0.0.0/8,10.0.0.0/8",
-        "--inbound-port-exclusion-list", "15003",
+        "iptables",
+        "render",
+        "--outbound-ip-range-exclusion-list",
+        "0.0.0.0/0,10.0.0.0/8,10.0.0.0/8",
+        "--inbound-port-exclusion-list",
+        "15003",
     ]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
-    assert!(err.contains("warning: flag --outbound-ip-range-exclusion-list: duplicate range 10.0.0.0/8 ignored"), "{err}");
+    assert!(
+        err.contains("warning: flag --outbound-ip-range-exclusion-list: duplicate range 10.0.0.0/8 ignored"),
+        "{err}"
+    );
     assert!(err.contains("0.0.0.0/0 excludes every IPv4 destination"), "{err}");
     assert!(err.contains("port 15003 is the sidecar's reserved inbound listener port"), "{err}");
     assert_eq!(out.matches("-d 10.0.0.0/8 -j RETURN").count(), 1);
@@ -87,7 +102,17 @@ fn explain_names_the_deciding_rule() {
     assert!(text(&o).0.contains("REDIRECT to the inbound listener :15003"), "{}", text(&o).0);
     let o = interceptor(&["explain", "inbound", "--dst-port", "15010"]);
     assert!(text(&o).0.contains("rule:     -A PROXY_INBOUND -p tcp --dport 15010 -j RETURN"), "{}", text(&o).0);
-    let o = interceptor(&["explain", "inbound", "--dst-port", "8080", "--iif", "eth1", "--network-interface-exclusion-list", "eth1", "--json"]);
+    let o = interceptor(&[
+        "explain",
+        "inbound",
+        "--dst-port",
+        "8080",
+        "--iif",
+        "eth1",
+        "--network-interface-exclusion-list",
+        "eth1",
+        "--json",
+    ]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
     assert_eq!(v["decision"]["verdict"]["verdict"], "pass");
     assert_eq!(v["decision"]["reason"], "excluded_interface");
@@ -102,11 +127,29 @@ fn a_bad_policy_leaves_the_tables_untouched() -> Result<()> {
         let o = Command::new("ip").args(["netns", "exec", &sb.pod, "iptables-save", "-t", "nat"]).output().unwrap();
         String::from_utf8_lossy(&o.stdout).lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n")
     };
-    let o = interceptor(&["iptables", "apply", "--netns", ns, "--family", "ipv4", "--outbound-port-exclusion-list", "6379"]);
+    let o = interceptor(&[
+        "iptables",
+        "apply",
+        "--netns",
+        ns,
+        "--family",
+        "ipv4",
+        "--outbound-port-exclusion-list",
+        "6379",
+    ]);
     assert!(o.status.success(), "{}", text(&o).1);
     let good = save();
     assert!(good.contains("--dports 6379"), "{good}");
-    let o = interceptor(&["iptables", "apply", "--netns", ns, "--family", "ipv4", "--outbound-port-exclusion-list", "6380,0"]);
+    let o = interceptor(&[
+        "iptables",
+        "apply",
+        "--netns",
+        ns,
+        "--family",
+        "ipv4",
+        "--outbound-port-exclusion-list",
+        "6380,0",
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).1.contains("nothing was applied"), "{}", text(&o).1);
     assert_eq!(save(), good);
@@ -118,7 +161,16 @@ fn a_bad_policy_leaves_the_tables_untouched() -> Result<()> {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("PodIP needs the pod's IPv4 address"), "{}", text(&o).1);
     assert_eq!(save(), good);
-    let o = interceptor(&["iptables", "verify", "--netns", ns, "--family", "ipv4", "--outbound-port-exclusion-list", "6380"]);
+    let o = interceptor(&[
+        "iptables",
+        "verify",
+        "--netns",
+        ns,
+        "--family",
+        "ipv4",
+        "--outbound-port-exclusion-list",
+        "6380",
+    ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).0.contains("missing"), "{}", text(&o).0);
     Ok(())

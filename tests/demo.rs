@@ -57,14 +57,22 @@ fn run() -> Result<bool> {
     };
     let policy = matrix_policy();
     let sb = Sandbox::new()?;
-    println!("interceptor demo — {} mode", if mode == "ebpf" { "eBPF (no NAT, no iptables)" } else { "iptables (osm-edge's chains)" });
+    println!(
+        "interceptor demo — {} mode",
+        if mode == "ebpf" { "eBPF (no NAT, no iptables)" } else { "iptables (osm-edge's chains)" }
+    );
     println!("sandbox: pod netns {}, world netns {}, cgroup {}", sb.pod, sb.world, sb.cgroup.display());
     let flags: Vec<String> = matrix_policy_args().iter().map(|(k, v)| format!("--{k} {v}")).collect();
     println!("policy:  {}\n", flags.join(" "));
     if mode == "ebpf" {
         sb.load_ebpf()?;
         let r = sb.enroll(&policy)?;
-        println!("loaded at {}; pod enrolled (netns cookie {}, policy {})", sb.pins.path().display(), r.netns_cookie, r.policy_id);
+        println!(
+            "loaded at {}; pod enrolled (netns cookie {}, policy {})",
+            sb.pins.path().display(),
+            r.netns_cookie,
+            r.policy_id
+        );
     } else {
         iptables::apply(
             &policy,
@@ -81,7 +89,10 @@ fn run() -> Result<bool> {
     // The sidecar (UID 1500) and the application start after interception is in place.
     sb.start_servers()?;
     println!();
-    println!("{:<2} {:<38} {:<22} {:<12} {:<24} decision (rule)", "#", "connection", "destination", "landed on", "SO_ORIGINAL_DST");
+    println!(
+        "{:<2} {:<38} {:<22} {:<12} {:<24} decision (rule)",
+        "#", "connection", "destination", "landed on", "SO_ORIGINAL_DST"
+    );
     let mut all_ok = true;
     for (i, c) in flows().iter().enumerate() {
         let (landing, expected, ok) = match sb.check_flow(&policy, c) {
@@ -112,12 +123,19 @@ fn run() -> Result<bool> {
     if mode == "ebpf" {
         let status = interceptor::ebpf::status(&sb.pins)?;
         if let Some(p) = status.pods.first() {
-            println!("\neBPF counters: outbound redirected {} passed {:?}; inbound redirected {} passed {:?}", p.outbound.redirected, p.outbound.passed, p.inbound.redirected, p.inbound.passed);
+            println!(
+                "\neBPF counters: outbound redirected {} passed {:?}; inbound redirected {} passed {:?}",
+                p.outbound.redirected, p.outbound.passed, p.inbound.redirected, p.inbound.passed
+            );
         }
     }
     println!(
         "\n{}",
-        if all_ok { "every connection landed where the policy says; removing the sandbox" } else { "SOME CONNECTIONS DID NOT LAND WHERE THE POLICY SAYS" }
+        if all_ok {
+            "every connection landed where the policy says; removing the sandbox"
+        } else {
+            "SOME CONNECTIONS DID NOT LAND WHERE THE POLICY SAYS"
+        }
     );
     drop(sb);
     Ok(all_ok)

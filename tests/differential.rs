@@ -69,7 +69,8 @@ fn compare(label: &str, policy: &Policy, flows: &[FlowCase]) -> Result<(Vec<Stri
             let counted = counted_reasons(&before, &after, c.actor == Actor::Peer);
             let want: Vec<_> = expected.decision.reason.into_iter().collect();
             if counted != want {
-                failures.push(format!("[{label}] {:?}: eBPF counted {counted:?}, the oracle's reason is {want:?}", c.name));
+                failures
+                    .push(format!("[{label}] {:?}: eBPF counted {counted:?}, the oracle's reason is {want:?}", c.name));
             }
         }
         rows.push(format!(
@@ -90,10 +91,16 @@ fn both_modes_land_every_flow_at_the_same_place() -> Result<()> {
     let outbound: Vec<FlowCase> = matrix().into_iter().filter(|c| c.actor != Actor::Peer).collect();
     let cases: Vec<(&str, Policy, Vec<FlowCase>)> = vec![
         ("exclusions", matrix_policy(), matrix()),
-        ("inclusion", policy_from(&[("outbound-ip-range-inclusion-list", "203.0.113.0/25,2001:db8:2::/64")]), outbound.clone()),
+        (
+            "inclusion",
+            policy_from(&[("outbound-ip-range-inclusion-list", "203.0.113.0/25,2001:db8:2::/64")]),
+            outbound.clone(),
+        ),
         ("pod-ip", policy_from(&[("local-proxy-mode", "PodIP")]), outbound),
     ];
-    let mut report = String::from("| policy | flow | destination | landed on | original destination | reason | modes |\n|---|---|---|---|---|---|---|\n");
+    let mut report = String::from(
+        "| policy | flow | destination | landed on | original destination | reason | modes |\n|---|---|---|---|---|---|---|\n",
+    );
     let mut failures = Vec::new();
     let mut total = 0;
     for (label, policy, flows) in &cases {

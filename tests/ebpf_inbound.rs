@@ -18,7 +18,8 @@ fn count(sb: &Sandbox, r: Reason) -> Result<u64> {
 }
 
 fn app_only(sb: &Sandbox) -> Result<()> {
-    let ports: Vec<String> = [8080u16, 9090].iter().flat_map(|p| [format!("0.0.0.0:{p}"), format!("[::]:{p}")]).collect();
+    let ports: Vec<String> =
+        [8080u16, 9090].iter().flat_map(|p| [format!("0.0.0.0:{p}"), format!("[::]:{p}")]).collect();
     sb.serve(&sb.in_pod(APP_UID), "app", &ports, &[])
 }
 
@@ -67,14 +68,25 @@ fn five_hundred_concurrent_inbound_connections_each_see_their_original_destinati
     sb.enroll(&Policy::default())?;
     sb.start_sidecar()?;
     // No listener exists on these ports: only sk_lookup can make them connect.
-    let dsts: Vec<String> = (0..500u32)
-        .map(|i| if i % 2 == 0 { format!("198.51.100.2:{}", 30000 + i) } else { format!("[2001:db8:1::2]:{}", 30000 + i) })
-        .collect();
+    let dsts: Vec<String> =
+        (0..500u32)
+            .map(|i| {
+                if i % 2 == 0 {
+                    format!("198.51.100.2:{}", 30000 + i)
+                } else {
+                    format!("[2001:db8:1::2]:{}", 30000 + i)
+                }
+            })
+            .collect();
     let mut ok = 0;
     let mut wrong = Vec::new();
     for (to, v) in sb.connect_many(&sb.in_world(), &dsts)? {
         // No NAT: the accepted socket's own local address is the original destination.
-        if v["ok"] == true && v["reply"]["server"] == "sidecar-in" && v["reply"]["orig"] == to && v["reply"]["local"] == to {
+        if v["ok"] == true
+            && v["reply"]["server"] == "sidecar-in"
+            && v["reply"]["orig"] == to
+            && v["reply"]["local"] == to
+        {
             ok += 1;
         } else {
             wrong.push(v.to_string());
@@ -92,18 +104,32 @@ fn live_inbound_policy_changes_and_unenroll() -> Result<()> {
     sb.start_servers()?;
     assert_eq!(sb.run_flow(&inbound("198.51.100.2:8080"))?.server.as_deref(), Some("sidecar-in"));
     sb.enroll(&policy_from(&[("inbound-port-exclusion-list", "8080")]))?;
-    assert_eq!(sb.run_flow(&inbound("198.51.100.2:8080"))?.server.as_deref(), Some("app"), "excluded without restarting anything");
+    assert_eq!(
+        sb.run_flow(&inbound("198.51.100.2:8080"))?.server.as_deref(),
+        Some("app"),
+        "excluded without restarting anything"
+    );
     assert_eq!(sb.run_flow(&inbound("198.51.100.2:9090"))?.server.as_deref(), Some("sidecar-in"));
     // The proxy reaching its own pod is steered once (by connect4, to 15003), not twice.
-    let p = sb.run_flow(&FlowCase { name: "proxy → pod", actor: Actor::Proxy, dst: "198.51.100.2:9090".parse()?, udp: false })?;
+    let p = sb.run_flow(&FlowCase {
+        name: "proxy → pod",
+        actor: Actor::Proxy,
+        dst: "198.51.100.2:9090".parse()?,
+        udp: false,
+    })?;
     assert_eq!((p.server.as_deref(), p.orig.as_deref()), (Some("sidecar-in"), Some("198.51.100.2:9090")));
     assert!(ebpf::unenroll(&interceptor::netns::Netns::at(sb.pod_netns()), &sb.pins)?);
-    assert!(!sb.pins.pod(interceptor::netns::Netns::at(sb.pod_netns()).cookie()?).exists(), "the pod's sk_lookup link is gone");
+    assert!(
+        !sb.pins.pod(interceptor::netns::Netns::at(sb.pod_netns()).cookie()?).exists(),
+        "the pod's sk_lookup link is gone"
+    );
     for dst in ["198.51.100.2:8080", "198.51.100.2:9090", "[2001:db8:1::2]:8080"] {
         assert_eq!(sb.run_flow(&inbound(dst))?.server.as_deref(), Some("app"), "{dst}: direct delivery after unenroll");
     }
     assert_eq!(
-        sb.run_flow(&FlowCase { name: "out", actor: Actor::App, dst: "198.51.100.1:80".parse()?, udp: false })?.server.as_deref(),
+        sb.run_flow(&FlowCase { name: "out", actor: Actor::App, dst: "198.51.100.1:80".parse()?, udp: false })?
+            .server
+            .as_deref(),
         Some("world")
     );
     Ok(())

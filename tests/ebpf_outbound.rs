@@ -37,7 +37,10 @@ fn two_pods_with_different_policies_and_a_pod_that_is_not_enrolled() -> Result<(
     b.share_cgroup_of(&a);
     c.share_cgroup_of(&a);
     a.enroll(&policy_from(&[("outbound-ip-range-exclusion-list", "203.0.113.10/32")]))?;
-    b.enroll_in(&a.pins, &policy_from(&[("outbound-port-exclusion-list", "80"), ("inbound-port-exclusion-list", "8080")]))?;
+    b.enroll_in(
+        &a.pins,
+        &policy_from(&[("outbound-port-exclusion-list", "80"), ("inbound-port-exclusion-list", "8080")]),
+    )?;
     for sb in [&a, &b, &c] {
         sb.start_servers()?;
     }
@@ -88,7 +91,8 @@ fn re_enrolling_changes_new_connections_only() -> Result<()> {
     assert_eq!(again.orig.as_deref(), Some("198.51.100.1:80"));
     // The old generation is gone from the maps; only the new one remains.
     let maps = PinnedMaps::open(&sb.pins)?;
-    let ids: BTreeSet<u32> = maps.routes.keys().filter_map(Result::ok).map(|k| u32::from_be_bytes(k.data().policy_id_be)).collect();
+    let ids: BTreeSet<u32> =
+        maps.routes.keys().filter_map(Result::ok).map(|k| u32::from_be_bytes(k.data().policy_id_be)).collect();
     assert_eq!(ids, BTreeSet::from([after.policy_id]));
     Ok(())
 }
@@ -105,7 +109,16 @@ fn interception_continues_after_the_loader_exits_and_load_is_idempotent() -> Res
         Ok(String::from_utf8_lossy(&o.stderr).into_owned())
     };
     assert!(run(&["ebpf", "load", "--cgroup", &cg, "--pin-dir", &pin])?.contains("loaded and attached"));
-    run(&["ebpf", "enroll", "--netns", sb.pod_netns().to_str().unwrap(), "--pin-dir", &pin, "--outbound-port-exclusion-list", "6379"])?;
+    run(&[
+        "ebpf",
+        "enroll",
+        "--netns",
+        sb.pod_netns().to_str().unwrap(),
+        "--pin-dir",
+        &pin,
+        "--outbound-port-exclusion-list",
+        "6379",
+    ])?;
     // Every interceptor process has exited: the pins keep programs, links and maps alive.
     sb.start_servers()?;
     let c = sb.run_flow(&flow(Actor::App, "203.0.113.20:443"))?;
@@ -123,7 +136,11 @@ fn interception_continues_after_the_loader_exits_and_load_is_idempotent() -> Res
     settings.fingerprint ^= 1;
     let mut m = maps.settings;
     m.set(0, settings, 0)?;
-    let outcome = ebpf::load(&LoadOptions { cgroup: Some(sb.cgroup.clone()), pin_dir: sb.pins.clone(), max_tracked_connections: None })?;
+    let outcome = ebpf::load(&LoadOptions {
+        cgroup: Some(sb.cgroup.clone()),
+        pin_dir: sb.pins.clone(),
+        max_tracked_connections: None,
+    })?;
     assert_eq!(outcome, LoadOutcome::Upgraded { pods: 1 });
     let new_ids = program_ids(&sb)?;
     assert!(new_ids.is_disjoint(&ids), "every program was replaced: {ids:?} → {new_ids:?}");
@@ -219,7 +236,14 @@ fn a_pod_whose_namespace_is_gone_is_unenrolled_by_cookie() -> Result<()> {
     interceptor_tests::procs::ip(&["netns", "del", &sb.pod])?;
     assert_eq!(ebpf::status(&sb.pins)?.pods.len(), 1);
     let o = Command::new(sibling_binary("interceptor"))
-        .args(["ebpf", "unenroll", "--netns-cookie", &r.netns_cookie.to_string(), "--pin-dir", sb.pins.path().to_str().unwrap()])
+        .args([
+            "ebpf",
+            "unenroll",
+            "--netns-cookie",
+            &r.netns_cookie.to_string(),
+            "--pin-dir",
+            sb.pins.path().to_str().unwrap(),
+        ])
         .output()?;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(ebpf::status(&sb.pins)?.pods.is_empty());

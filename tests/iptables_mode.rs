@@ -42,7 +42,13 @@ fn run_all(sb: &Sandbox, policy: &Policy, flows: &[FlowCase]) -> Result<()> {
             failures.push(format!("{e:#}"));
         }
     }
-    assert!(failures.is_empty(), "{} of {} flows disagree with the oracle:\n{}", failures.len(), flows.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} flows disagree with the oracle:\n{}",
+        failures.len(),
+        flows.len(),
+        failures.join("\n")
+    );
     Ok(())
 }
 
@@ -77,7 +83,8 @@ fn pod_ip_mode_sends_the_proxys_localhost_connections_to_the_pod_ip() -> Result<
     sb.start_servers()?;
     let policy = policy_from(&[("local-proxy-mode", "PodIP")]);
     iptables::apply(&policy, &options(&sb))?;
-    let flows: Vec<FlowCase> = matrix().into_iter().filter(|c| c.name.starts_with("proxy") || c.name.starts_with("app →")).collect();
+    let flows: Vec<FlowCase> =
+        matrix().into_iter().filter(|c| c.name.starts_with("proxy") || c.name.starts_with("app →")).collect();
     run_all(&sb, &policy, &flows)?;
     let c = flows.iter().find(|c| c.name == "proxy → 127.0.0.1 (the app)").unwrap();
     let landing = sb.run_flow(c)?;
@@ -94,10 +101,18 @@ fn more_than_15_excluded_ports_apply_and_work() -> Result<()> {
     let list = ports.join(",");
     let policy = policy_from(&[("outbound-port-exclusion-list", &list)]);
     iptables::apply(&policy, &options(&sb))?;
-    let c = FlowCase { name: "app → 21st excluded port", actor: interceptor_tests::Actor::App, dst: "203.0.113.20:6379".parse()?, udp: false };
+    let c = FlowCase {
+        name: "app → 21st excluded port",
+        actor: interceptor_tests::Actor::App,
+        dst: "203.0.113.20:6379".parse()?,
+        udp: false,
+    };
     let (landing, expected) = sb.check_flow(&policy, &c)?;
     assert_eq!(landing.server.as_deref(), Some("world"));
-    assert_eq!(expected.decision.rule.as_deref(), Some("-A PROXY_OUTPUT -p tcp --match multiport --dports 7015,7016,7017,7018,7019,6379 -j RETURN"));
+    assert_eq!(
+        expected.decision.rule.as_deref(),
+        Some("-A PROXY_OUTPUT -p tcp --match multiport --dports 7015,7016,7017,7018,7019,6379 -j RETURN")
+    );
     Ok(())
 }
 
@@ -133,11 +148,8 @@ fn cleanup_restores_the_tables_exactly_and_keeps_other_rules() -> Result<()> {
     // Somebody else's rules, which must survive.
     let theirs = "*nat\n:THEIRS - [0:0]\n-A PREROUTING -p udp --dport 9999 -j THEIRS\n-A OUTPUT -p tcp --dport 9998 -j RETURN\n-A THEIRS -j RETURN\nCOMMIT\n";
     for f in [Family::Ipv4, Family::Ipv6] {
-        let mut child = ns
-            .command(f.restore_command())?
-            .arg("--noflush")
-            .stdin(std::process::Stdio::piped())
-            .spawn()?;
+        let mut child =
+            ns.command(f.restore_command())?.arg("--noflush").stdin(std::process::Stdio::piped()).spawn()?;
         use std::io::Write;
         child.stdin.take().unwrap().write_all(theirs.as_bytes())?;
         assert!(child.wait()?.success());
@@ -161,7 +173,10 @@ fn verify_reports_a_tampered_table() -> Result<()> {
     iptables::apply(&policy, &opts)?;
     assert_eq!(iptables::verify(&policy, &opts)?, Vec::<String>::new());
     let ns = Netns::at(sb.pod_netns());
-    let st = ns.command("iptables")?.args(["-t", "nat", "-D", "PROXY_OUTPUT", "-d", "203.0.113.10/32", "-j", "RETURN"]).status()?;
+    let st = ns
+        .command("iptables")?
+        .args(["-t", "nat", "-D", "PROXY_OUTPUT", "-d", "203.0.113.10/32", "-j", "RETURN"])
+        .status()?;
     assert!(st.success());
     let st = ns.command("iptables")?.args(["-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-j", "PROXY_OUTPUT"]).status()?;
     assert!(st.success());

@@ -29,9 +29,10 @@ fn main() {
         let mut it = args.iter();
         while let Some(a) = it.next() {
             if a == flag
-                && let Some(v) = it.next() {
-                    out.push(v.clone());
-                }
+                && let Some(v) = it.next()
+            {
+                out.push(v.clone());
+            }
         }
         out
     };
@@ -198,10 +199,7 @@ fn serve(name: &str, tcp: &[SocketAddr], udp: &[SocketAddr]) {
             for conn in listener.incoming() {
                 let Ok(mut s) = conn else { continue };
                 let name = name.clone();
-                std::thread::Builder::new()
-                    .stack_size(64 * 1024)
-                    .spawn(move || answer(&name, &mut s))
-                    .expect("spawn");
+                std::thread::Builder::new().stack_size(64 * 1024).spawn(move || answer(&name, &mut s)).expect("spawn");
             }
         }));
     }
@@ -235,7 +233,9 @@ fn connect(to: SocketAddr, timeout: Duration) -> Value {
             let mut line = String::new();
             match BufReader::new(&s).read_line(&mut line) {
                 Ok(n) if n > 0 => match serde_json::from_str::<Value>(line.trim()) {
-                    Ok(reply) => json!({"ok": true, "reply": reply, "peername": peername, "sockname": sockname, "client_orig": orig}),
+                    Ok(reply) => {
+                        json!({"ok": true, "reply": reply, "peername": peername, "sockname": sockname, "client_orig": orig})
+                    }
                     Err(e) => json!({"ok": false, "error": format!("bad reply {line:?}: {e}")}),
                 },
                 Ok(_) => json!({"ok": false, "error": "connection closed without a reply"}),
@@ -293,7 +293,9 @@ fn udp_connect(to: SocketAddr, timeout: Duration) -> Value {
     let mut buf = [0u8; 1024];
     match sock.recv(&mut buf) {
         Ok(n) => match serde_json::from_slice::<Value>(&buf[..n]) {
-            Ok(reply) => json!({"ok": true, "reply": reply, "peername": sock.peer_addr().unwrap().to_string(), "sockname": sock.local_addr().unwrap().to_string()}),
+            Ok(reply) => {
+                json!({"ok": true, "reply": reply, "peername": sock.peer_addr().unwrap().to_string(), "sockname": sock.local_addr().unwrap().to_string()})
+            }
             Err(e) => json!({"ok": false, "error": e.to_string()}),
         },
         Err(e) => json!({"ok": false, "error": e.to_string()}),

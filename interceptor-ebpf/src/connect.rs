@@ -15,9 +15,9 @@ use aya_log_ebpf::debug;
 use interceptor_common::{AF_INET, IPPROTO_TCP, OrigDst};
 
 use interceptor_ebpf::{
-    ctx_read,
     addr::{Endpoint, port_from_be_low16, port_to_be_low16, words_to_bytes},
     counters::count,
+    ctx_read,
     decide::{Outbound, outbound},
     maps::{ORIG_BY_COOKIE, PODS, debug_enabled},
 };
@@ -129,11 +129,7 @@ fn bind_source(sa: *mut bpf_sock_addr, family: u16, src: [u32; 4], v6_socket: bo
         if bound[0] != 0 || bound[1] != 0 || bound[2] != 0 || bound[3] != 0 {
             return;
         }
-        let addr = if family == AF_INET {
-            [0, 0, interceptor_ebpf::addr::V4_MAPPED_WORD2, src[0]]
-        } else {
-            src
-        };
+        let addr = if family == AF_INET { [0, 0, interceptor_ebpf::addr::V4_MAPPED_WORD2, src[0]] } else { src };
         let mut sin6 = SockaddrIn6 { family: interceptor_common::AF_INET6, port: 0, flowinfo: 0, addr, scope_id: 0 };
         unsafe {
             bpf_bind(sa, (&mut sin6 as *mut SockaddrIn6).cast(), size_of::<SockaddrIn6>() as i32);

@@ -1,9 +1,7 @@
 //! The outbound decision: the documented PROXY_OUTPUT chain (plus osm-edge's PodIP DNAT in
 //! OUTPUT), in the chain's own order, first match wins. The pure model in
 //! `interceptor::policy::decide` is the oracle this must agree with.
-use interceptor_common::{
-    AF_INET, PodConfig, PortKey, Reason, RouteValue, pod_flags, port_flags, route_flags,
-};
+use interceptor_common::{AF_INET, PodConfig, PortKey, Reason, RouteValue, pod_flags, port_flags, route_flags};
 
 use crate::{
     addr::Endpoint,
@@ -27,11 +25,7 @@ pub fn outbound(pod: &PodConfig, dst: &Endpoint, uid: u32) -> Outbound {
         Some(r) => *r,
         None => return Outbound::NoRoute,
     };
-    let src = if route.flags & route_flags::HAS_SRC != 0 {
-        Some(crate::addr::bytes_to_words(route.src))
-    } else {
-        None
-    };
+    let src = if route.flags & route_flags::HAS_SRC != 0 { Some(crate::addr::bytes_to_words(route.src)) } else { None };
     let local = route.flags & route_flags::LOCAL != 0;
     let loopback = dst.is_loopback_host();
     let proxy = uid == pod.proxy_uid;

@@ -9,15 +9,12 @@
 //!
 //! Every other call, and every socket of a pod that is not enrolled, is left exactly as the
 //! kernel answered it. Minimum kernel: 5.15 (bpf_get_netns_cookie in cgroup sockopt).
-use aya_ebpf::{
-    bindings::bpf_sock, helpers::bpf_get_netns_cookie, macros::cgroup_sockopt,
-    programs::SockoptContext,
-};
+use aya_ebpf::{bindings::bpf_sock, helpers::bpf_get_netns_cookie, macros::cgroup_sockopt, programs::SockoptContext};
 use interceptor_common::{AF_INET, AF_INET6, IPPROTO_TCP};
 
 use interceptor_ebpf::{
-    ctx_read,
     addr::{Endpoint, bytes_to_words, conn_key},
+    ctx_read,
     maps::{ACCEPTED, PENDING, PODS},
 };
 
@@ -43,8 +40,18 @@ fn endpoints(sk: *mut bpf_sock) -> (Endpoint, Endpoint) {
     if ctx_read!(sk, family) == AF_INET as u32 {
         (Endpoint::v4(ctx_read!(sk, src_ip4), local_port), Endpoint::v4(ctx_read!(sk, dst_ip4), remote_port))
     } else {
-        let l = [ctx_read!(sk, src_ip6[0]), ctx_read!(sk, src_ip6[1]), ctx_read!(sk, src_ip6[2]), ctx_read!(sk, src_ip6[3])];
-        let r = [ctx_read!(sk, dst_ip6[0]), ctx_read!(sk, dst_ip6[1]), ctx_read!(sk, dst_ip6[2]), ctx_read!(sk, dst_ip6[3])];
+        let l = [
+            ctx_read!(sk, src_ip6[0]),
+            ctx_read!(sk, src_ip6[1]),
+            ctx_read!(sk, src_ip6[2]),
+            ctx_read!(sk, src_ip6[3]),
+        ];
+        let r = [
+            ctx_read!(sk, dst_ip6[0]),
+            ctx_read!(sk, dst_ip6[1]),
+            ctx_read!(sk, dst_ip6[2]),
+            ctx_read!(sk, dst_ip6[3]),
+        ];
         (Endpoint::from_v6_socket(l, local_port), Endpoint::from_v6_socket(r, remote_port))
     }
 }

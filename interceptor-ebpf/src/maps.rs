@@ -1,14 +1,14 @@
 //! Maps shared by all programs. The loader pins each one as `<pin-dir>/maps/<NAME>`, so
 //! the per-namespace `sk_lookup` instances and later loads reuse the same maps.
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
     bindings::BPF_F_NO_COMMON_LRU,
+    bindings::BPF_F_NO_PREALLOC,
     btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, SockHash},
     macros::btf_map,
 };
 use interceptor_common::{
-    CidrData, ConnKey, CounterKey, IfaceKey, ListenerKey, OrigDst, PodAddrKey, PodConfig, PortKey,
-    RouteValue, Settings, capacity,
+    CidrData, ConnKey, CounterKey, IfaceKey, ListenerKey, OrigDst, PodAddrKey, PodConfig, PortKey, RouteValue,
+    Settings, capacity,
 };
 
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
@@ -66,8 +66,7 @@ pub static LISTENERS: SockHash<ListenerKey, { capacity::LISTENERS }> = SockHash:
 
 /// Decisions per pod and reason.
 #[btf_map]
-pub static COUNTERS: PerCpuHashMap<CounterKey, u64, { capacity::COUNTERS }, NO_PREALLOC> =
-    PerCpuHashMap::new();
+pub static COUNTERS: PerCpuHashMap<CounterKey, u64, { capacity::COUNTERS }, NO_PREALLOC> = PerCpuHashMap::new();
 
 /// Run-time switches (`ebpf debug on|off`).
 #[btf_map]

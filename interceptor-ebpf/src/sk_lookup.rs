@@ -13,8 +13,8 @@ use aya_ebpf::{
     programs::SkLookupContext,
 };
 use interceptor_common::{
-    AF_INET, AF_INET6, IPPROTO_TCP, IfaceKey, ListenerKey, PodAddrKey, PortKey, Reason, pod_flags,
-    port_flags, route_flags,
+    AF_INET, AF_INET6, IPPROTO_TCP, IfaceKey, ListenerKey, PodAddrKey, PortKey, Reason, pod_flags, port_flags,
+    route_flags,
 };
 
 use interceptor_ebpf::{
@@ -47,7 +47,12 @@ fn decide(ctx: &SkLookupContext) -> Option<(u64, Reason)> {
     let local = if family == AF_INET as u32 {
         Endpoint::v4(ctx_read!(l, local_ip4), 0)
     } else {
-        let a = [ctx_read!(l, local_ip6[0]), ctx_read!(l, local_ip6[1]), ctx_read!(l, local_ip6[2]), ctx_read!(l, local_ip6[3])];
+        let a = [
+            ctx_read!(l, local_ip6[0]),
+            ctx_read!(l, local_ip6[1]),
+            ctx_read!(l, local_ip6[2]),
+            ctx_read!(l, local_ip6[3]),
+        ];
         Endpoint::v6(a, 0)
     };
     let addr_key = PodAddrKey { family: local.family as u32, addr: words_to_bytes(local.addr) };
@@ -70,7 +75,12 @@ fn decide_for_pod(ctx: &SkLookupContext, netns_cookie: u64, family: u32) -> Opti
     let remote = if family == AF_INET as u32 {
         Endpoint::v4(ctx_read!(l, remote_ip4), 0)
     } else {
-        let r = [ctx_read!(l, remote_ip6[0]), ctx_read!(l, remote_ip6[1]), ctx_read!(l, remote_ip6[2]), ctx_read!(l, remote_ip6[3])];
+        let r = [
+            ctx_read!(l, remote_ip6[0]),
+            ctx_read!(l, remote_ip6[1]),
+            ctx_read!(l, remote_ip6[2]),
+            ctx_read!(l, remote_ip6[3]),
+        ];
         Endpoint::v6(r, 0)
     };
     if let Some(route) = ROUTES.get(&remote.lpm_key(pod.policy_id)) {
@@ -93,8 +103,12 @@ fn decide_for_pod(ctx: &SkLookupContext, netns_cookie: u64, family: u32) -> Opti
         }
     }
     let reserved = pod.reserved_inbound_ports;
-    if port == reserved[0] || port == reserved[1] || port == reserved[2] || port == reserved[3]
-        || port == reserved[4] || port == reserved[5]
+    if port == reserved[0]
+        || port == reserved[1]
+        || port == reserved[2]
+        || port == reserved[3]
+        || port == reserved[4]
+        || port == reserved[5]
     {
         if port != 0 {
             return Some(Reason::InReservedPort);
@@ -115,4 +129,3 @@ fn assign(ctx: &SkLookupContext, netns_cookie: u64, family: u16) -> bool {
     let key = ListenerKey { netns_cookie, family: family as u32, _pad: 0 };
     LISTENERS.redirect_sk_lookup(ctx, key, 0).is_ok()
 }
-

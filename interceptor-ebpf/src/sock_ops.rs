@@ -8,9 +8,8 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_LISTEN_CB,
-        bpf_sock_ops,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_LISTEN_CB, bpf_sock_ops,
     },
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_sock_ops_cb_flags_set},
     macros::sock_ops,
@@ -19,8 +18,8 @@ use aya_ebpf::{
 use interceptor_common::{AF_INET, ListenerKey};
 
 use interceptor_ebpf::{
-    ctx_read,
     addr::{Endpoint, conn_key},
+    ctx_read,
     maps::{ACCEPTED, LISTENERS, ORIG_BY_COOKIE, PENDING, PODS},
 };
 
@@ -50,8 +49,18 @@ fn endpoints(ops: *mut bpf_sock_ops) -> (Endpoint, Endpoint) {
     if ctx_read!(ops, family) == AF_INET as u32 {
         (Endpoint::v4(ctx_read!(ops, local_ip4), local_port), Endpoint::v4(ctx_read!(ops, remote_ip4), remote_port))
     } else {
-        let l = [ctx_read!(ops, local_ip6[0]), ctx_read!(ops, local_ip6[1]), ctx_read!(ops, local_ip6[2]), ctx_read!(ops, local_ip6[3])];
-        let r = [ctx_read!(ops, remote_ip6[0]), ctx_read!(ops, remote_ip6[1]), ctx_read!(ops, remote_ip6[2]), ctx_read!(ops, remote_ip6[3])];
+        let l = [
+            ctx_read!(ops, local_ip6[0]),
+            ctx_read!(ops, local_ip6[1]),
+            ctx_read!(ops, local_ip6[2]),
+            ctx_read!(ops, local_ip6[3]),
+        ];
+        let r = [
+            ctx_read!(ops, remote_ip6[0]),
+            ctx_read!(ops, remote_ip6[1]),
+            ctx_read!(ops, remote_ip6[2]),
+            ctx_read!(ops, remote_ip6[3]),
+        ];
         (Endpoint::from_v6_socket(l, local_port), Endpoint::from_v6_socket(r, remote_port))
     }
 }

@@ -19,7 +19,11 @@ use crate::{
 };
 
 #[derive(Parser, Debug)]
-#[command(name = "interceptor", version, about = "Transparent traffic interception for osm-edge sidecars: eBPF without NAT, or osm-edge's iptables chains")]
+#[command(
+    name = "interceptor",
+    version,
+    about = "Transparent traffic interception for osm-edge sidecars: eBPF without NAT, or osm-edge's iptables chains"
+)]
 pub struct Cli {
     /// More logging (-v info, -vv debug).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -136,6 +140,8 @@ impl TargetArgs {
     }
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum EbpfCommand {
     /// Load the programs and attach them at a cgroup (no-op if already loaded).
@@ -455,20 +461,31 @@ fn run_ebpf(cmd: EbpfCommand) -> Result<ExitCode> {
                 Some(path) => read_manifest(path).ok().and_then(|d| manifest_name(&d)),
                 None => None,
             };
-            let opts = EnrollOptions { netns: Netns::at(netns::resolve(&netns)), pod_ips: pod_ip, pin_dir: pins.pins(), pod_name };
+            let opts = EnrollOptions {
+                netns: Netns::at(netns::resolve(&netns)),
+                pod_ips: pod_ip,
+                pin_dir: pins.pins(),
+                pod_name,
+            };
             let r = ebpf::enroll(&p, &opts)?;
             match r.replaced_policy {
                 Some(old) => eprintln!(
                     "re-enrolled {netns} (cookie {}): policy {} replaced {old}, {} entries, switched in {:?}",
                     r.netns_cookie, r.policy_id, r.entries, r.apply_time
                 ),
-                None => eprintln!("enrolled {netns} (cookie {}): policy {}, {} entries", r.netns_cookie, r.policy_id, r.entries),
+                None => eprintln!(
+                    "enrolled {netns} (cookie {}): policy {}, {} entries",
+                    r.netns_cookie, r.policy_id, r.entries
+                ),
             }
         }
         EbpfCommand::Probe => {
             let missing = ebpf::probe::missing_features();
             if missing.is_empty() {
-                eprintln!("this kernel has every feature eBPF mode needs (minimum Linux {})", ebpf::probe::MINIMUM_KERNEL);
+                eprintln!(
+                    "this kernel has every feature eBPF mode needs (minimum Linux {})",
+                    ebpf::probe::MINIMUM_KERNEL
+                );
             } else {
                 for m in &missing {
                     println!("missing: {} (Linux {}+)", m.feature, m.since);

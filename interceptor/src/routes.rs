@@ -62,10 +62,7 @@ impl NetSnapshot {
     /// The first global address of an interface in a family: what the kernel picks as the
     /// source of a route without a preferred source.
     pub fn primary_addr(&self, ifindex: u32, v6: bool) -> Option<IpAddr> {
-        self.addrs
-            .iter()
-            .find(|a| a.ifindex == ifindex && a.global && a.addr.is_ipv6() == v6)
-            .map(|a| a.addr)
+        self.addrs.iter().find(|a| a.ifindex == ifindex && a.global && a.addr.is_ipv6() == v6).map(|a| a.addr)
     }
 
     /// The namespace's global addresses (candidates for the pod IP).
@@ -146,7 +143,8 @@ async fn read_snapshot() -> Result<NetSnapshot> {
                 }
             }
             let len = msg.header.destination_prefix_length;
-            let unspecified: IpAddr = if v6 { std::net::Ipv6Addr::UNSPECIFIED.into() } else { std::net::Ipv4Addr::UNSPECIFIED.into() };
+            let unspecified: IpAddr =
+                if v6 { std::net::Ipv6Addr::UNSPECIFIED.into() } else { std::net::Ipv4Addr::UNSPECIFIED.into() };
             let Ok(dst) = IpNet::new(dst.unwrap_or(unspecified), len) else { continue };
             let kind = match msg.header.kind {
                 RouteType::Local => RouteKind::Local,

@@ -9,6 +9,9 @@ use crate::{
     report::baseline,
 };
 
+/// A named, coloured line of (x, y) points.
+type Series<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
+
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
 pub fn draw(r: &Results, path: &Path) -> Result<()> {
@@ -23,8 +26,11 @@ pub fn draw(r: &Results, path: &Path) -> Result<()> {
     // K = 0 is drawn at x = 1 on the log axis and labelled 0.
     let x_of = |k: usize| (k.max(1)) as f64;
     let x_max = x_of(*ks.last().unwrap_or(&1)) * 2.0;
-    for (panel, (w, title)) in panels.iter().zip([(Workload::Pass, "a. pass (excluded destination)"), (Workload::Redirect, "b. redirected to the 15001 listener")]) {
-        let series: Vec<(&str, RGBColor, Vec<(f64, f64)>)> = [
+    for (panel, (w, title)) in panels.iter().zip([
+        (Workload::Pass, "a. pass (excluded destination)"),
+        (Workload::Redirect, "b. redirected to the 15001 listener"),
+    ]) {
+        let series: Vec<Series> = [
             ("none", BLACK, ks.iter().filter_map(|&k| baseline(r, k, w).map(|b| (x_of(k), b.median_us))).collect()),
             ("iptables", RED, ks.iter().filter_map(|&k| find(r, k, Mode::Iptables, w).map(|v| (x_of(k), v))).collect()),
             ("eBPF", BLUE, ks.iter().filter_map(|&k| find(r, k, Mode::Ebpf, w).map(|v| (x_of(k), v))).collect()),

@@ -46,9 +46,27 @@ fn run() -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     let out_dir = std::env::current_dir()?.join("target/bench");
     let cfg = if quick {
-        Config { ks: vec![0, 100, 1000, 10000], rounds: 4, batch: 100, bulk_bytes: 256 << 20, bulk_reps: 1, seed: 42, out_dir, quick }
+        Config {
+            ks: vec![0, 100, 1000, 10000],
+            rounds: 4,
+            batch: 100,
+            bulk_bytes: 256 << 20,
+            bulk_reps: 1,
+            seed: 42,
+            out_dir,
+            quick,
+        }
     } else {
-        Config { ks: vec![0, 100, 1000, 10000], rounds: 60, batch: 150, bulk_bytes: 512 << 20, bulk_reps: 7, seed: 42, out_dir, quick }
+        Config {
+            ks: vec![0, 100, 1000, 10000],
+            rounds: 60,
+            batch: 150,
+            bulk_bytes: 512 << 20,
+            bulk_reps: 7,
+            seed: 42,
+            out_dir,
+            quick,
+        }
     };
     let mut cfg = cfg;
     // Overrides for profiling runs: --ks 0,10000 --rounds N --batch N.
@@ -72,6 +90,12 @@ fn run() -> Result<()> {
     std::fs::write(cfg.out_dir.join("results.md"), &table)?;
     let png = cfg.out_dir.join("latency.png");
     chart::draw(&results, &png)?;
-    println!("\nJSON: {}\nchart: {}\nmarkdown: {}\nwall time: {:.0?}", json.display(), png.display(), cfg.out_dir.join("results.md").display(), started.elapsed());
+    println!(
+        "\nJSON: {}\nchart: {}\nmarkdown: {}\nwall time: {:.0?}",
+        json.display(),
+        png.display(),
+        cfg.out_dir.join("results.md").display(),
+        started.elapsed()
+    );
     Ok(())
 }

@@ -128,7 +128,11 @@ pub fn policy_with(k: usize, rng: &mut Rng) -> Policy {
     for _ in 0..k {
         let r = rng.next();
         let len = 16 + (r % 17) as u8;
-        let base: u32 = if r & (1 << 40) == 0 { 0x0a00_0000 | ((r >> 8) as u32 & 0x00ff_ffff) } else { 0x6440_0000 | ((r >> 8) as u32 & 0x003f_ffff) };
+        let base: u32 = if r & (1 << 40) == 0 {
+            0x0a00_0000 | ((r >> 8) as u32 & 0x00ff_ffff)
+        } else {
+            0x6440_0000 | ((r >> 8) as u32 & 0x003f_ffff)
+        };
         let ip = std::net::Ipv4Addr::from(base);
         let text = format!("{ip}/{len}");
         cidrs.push(Cidr { net: text.parse().unwrap(), text });
@@ -238,7 +242,8 @@ pub fn run(cfg: &Config) -> Result<Results> {
             let ok_before = held.first.server.as_deref() == Some("sink");
             let (change_t, switch) = apply(&pods, mode, &second)?;
             let after = held.exchange()?;
-            let survived = ok_before && after.server.as_deref() == Some("sink") && after.orig.as_deref() == Some(REDIRECT_DST);
+            let survived =
+                ok_before && after.server.as_deref() == Some("sink") && after.orig.as_deref() == Some(REDIRECT_DST);
             applies.push(ApplyRow {
                 k,
                 mode,
@@ -285,7 +290,17 @@ pub fn run(cfg: &Config) -> Result<Results> {
             let n = lat.len();
             let (median_us, p99_us, mean_us) = stats(lat);
             let round_medians_us = std::mem::take(&mut rounds[i]);
-            latency.push(LatencyRow { k, mode, workload, samples: n, errors, median_us, p99_us, mean_us, round_medians_us });
+            latency.push(LatencyRow {
+                k,
+                mode,
+                workload,
+                samples: n,
+                errors,
+                median_us,
+                p99_us,
+                mean_us,
+                round_medians_us,
+            });
         }
     }
     let bulk = bulk(&pods, cfg, &mut rng)?;
@@ -311,7 +326,10 @@ pub fn run(cfg: &Config) -> Result<Results> {
 
 fn bulk(pods: &Pods, cfg: &Config, rng: &mut Rng) -> Result<Vec<BulkRow>> {
     eprintln!("bench: bulk transfer");
-    let mut rows: Vec<BulkRow> = Mode::ALL.iter().map(|m| BulkRow { mode: *m, bytes: cfg.bulk_bytes, mb_per_s: vec![], median_mb_per_s: 0.0 }).collect();
+    let mut rows: Vec<BulkRow> = Mode::ALL
+        .iter()
+        .map(|m| BulkRow { mode: *m, bytes: cfg.bulk_bytes, mb_per_s: vec![], median_mb_per_s: 0.0 })
+        .collect();
     let bytes = cfg.bulk_bytes.to_string();
     for _ in 0..cfg.bulk_reps {
         let mut order = [0usize, 1, 2];
@@ -320,7 +338,8 @@ fn bulk(pods: &Pods, cfg: &Config, rng: &mut Rng) -> Result<Vec<BulkRow>> {
             let mode = Mode::ALL[i];
             let dst = if mode == Mode::None { LISTENER } else { REDIRECT_DST };
             let sb = pods.get(mode);
-            let out = sb.probe(&sb.in_pod(APP_UID), &["bulk", "--to", dst, "--bytes", &bytes], Duration::from_secs(300))?;
+            let out =
+                sb.probe(&sb.in_pod(APP_UID), &["bulk", "--to", dst, "--bytes", &bytes], Duration::from_secs(300))?;
             rows[i].mb_per_s.push(out.trim().parse().context("bulk output")?);
         }
     }
@@ -357,7 +376,8 @@ fn bpf_stats(sb: &Sandbox, cfg: &Config) -> Result<Vec<ProgStat>> {
 fn prog_totals(sb: &Sandbox) -> Result<Vec<(String, u64, u128)>> {
     use aya::programs::ProgramInfo;
     let mut out = Vec::new();
-    let mut paths: Vec<(String, std::path::PathBuf)> = CGROUP_PROGRAMS.iter().map(|(n, _)| (n.to_string(), sb.pins.prog(n))).collect();
+    let mut paths: Vec<(String, std::path::PathBuf)> =
+        CGROUP_PROGRAMS.iter().map(|(n, _)| (n.to_string(), sb.pins.prog(n))).collect();
     paths.push((SK_LOOKUP_PROGRAM.into(), sb.pins.prog(SK_LOOKUP_PROGRAM)));
     for (name, path) in paths {
         let info = ProgramInfo::from_pin(&path)?;

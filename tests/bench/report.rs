@@ -35,14 +35,34 @@ pub fn baseline(r: &Results, k: usize, w: Workload) -> Option<&LatencyRow> {
 
 pub fn markdown(r: &Results, cfg: &Config) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "## interceptor benchmark — kernel {}, {} CPUs{}", r.kernel, r.cpus, if r.quick { ", QUICK (smoke run, not for conclusions)" } else { "" });
-    let _ = writeln!(s, "\n{} rounds × {} connections per mode, workload and K, modes interleaved in shuffled order.\n", r.rounds, r.batch);
-    let _ = writeln!(s, "### Connect + 1-byte request/response + close (µs; ratio to no interception, paired by round: median of per-round median ratios)\n");
-    let _ = writeln!(s, "| K | workload | none median (p99) | iptables median (p99) | iptables ratio | eBPF median (p99) | eBPF ratio |");
+    let _ = writeln!(
+        s,
+        "## interceptor benchmark — kernel {}, {} CPUs{}",
+        r.kernel,
+        r.cpus,
+        if r.quick { ", QUICK (smoke run, not for conclusions)" } else { "" }
+    );
+    let _ = writeln!(
+        s,
+        "\n{} rounds × {} connections per mode, workload and K, modes interleaved in shuffled order.\n",
+        r.rounds, r.batch
+    );
+    let _ = writeln!(
+        s,
+        "### Connect + 1-byte request/response + close (µs; ratio to no interception, paired by round: median of per-round median ratios)\n"
+    );
+    let _ = writeln!(
+        s,
+        "| K | workload | none median (p99) | iptables median (p99) | iptables ratio | eBPF median (p99) | eBPF ratio |"
+    );
     let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|---:|");
     for &k in &cfg.ks {
         for w in [Workload::Pass, Workload::Redirect] {
-            let (Some(base), Some(ipt), Some(e)) = (baseline(r, k, w), row(r, k, Mode::Iptables, w), row(r, k, Mode::Ebpf, w)) else { continue };
+            let (Some(base), Some(ipt), Some(e)) =
+                (baseline(r, k, w), row(r, k, Mode::Iptables, w), row(r, k, Mode::Ebpf, w))
+            else {
+                continue;
+            };
             let label = match w {
                 Workload::Pass => "a. pass (excluded dst)",
                 _ => "b. redirect → 15001",
@@ -50,19 +70,39 @@ pub fn markdown(r: &Results, cfg: &Config) -> String {
             let _ = writeln!(
                 s,
                 "| {k} | {label} | {:.1} ({:.1}) | {:.1} ({:.1}) | {:.3}× | {:.1} ({:.1}) | {:.3}× |",
-                base.median_us, base.p99_us, ipt.median_us, ipt.p99_us, ratio(ipt, base), e.median_us, e.p99_us, ratio(e, base)
+                base.median_us,
+                base.p99_us,
+                ipt.median_us,
+                ipt.p99_us,
+                ratio(ipt, base),
+                e.median_us,
+                e.p99_us,
+                ratio(e, base)
             );
         }
         if let Some(world) = row(r, k, Mode::None, Workload::Redirect) {
-            let _ = writeln!(s, "| {k} | (none dialling the redirected dst's world server) | {:.1} ({:.1}) | | | | |", world.median_us, world.p99_us);
+            let _ = writeln!(
+                s,
+                "| {k} | (none dialling the redirected dst's world server) | {:.1} ({:.1}) | | | | |",
+                world.median_us, world.p99_us
+            );
         }
     }
 
     let _ = writeln!(s, "\n### Where the redirect cost goes (eBPF, µs of median latency)\n");
-    let _ = writeln!(s, "| K | none → listener | eBPF pod → listener (programs run, pass) | eBPF redirect → listener | programs' cost on a passing connection | added by the redirect itself |");
+    let _ = writeln!(
+        s,
+        "| K | none → listener | eBPF pod → listener (programs run, pass) | eBPF redirect → listener | programs' cost on a passing connection | added by the redirect itself |"
+    );
     let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|");
     for &k in &cfg.ks {
-        let (Some(n), Some(l), Some(rd)) = (row(r, k, Mode::None, Workload::Listener), row(r, k, Mode::Ebpf, Workload::Listener), row(r, k, Mode::Ebpf, Workload::Redirect)) else { continue };
+        let (Some(n), Some(l), Some(rd)) = (
+            row(r, k, Mode::None, Workload::Listener),
+            row(r, k, Mode::Ebpf, Workload::Listener),
+            row(r, k, Mode::Ebpf, Workload::Redirect),
+        ) else {
+            continue;
+        };
         let _ = writeln!(
             s,
             "| {k} | {:.1} | {:.1} | {:.1} | {:+.1} ({:.3}×) | {:+.1} ({:.3}×) |",
@@ -77,7 +117,10 @@ pub fn markdown(r: &Results, cfg: &Config) -> String {
     }
 
     let _ = writeln!(s, "\n### Applying a policy of K excluded CIDRs (ms)\n");
-    let _ = writeln!(s, "| K | mode | apply (whole call) | live change (whole call) | eBPF change in force after | held connection survived |");
+    let _ = writeln!(
+        s,
+        "| K | mode | apply (whole call) | live change (whole call) | eBPF change in force after | held connection survived |"
+    );
     let _ = writeln!(s, "|---:|---|---:|---:|---:|---|");
     for a in &r.apply {
         let _ = writeln!(
@@ -100,7 +143,10 @@ pub fn markdown(r: &Results, cfg: &Config) -> String {
         let _ = writeln!(s, "| {} | {} | {} | {:.0} |", b.mode.name(), b.bytes, runs.join(", "), b.median_mb_per_s);
     }
 
-    let _ = writeln!(s, "\n### eBPF programs (kernel BPF run-time statistics, separate phase: pass + redirect connections)\n");
+    let _ = writeln!(
+        s,
+        "\n### eBPF programs (kernel BPF run-time statistics, separate phase: pass + redirect connections)\n"
+    );
     let _ = writeln!(s, "| program | runs | average ns per run |");
     let _ = writeln!(s, "|---|---:|---:|");
     for p in &r.bpf_stats {
@@ -137,7 +183,8 @@ pub fn goals(r: &Results, cfg: &Config) -> Vec<String> {
     ));
     let k = *cfg.ks.iter().max().unwrap_or(&0);
     for (w, name) in [(Workload::Pass, "pass"), (Workload::Redirect, "redirect")] {
-        if let (Some(b), Some(i), Some(e)) = (baseline(r, k, w), row(r, k, Mode::Iptables, w), row(r, k, Mode::Ebpf, w)) {
+        if let (Some(b), Some(i), Some(e)) = (baseline(r, k, w), row(r, k, Mode::Iptables, w), row(r, k, Mode::Ebpf, w))
+        {
             let ipt_added = i.median_us - b.median_us;
             let ebpf_added = (e.median_us - b.median_us).max(0.0);
             let factor = if ebpf_added <= 0.0 { f64::INFINITY } else { ipt_added / ebpf_added };

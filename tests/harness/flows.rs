@@ -267,9 +267,10 @@ pub fn counted_reasons(
         let was = before.get(reason).copied().unwrap_or(0);
         if *n > was
             && let Some(r) = Reason::from_u32(*reason)
-                && r.is_inbound() == inbound {
-                    out.push(r);
-                }
+            && r.is_inbound() == inbound
+        {
+            out.push(r);
+        }
     }
     out
 }

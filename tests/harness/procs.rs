@@ -71,12 +71,10 @@ pub fn command(program: &Path, who: &Identity) -> Result<Command> {
                 return Err(std::io::Error::last_os_error());
             }
             if uid != 0
-                && (libc::setgroups(0, std::ptr::null()) != 0
-                    || libc::setgid(uid) != 0
-                    || libc::setuid(uid) != 0)
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
+                && (libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(uid) != 0 || libc::setuid(uid) != 0)
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }
@@ -132,7 +130,11 @@ pub fn output(mut cmd: Command, what: &str, timeout: Duration) -> Result<String>
 
 /// A command line shortened for messages.
 pub fn short(what: &str) -> String {
-    if what.len() <= 120 { what.to_string() } else { format!("{}… ({} bytes)", &what[..what.floor_char_boundary(120)], what.len()) }
+    if what.len() <= 120 {
+        what.to_string()
+    } else {
+        format!("{}… ({} bytes)", &what[..what.floor_char_boundary(120)], what.len())
+    }
 }
 
 /// Runs `ip ARGS` and fails loudly.
@@ -169,7 +171,8 @@ impl Held {
                 }
             }
         });
-        let mut held = Held { child, stdin, lines: rx, first: crate::flows::Landing::from_json(&serde_json::Value::Null) };
+        let mut held =
+            Held { child, stdin, lines: rx, first: crate::flows::Landing::from_json(&serde_json::Value::Null) };
         held.first = held.read()?;
         Ok(held)
     }

@@ -189,7 +189,8 @@ impl Sandbox {
         self.start_sidecar()?;
         let app: Vec<String> = APP_PORTS.iter().flat_map(|p| [format!("0.0.0.0:{p}"), format!("[::]:{p}")]).collect();
         self.serve(&self.in_pod(APP_UID), "app", &app, &[])?;
-        let world: Vec<String> = WORLD_PORTS.iter().flat_map(|p| [format!("0.0.0.0:{p}"), format!("[::]:{p}")]).collect();
+        let world: Vec<String> =
+            WORLD_PORTS.iter().flat_map(|p| [format!("0.0.0.0:{p}"), format!("[::]:{p}")]).collect();
         self.serve(&self.in_world(), "world", &world, &["0.0.0.0:53".into(), "[::]:53".into()])?;
         Ok(())
     }
@@ -248,12 +249,20 @@ impl Sandbox {
 
     /// Loads eBPF mode attached to this sandbox's cgroup, pinned in its own directory.
     pub fn load_ebpf(&self) -> Result<()> {
-        interceptor::ebpf::load(&LoadOptions { cgroup: Some(self.cgroup.clone()), pin_dir: self.pins.clone(), max_tracked_connections: None })?;
+        interceptor::ebpf::load(&LoadOptions {
+            cgroup: Some(self.cgroup.clone()),
+            pin_dir: self.pins.clone(),
+            max_tracked_connections: None,
+        })?;
         Ok(())
     }
 
     /// Enrolls this pod (eBPF mode must be loaded in `pins`).
-    pub fn enroll_in(&self, pins: &PinDir, policy: &interceptor::policy::Policy) -> Result<interceptor::ebpf::enroll::EnrollReport> {
+    pub fn enroll_in(
+        &self,
+        pins: &PinDir,
+        policy: &interceptor::policy::Policy,
+    ) -> Result<interceptor::ebpf::enroll::EnrollReport> {
         interceptor::ebpf::enroll(
             policy,
             &interceptor::ebpf::EnrollOptions {

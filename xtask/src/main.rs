@@ -1,7 +1,7 @@
 //! Developer tasks. `cargo xtask <task>`:
 //!
 //! * `setup`   install what building and testing need (idempotent): iptables, iproute2,
-//!             nightly rust-src, bpf-linker (built against nightly's own LLVM);
+//!   nightly rust-src, bpf-linker (built against nightly's own LLVM);
 //! * `build`   build everything (the eBPF object is embedded in `interceptor`);
 //! * `test`    setup + build + every unit and integration test, as root on this kernel;
 //! * `demo`    intercept real traffic in a sandbox and show where each connection landed;
@@ -39,6 +39,7 @@ fn run(args: &[String]) -> Result<()> {
         }
         "test" => {
             setup::setup()?;
+            util::lint()?;
             util::build()?;
             util::test(rest)
         }
@@ -66,7 +67,7 @@ fn run(args: &[String]) -> Result<()> {
 const HELP: &str = "usage: cargo xtask <task>
   setup              install iptables, iproute2, nightly rust-src and bpf-linker (idempotent)
   build              setup, then build the workspace (eBPF object embedded in `interceptor`)
-  test               setup, build, then every unit and integration test (as root)
+  test               setup, fmt + clippy checks, build, then every unit and integration test (as root)
   demo [--mode ebpf|iptables]
                      intercept real traffic in a sandbox; print where each connection landed
   bench [--quick]    interception cost vs no interception, iptables vs eBPF

@@ -38,7 +38,10 @@ fn apt_packages() -> Result<()> {
 fn nightly_sysroot() -> Result<PathBuf> {
     let out = Command::new("rustc").args(["+nightly", "--print", "sysroot"]).output().context("run rustup/rustc")?;
     if !out.status.success() {
-        bail!("the nightly toolchain is missing (`rustup toolchain install nightly`): {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "the nightly toolchain is missing (`rustup toolchain install nightly`): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
 }

@@ -53,12 +53,25 @@ pub fn build_release() -> Result<()> {
     run(cargo().args(["build", "--release", "--workspace", "--exclude", "interceptor-ebpf", "--bins"]))
 }
 
-/// Removes what a crashed earlier run of the tests may have left (only our own names).
+/// Whether a sandbox name (`ict<PID>x<N>…`, `interceptor-test-ict<PID>x<N>`) belongs to a
+/// process that is still running: another test run, demo or benchmark on this machine
+/// (e.g. in another checkout) must never lose its namespaces, cgroups or pins to us.
+fn owner_alive(name: &str) -> bool {
+    let Some(at) = name.find("ict") else { return false };
+    let digits: String = name[at + 3..].chars().take_while(char::is_ascii_digit).collect();
+    match digits.parse::<u32>() {
+        Ok(pid) => Path::new("/proc").join(pid.to_string()).exists(),
+        Err(_) => false,
+    }
+}
+
+/// Removes what a crashed earlier run of the tests may have left (only our own names, and
+/// only those whose creating process is gone).
 pub fn cleanup_stale() {
     if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let name = line.split_whitespace().next().unwrap_or_default();
-            if name.starts_with("ict") || name.starts_with("icdemo") || name.starts_with("icbench") {
+            if name.starts_with("ict") && !owner_alive(name) {
                 let _ = Command::new("ip").args(["netns", "del", name]).status();
             }
         }
@@ -68,21 +81,29 @@ pub fn cleanup_stale() {
         let f: Vec<&str> = l.split_whitespace().collect();
         (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
     });
-    for (dir, prefixes) in [
-        (cg, ["interceptor-test-", "interceptor-demo-", "interceptor-bench-"]),
-        (Some(PathBuf::from("/sys/fs/bpf")), ["interceptor-test-", "interceptor-demo-", "interceptor-bench-"]),
-    ] {
+    let prefixes = ["interceptor-test-", "interceptor-demo-", "interceptor-bench-"];
+    for dir in [cg, Some(PathBuf::from("/sys/fs/bpf"))] {
         let Some(dir) = dir else { continue };
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
         for e in entries.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
-            if prefixes.iter().any(|p| n.starts_with(p)) {
+            if prefixes.iter().any(|p| n.starts_with(p)) && !owner_alive(&n) {
                 let _ = std::fs::write(e.path().join("cgroup.kill"), "1");
                 std::thread::sleep(std::time::Duration::from_millis(50));
                 let _ = std::fs::remove_dir(e.path()).or_else(|_| std::fs::remove_dir_all(e.path()));
             }
         }
     }
+}
+
+/// `cargo fmt --check` and `cargo clippy -D warnings`: the shape of the code is checked
+/// with the tests. Clippy skips the eBPF build (it only lints host code).
+pub fn lint() -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--check"])).context("code is not formatted: run `cargo fmt --all`")?;
+    run(cargo()
+        .args(["clippy", "--workspace", "--exclude", "interceptor-ebpf", "--all-targets", "--", "-D", "warnings"])
+        .env("AYA_BUILD_SKIP", "1"))
+    .context("clippy found problems")
 }
 
 pub fn test(args: &[String]) -> Result<()> {

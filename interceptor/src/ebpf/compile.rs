@@ -4,8 +4,8 @@ use std::net::IpAddr;
 
 use anyhow::{Result, bail};
 use interceptor_common::{
-    AF_INET, AF_INET6, CidrData, CidrKey, GenerationRecord, IfaceKey, PodAddrKey, PodConfig, PortKey,
-    RouteValue, pod_flags, port_flags, route_flags,
+    AF_INET, AF_INET6, CidrData, CidrKey, GenerationRecord, IfaceKey, PodAddrKey, PodConfig, PortKey, RouteValue,
+    pod_flags, port_flags, route_flags,
 };
 use ipnet::IpNet;
 
@@ -76,12 +76,8 @@ pub fn addr_bytes(ip: &IpAddr) -> [u8; 16] {
 
 pub fn lpm(policy_id: u32, net: &IpNet) -> Lpm {
     let net = net.trunc();
-    let key = CidrKey::new(
-        policy_id,
-        family_code(Family::of(&net.addr())),
-        addr_bytes(&net.addr()),
-        net.prefix_len() as u32,
-    );
+    let key =
+        CidrKey::new(policy_id, family_code(Family::of(&net.addr())), addr_bytes(&net.addr()), net.prefix_len() as u32);
     (key.prefix_len, CidrData { policy_id_be: key.policy_id_be, family_be: key.family_be, addr: key.addr })
 }
 
@@ -89,7 +85,11 @@ pub fn lpm(policy_id: u32, net: &IpNet) -> Lpm {
 /// address of each family.
 pub fn pod_ips(given: &[IpAddr], snap: &NetSnapshot) -> (Option<IpAddr>, Option<IpAddr>) {
     let pick = |v6: bool| {
-        given.iter().copied().find(|ip| ip.is_ipv6() == v6).or_else(|| snap.global_addrs().find(|ip| ip.is_ipv6() == v6))
+        given
+            .iter()
+            .copied()
+            .find(|ip| ip.is_ipv6() == v6)
+            .or_else(|| snap.global_addrs().find(|ip| ip.is_ipv6() == v6))
     };
     (pick(false), pick(true))
 }
@@ -183,7 +183,8 @@ pub fn compile(policy: &Policy, snap: &NetSnapshot, policy_id: u32, given_pod_ip
 fn routes(policy_id: u32, snap: &NetSnapshot, excluded_iface: &dyn Fn(Option<u32>) -> bool) -> Vec<(Lpm, RouteValue)> {
     let mut out: Vec<(Lpm, RouteValue)> = Vec::new();
     let mut seen: Vec<IpNet> = Vec::new();
-    let lo_excluded = snap.links.iter().find(|(_, n)| n == "lo").map(|(i, _)| excluded_iface(Some(*i))).unwrap_or(false);
+    let lo_excluded =
+        snap.links.iter().find(|(_, n)| n == "lo").map(|(i, _)| excluded_iface(Some(*i))).unwrap_or(false);
     let locals: Vec<&crate::routes::RouteEntry> =
         snap.routes.iter().filter(|r| r.table == TABLE_LOCAL && r.kind == RouteKind::Local).collect();
     for r in &locals {
@@ -282,13 +283,19 @@ mod tests {
             c.ports,
             vec![
                 (PortKey { policy_id: 7, port: 6379, _pad: 0 }, port_flags::OUTBOUND_EXCLUDED),
-                (PortKey { policy_id: 7, port: 7070, _pad: 0 }, port_flags::OUTBOUND_EXCLUDED | port_flags::INBOUND_EXCLUDED),
+                (
+                    PortKey { policy_id: 7, port: 7070, _pad: 0 },
+                    port_flags::OUTBOUND_EXCLUDED | port_flags::INBOUND_EXCLUDED
+                ),
             ]
         );
         assert_eq!(c.ifaces, vec![IfaceKey { policy_id: 7, ifindex: 3 }]);
         // Local routes, then main unicast routes not inside a local prefix; no blackhole default.
-        let routes: Vec<(u32, [u8; 4], u32)> =
-            c.routes.iter().map(|((len, d), v)| (*len - 64, [d.addr[0], d.addr[1], d.addr[2], d.addr[3]], v.flags)).collect();
+        let routes: Vec<(u32, [u8; 4], u32)> = c
+            .routes
+            .iter()
+            .map(|((len, d), v)| (*len - 64, [d.addr[0], d.addr[1], d.addr[2], d.addr[3]], v.flags))
+            .collect();
         assert_eq!(
             routes,
             vec![

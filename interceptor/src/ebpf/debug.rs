@@ -35,7 +35,8 @@ pub fn follow(pins: &PinDir, duration: Option<Duration>) -> Result<()> {
     let (name, _) = CGROUP_PROGRAMS[0];
     let id = ProgramInfo::from_pin(pins.prog(name)).context("eBPF mode is not loaded")?.id();
     // Kept alive for the whole loop: dropping it closes the ring buffer.
-    let mut logger = EbpfLogger::init_from_id_with_logger(id, Stdout).context("cannot open the programs' log buffer")?;
+    let mut logger =
+        EbpfLogger::init_from_id_with_logger(id, Stdout).context("cannot open the programs' log buffer")?;
     let started = std::time::Instant::now();
     loop {
         let mut fds = [nix::poll::PollFd::new(logger.as_fd(), nix::poll::PollFlags::POLLIN)];

@@ -6,8 +6,8 @@
 //! deleted. Established connections are never touched.
 use std::{
     fs::File,
-    os::fd::{AsFd, BorrowedFd},
     net::IpAddr,
+    os::fd::{AsFd, BorrowedFd},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -15,8 +15,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use aya::maps::IterableMap;
 use bytemuck::Zeroable;
 use interceptor_common::{
-    CidrData, CounterKey, GENERATION_CHUNK, GenerationChunk, GenerationKey, GenerationRecord, IfaceKey, PodAddrKey, PodInfo,
-    PortKey,
+    CidrData, CounterKey, GENERATION_CHUNK, GenerationChunk, GenerationKey, GenerationRecord, IfaceKey, PodAddrKey,
+    PodInfo, PortKey,
 };
 
 use super::{
@@ -77,7 +77,9 @@ pub fn enroll(policy: &Policy, opts: &EnrollOptions) -> Result<EnrollReport> {
         return Err(e.context("writing the policy failed; the pod keeps its previous policy"));
     }
     let t_written = t0.elapsed();
-    if let Err(e) = attach_sk_lookup(&opts.pin_dir, cookie, &netns_file).and_then(|()| set_addresses(&mut maps, cookie, &compiled)) {
+    if let Err(e) =
+        attach_sk_lookup(&opts.pin_dir, cookie, &netns_file).and_then(|()| set_addresses(&mut maps, cookie, &compiled))
+    {
         delete_generation(&mut maps, policy_id);
         return Err(e);
     }
@@ -144,7 +146,8 @@ pub fn unenroll_cookie(pins: &PinDir, cookie: u64) -> Result<bool> {
     if let Some(old) = old {
         raw::rcu_barrier()?;
         delete_generation(&mut maps, old.policy_id);
-        let keys: Vec<CounterKey> = maps.counters.keys().filter_map(Result::ok).filter(|k| k.netns_cookie == cookie).collect();
+        let keys: Vec<CounterKey> =
+            maps.counters.keys().filter_map(Result::ok).filter(|k| k.netns_cookie == cookie).collect();
         for k in keys {
             let _ = maps.counters.remove(&k);
         }
@@ -200,11 +203,12 @@ fn set_addresses(maps: &mut PinnedMaps, cookie: u64, c: &Compiled) -> Result<()>
         .collect();
     for k in &c.addrs {
         if let Ok(other) = maps.pod_addrs.get(k, 0)
-            && other != cookie {
-                // Pod addresses are unique on a node: a pod that reuses a departed pod's
-                // address takes it over.
-                tracing::warn!("address {} moves to this pod from netns cookie {other}", crate::ebpf::status::addr_text(k));
-            }
+            && other != cookie
+        {
+            // Pod addresses are unique on a node: a pod that reuses a departed pod's
+            // address takes it over.
+            tracing::warn!("address {} moves to this pod from netns cookie {other}", crate::ebpf::status::addr_text(k));
+        }
         maps.pod_addrs.insert(*k, cookie, 0).context("POD_ADDRS is full")?;
     }
     for k in stale {
@@ -221,7 +225,8 @@ fn write_generation(maps: &mut PinnedMaps, c: &Compiled, records: &[GenerationRe
         .flat_map(|chunk| bytemuck::bytes_of(&GenerationKey { policy_id: config.policy_id, chunk }).to_vec())
         .collect();
     let chunk_values: Vec<u8> = chunks.iter().flat_map(|c| bytemuck::bytes_of(c).to_vec()).collect();
-    raw::update_batch(fd(&maps.generations), &chunk_keys, &chunk_values, chunks.len()).context("writing GENERATIONS (full?)")?;
+    raw::update_batch(fd(&maps.generations), &chunk_keys, &chunk_values, chunks.len())
+        .context("writing GENERATIONS (full?)")?;
     let ones = |n: usize| vec![1u8; n];
     raw::update_batch(fd(&maps.excluded), &lpm_keys(c.excluded.iter()), &ones(c.excluded.len()), c.excluded.len())
         .context("writing EXCLUDED_CIDRS (full?)")?;
@@ -234,7 +239,8 @@ fn write_generation(maps: &mut PinnedMaps, c: &Compiled, records: &[GenerationRe
     let port_values: Vec<u8> = c.ports.iter().map(|(_, f)| *f).collect();
     raw::update_batch(fd(&maps.ports), &port_keys, &port_values, c.ports.len()).context("writing PORTS (full?)")?;
     let iface_keys: Vec<u8> = c.ifaces.iter().flat_map(|k| bytemuck::bytes_of(k).to_vec()).collect();
-    raw::update_batch(fd(&maps.ifaces), &iface_keys, &ones(c.ifaces.len()), c.ifaces.len()).context("writing IFACES (full?)")?;
+    raw::update_batch(fd(&maps.ifaces), &iface_keys, &ones(c.ifaces.len()), c.ifaces.len())
+        .context("writing IFACES (full?)")?;
     Ok(())
 }
 

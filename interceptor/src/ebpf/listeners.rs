@@ -31,10 +31,12 @@ fn listeners_on(port: u16) -> Vec<(u64, u16)> {
             // sl local_address rem_address st ... inode (field 9)
             let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else { continue };
             let local_port = local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
-            if *state == "0A" && local_port == Some(port)
-                && let Ok(inode) = inode.parse() {
-                    out.push((inode, family));
-                }
+            if *state == "0A"
+                && local_port == Some(port)
+                && let Ok(inode) = inode.parse()
+            {
+                out.push((inode, family));
+            }
         }
     }
     out
@@ -52,9 +54,10 @@ fn holder(netns_inode: u64, inode: u64) -> Option<(i32, i32)> {
         let Ok(fds) = fs::read_dir(entry.path().join("fd")) else { continue };
         for fd in fds.flatten() {
             if fs::read_link(fd.path()).map(|l| l.to_string_lossy() == want).unwrap_or(false)
-                && let Ok(n) = fd.file_name().to_string_lossy().parse() {
-                    return Some((pid, n));
-                }
+                && let Ok(n) = fd.file_name().to_string_lossy().parse()
+            {
+                return Some((pid, n));
+            }
         }
     }
     None

@@ -29,11 +29,15 @@ pub struct LoadOptions {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LoadOutcome {
-    Loaded { cgroup: PathBuf },
+    Loaded {
+        cgroup: PathBuf,
+    },
     /// The same build is already loaded: nothing changed.
     AlreadyLoaded,
     /// Another build was loaded: programs replaced in place, maps and pods kept.
-    Upgraded { pods: usize },
+    Upgraded {
+        pods: usize,
+    },
 }
 
 /// The cgroup v2 mount point, from /proc/mounts (/sys/fs/cgroup on most nodes,
@@ -232,7 +236,8 @@ fn upgrade(pins: &PinDir) -> Result<usize> {
     let mut pods = 0;
     for cookie in pinned_pods(pins)? {
         let link = raw::obj_get(&pins.pod_link(cookie))?;
-        raw::link_update(link.as_fd(), prog.fd()?.as_fd()).with_context(|| format!("cannot replace the sk_lookup program of pod {cookie}"))?;
+        raw::link_update(link.as_fd(), prog.fd()?.as_fd())
+            .with_context(|| format!("cannot replace the sk_lookup program of pod {cookie}"))?;
         pods += 1;
     }
     let _ = fs::remove_file(pins.prog(SK_LOOKUP_PROGRAM));

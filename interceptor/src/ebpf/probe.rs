@@ -35,7 +35,11 @@ pub struct Missing {
 pub fn missing_features() -> Vec<Missing> {
     let mut missing = Vec::new();
     let programs = [
-        (ProgramType::CgroupSockAddr, "program type cgroup_sock_addr (cgroup/connect4, connect6, getpeername4, getpeername6)", "4.17"),
+        (
+            ProgramType::CgroupSockAddr,
+            "program type cgroup_sock_addr (cgroup/connect4, connect6, getpeername4, getpeername6)",
+            "4.17",
+        ),
         (ProgramType::SockOps, "program type sock_ops", "4.13"),
         (ProgramType::CgroupSockopt, "program type cgroup_sockopt (cgroup/getsockopt)", "5.3"),
         (ProgramType::SkLookup, "program type sk_lookup", "5.9"),
@@ -60,13 +64,33 @@ pub fn missing_features() -> Vec<Missing> {
         }
     }
     let helpers = [
-        (ProgramType::CgroupSockAddr, BpfHelper::BPF_FUNC_get_netns_cookie, "helper bpf_get_netns_cookie in cgroup/connect4", "5.7"),
-        (ProgramType::CgroupSockAddr, BpfHelper::BPF_FUNC_get_socket_cookie, "helper bpf_get_socket_cookie in cgroup/connect4", "4.12"),
+        (
+            ProgramType::CgroupSockAddr,
+            BpfHelper::BPF_FUNC_get_netns_cookie,
+            "helper bpf_get_netns_cookie in cgroup/connect4",
+            "5.7",
+        ),
+        (
+            ProgramType::CgroupSockAddr,
+            BpfHelper::BPF_FUNC_get_socket_cookie,
+            "helper bpf_get_socket_cookie in cgroup/connect4",
+            "4.12",
+        ),
         (ProgramType::CgroupSockAddr, BpfHelper::BPF_FUNC_bind, "helper bpf_bind in cgroup/connect4", "4.17"),
         (ProgramType::SockOps, BpfHelper::BPF_FUNC_get_netns_cookie, "helper bpf_get_netns_cookie in sock_ops", "5.15"),
-        (ProgramType::SockOps, BpfHelper::BPF_FUNC_get_socket_cookie, "helper bpf_get_socket_cookie in sock_ops", "5.10"),
+        (
+            ProgramType::SockOps,
+            BpfHelper::BPF_FUNC_get_socket_cookie,
+            "helper bpf_get_socket_cookie in sock_ops",
+            "5.10",
+        ),
         (ProgramType::SockOps, BpfHelper::BPF_FUNC_sock_hash_update, "helper bpf_sock_hash_update in sock_ops", "4.18"),
-        (ProgramType::CgroupSockopt, BpfHelper::BPF_FUNC_get_netns_cookie, "helper bpf_get_netns_cookie in cgroup/getsockopt", "5.15"),
+        (
+            ProgramType::CgroupSockopt,
+            BpfHelper::BPF_FUNC_get_netns_cookie,
+            "helper bpf_get_netns_cookie in cgroup/getsockopt",
+            "5.15",
+        ),
         (ProgramType::SkLookup, BpfHelper::BPF_FUNC_sk_assign, "helper bpf_sk_assign in sk_lookup", "5.9"),
     ];
     for (t, helper, name, since) in helpers {

@@ -106,7 +106,11 @@ pub fn status(pins: &PinDir) -> Result<Status> {
     }
     let id = ProgramInfo::from_pin(pins.prog(SK_LOOKUP_PROGRAM)).map(|i| i.id()).unwrap_or(0);
     let links = pinned_pods(pins)?.len();
-    programs.push(ProgramStatus { name: SK_LOOKUP_PROGRAM.into(), id, attached: format!("{links} pod network namespace(s)") });
+    programs.push(ProgramStatus {
+        name: SK_LOOKUP_PROGRAM.into(),
+        id,
+        attached: format!("{links} pod network namespace(s)"),
+    });
 
     let steering = pinned_pods(pins)?;
     let mut counters: BTreeMap<u64, (Counters, Counters)> = BTreeMap::new();
@@ -118,7 +122,11 @@ pub fn status(pins: &PinDir) -> Result<Status> {
         let c = if reason.is_inbound() { &mut entry.1 } else { &mut entry.0 };
         let redirected = matches!(
             reason,
-            Reason::OutProxyToLocal | Reason::OutIncluded | Reason::OutDefault | Reason::OutPodIpDnat | Reason::InRedirect
+            Reason::OutProxyToLocal
+                | Reason::OutIncluded
+                | Reason::OutDefault
+                | Reason::OutPodIpDnat
+                | Reason::InRedirect
         );
         if redirected {
             c.redirected += total;
@@ -133,7 +141,11 @@ pub fn status(pins: &PinDir) -> Result<Status> {
     for (cookie, cfg) in entries {
         let id = cfg.policy_id.to_be_bytes();
         let list = |trie: &aya::maps::LpmTrie<aya::maps::MapData, CidrData, u8>| -> Vec<String> {
-            trie.keys().filter_map(Result::ok).filter(|k| k.data().policy_id_be == id).map(|k| cidr_text(k.prefix_len(), &k.data())).collect()
+            trie.keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.data().policy_id_be == id)
+                .map(|k| cidr_text(k.prefix_len(), &k.data()))
+                .collect()
         };
         let mut out_ports = Vec::new();
         let mut in_ports = Vec::new();
@@ -147,8 +159,13 @@ pub fn status(pins: &PinDir) -> Result<Status> {
         }
         out_ports.sort_unstable();
         in_ports.sort_unstable();
-        let mut ifaces: Vec<u32> =
-            maps.ifaces.keys().filter_map(Result::ok).filter(|k| k.policy_id == cfg.policy_id).map(|k| k.ifindex).collect();
+        let mut ifaces: Vec<u32> = maps
+            .ifaces
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.policy_id == cfg.policy_id)
+            .map(|k| k.ifindex)
+            .collect();
         ifaces.sort_unstable();
         let info = maps.pod_info.get(&cookie, 0).ok();
         let mut pod_ips = Vec::new();
@@ -159,8 +176,13 @@ pub fn status(pins: &PinDir) -> Result<Status> {
             pod_ips.push(IpAddr::from(cfg.pod_ip6));
         }
         let (outbound, inbound) = counters.remove(&cookie).unwrap_or_default();
-        let mut addresses: Vec<String> =
-            maps.pod_addrs.iter().filter_map(Result::ok).filter(|(_, c)| *c == cookie).map(|(k, _)| addr_text(&k)).collect();
+        let mut addresses: Vec<String> = maps
+            .pod_addrs
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, c)| *c == cookie)
+            .map(|(k, _)| addr_text(&k))
+            .collect();
         addresses.sort();
         pods.push(PodStatus {
             netns_cookie: cookie,
@@ -201,18 +223,50 @@ impl std::fmt::Display for Status {
         if !self.loaded {
             return writeln!(f, "eBPF mode: not loaded (pin directory {})", self.pin_dir);
         }
-        writeln!(f, "eBPF mode: loaded at {} (build {}, debug {})", self.pin_dir, self.fingerprint, if self.debug { "on" } else { "off" })?;
+        writeln!(
+            f,
+            "eBPF mode: loaded at {} (build {}, debug {})",
+            self.pin_dir,
+            self.fingerprint,
+            if self.debug { "on" } else { "off" }
+        )?;
         writeln!(f, "programs:")?;
         for p in &self.programs {
             writeln!(f, "  {:<20} id {:<6} {}", p.name, p.id, p.attached)?;
         }
         writeln!(f, "pods: {}", self.pods.len())?;
         for p in &self.pods {
-            writeln!(f, "- netns {} (cookie {}){} addresses {}", p.netns, p.netns_cookie, if p.pod.is_empty() { String::new() } else { format!(" pod {}", p.pod) }, p.addresses.join(","))?;
-            writeln!(f, "    policy {} uid {} mode {} listeners {}/{} inbound steering {}", p.policy_id, p.proxy_uid, p.local_proxy_mode, p.outbound_port, p.inbound_port, if p.inbound_steering { "on" } else { "off" })?;
+            writeln!(
+                f,
+                "- netns {} (cookie {}){} addresses {}",
+                p.netns,
+                p.netns_cookie,
+                if p.pod.is_empty() { String::new() } else { format!(" pod {}", p.pod) },
+                p.addresses.join(",")
+            )?;
+            writeln!(
+                f,
+                "    policy {} uid {} mode {} listeners {}/{} inbound steering {}",
+                p.policy_id,
+                p.proxy_uid,
+                p.local_proxy_mode,
+                p.outbound_port,
+                p.inbound_port,
+                if p.inbound_steering { "on" } else { "off" }
+            )?;
             let show = |v: &[String]| if v.is_empty() { "-".to_string() } else { v.join(",") };
-            let ports = |v: &[u16]| if v.is_empty() { "-".to_string() } else { v.iter().map(u16::to_string).collect::<Vec<_>>().join(",") };
-            writeln!(f, "    exclude {} include {} out-ports {} in-ports {} ifindexes {:?}", show(&p.outbound_ip_range_exclusions), show(&p.outbound_ip_range_inclusions), ports(&p.outbound_port_exclusions), ports(&p.inbound_port_exclusions), p.interface_exclusion_ifindexes)?;
+            let ports = |v: &[u16]| {
+                if v.is_empty() { "-".to_string() } else { v.iter().map(u16::to_string).collect::<Vec<_>>().join(",") }
+            };
+            writeln!(
+                f,
+                "    exclude {} include {} out-ports {} in-ports {} ifindexes {:?}",
+                show(&p.outbound_ip_range_exclusions),
+                show(&p.outbound_ip_range_inclusions),
+                ports(&p.outbound_port_exclusions),
+                ports(&p.inbound_port_exclusions),
+                p.interface_exclusion_ifindexes
+            )?;
             writeln!(f, "    outbound: redirected {} passed {:?}", p.outbound.redirected, p.outbound.passed)?;
             writeln!(f, "    inbound:  redirected {} passed {:?}", p.inbound.redirected, p.inbound.passed)?;
         }

@@ -102,7 +102,9 @@ fn families(policy: &Policy, opts: &ApplyOptions) -> Vec<Family> {
                 && policy.local_proxy_mode == LocalProxyMode::PodIp
                 && !opts.pod_ips.iter().any(|ip| Family::of(ip) == *f);
             if skip {
-                tracing::warn!("localProxyMode PodIP without an {f} pod address: {f} rules not programmed (pass --pod-ip)");
+                tracing::warn!(
+                    "localProxyMode PodIP without an {f} pod address: {f} rules not programmed (pass --pod-ip)"
+                );
             }
             !skip
         })
@@ -225,7 +227,8 @@ pub fn verify(policy: &Policy, opts: &ApplyOptions) -> Result<Vec<String>> {
             }
         }
         let lines = |nat: &SavedNat| -> (Vec<String>, Vec<String>) {
-            let hooks = nat.our_hooks(&opts.names, family).iter().map(|r| format!("-A {} {}", r.chain, r.spec)).collect();
+            let hooks =
+                nat.our_hooks(&opts.names, family).iter().map(|r| format!("-A {} {}", r.chain, r.spec)).collect();
             let rules = nat.our_chain_rules(&opts.names).iter().map(|r| format!("-A {} {}", r.chain, r.spec)).collect();
             (hooks, rules)
         };
@@ -257,7 +260,12 @@ fn compare(what: &str, expected: &[String], live: &[String], problems: &mut Vec<
     }
     if missing.is_empty() && remaining.is_empty() && expected != live {
         let at = expected.iter().zip(live).position(|(a, b)| a != b).unwrap_or(0);
-        problems.push(format!("{what}: order differs at rule {}: expected {}, found {}", at + 1, expected[at], live[at]));
+        problems.push(format!(
+            "{what}: order differs at rule {}: expected {}, found {}",
+            at + 1,
+            expected[at],
+            live[at]
+        ));
     }
 }
 

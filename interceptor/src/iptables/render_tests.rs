@@ -1,7 +1,7 @@
 //! Golden tests: the three examples of the reference (osm-edge's own test cases), in the
 //! documented and in osm-edge's current chain names, and the cases where we must differ.
 use super::*;
-use crate::policy::{Cidr, LocalProxyMode, Policy, validate::parse_cidr, error::Origin};
+use crate::policy::{Cidr, LocalProxyMode, Policy, error::Origin, validate::parse_cidr};
 
 const NO_EXCLUSIONS: &str = r#"iptables-restore --noflush <<EOF
 # OSM sidecar interception rules
@@ -152,7 +152,8 @@ fn payload_is_the_text_between_the_heredoc_markers() {
 #[test]
 fn more_than_15_ports_are_split_in_order() {
     let ports: Vec<u16> = (1..=32).collect();
-    let policy = Policy { outbound_port_exclusions: ports.clone(), inbound_port_exclusions: ports, ..Policy::default() };
+    let policy =
+        Policy { outbound_port_exclusions: ports.clone(), inbound_port_exclusions: ports, ..Policy::default() };
     let text = payload(&policy, Family::Ipv4, &ChainNames::DOCUMENTED);
     let out: Vec<&str> = text.lines().filter(|l| l.starts_with("-A PROXY_OUTPUT -p tcp --match multiport")).collect();
     assert_eq!(
@@ -226,7 +227,10 @@ fn dns_proxy_rule_follows_the_outbound_static_rules() {
     let policy = Policy { local_dns_proxy: true, local_proxy_mode: LocalProxyMode::PodIp, ..Policy::default() };
     let text = payload(&policy, Family::Ipv4, &ChainNames::DOCUMENTED);
     let lines: Vec<&str> = text.lines().collect();
-    let dns = lines.iter().position(|l| *l == "-A OUTPUT -p udp -d 127.0.0.153 --dport 53 -j DNAT --to-destination 127.0.0.153:5300").unwrap();
+    let dns = lines
+        .iter()
+        .position(|l| *l == "-A OUTPUT -p udp -d 127.0.0.153 --dport 53 -j DNAT --to-destination 127.0.0.153:5300")
+        .unwrap();
     assert_eq!(lines[dns - 1], "-A PROXY_OUTPUT -d 127.0.0.1/32 -j RETURN");
     assert!(lines[dns + 1].starts_with("-I OUTPUT -p tcp -o lo"));
     assert!(!payload(&policy, Family::Ipv6, &ChainNames::DOCUMENTED).contains("127.0.0.153"));

@@ -73,9 +73,10 @@ fn is_our_hook(rule: &SavedRule, names: &ChainNames, family: Family) -> bool {
     let w = words(&rule.spec);
     let target = w.iter().position(|x| *x == "-j").and_then(|i| w.get(i + 1)).copied();
     if let Some(t) = target
-        && names.ours().contains(&t) {
-            return true;
-        }
+        && names.ours().contains(&t)
+    {
+        return true;
+    }
     if rule.chain != "OUTPUT" || target != Some("DNAT") {
         return false;
     }
@@ -98,7 +99,8 @@ mod tests {
         let nat = SavedNat::parse(SAVED);
         assert!(nat.present);
         assert!(nat.has_chain("PROXY_INBOUND") && nat.has_chain("MINE"));
-        let hooks: Vec<_> = nat.our_hooks(&ChainNames::DOCUMENTED, Family::Ipv4).iter().map(|r| r.spec.clone()).collect();
+        let hooks: Vec<_> =
+            nat.our_hooks(&ChainNames::DOCUMENTED, Family::Ipv4).iter().map(|r| r.spec.clone()).collect();
         assert_eq!(
             hooks,
             [

@@ -313,9 +313,10 @@ impl Rule {
     /// Whether the rule's matches accept a packet with these properties.
     pub fn matches(&self, m: &PacketView<'_>) -> bool {
         if let Some(p) = self.proto
-            && p != m.proto {
-                return false;
-            }
+            && p != m.proto
+        {
+            return false;
+        }
         if let Some(i) = &self.in_iface {
             match m.in_iface {
                 Some(actual) if interface_matches(i, actual) => {}
@@ -329,17 +330,20 @@ impl Rule {
             }
         }
         if let Some(d) = &self.dst
-            && d.net.contains(&m.dst_ip) == d.negated {
-                return false;
-            }
+            && d.net.contains(&m.dst_ip) == d.negated
+        {
+            return false;
+        }
         if let Some(p) = self.dport
-            && p != m.dst_port {
-                return false;
-            }
+            && p != m.dst_port
+        {
+            return false;
+        }
         if let Some(ports) = &self.dports
-            && !ports.contains(&m.dst_port) {
-                return false;
-            }
+            && !ports.contains(&m.dst_port)
+        {
+            return false;
+        }
         if let Some((negated, uid)) = self.uid_owner {
             // The owner match only exists in OUTPUT; without a socket owner it never matches.
             match m.uid {

@@ -205,7 +205,12 @@ pub fn decide_with(policy: &Policy, rules: &RuleSet, names: &ChainNames, flow: &
             path,
         };
     }
-    Decision { verdict: Verdict::Pass, reason: deciding.and_then(|r| r.reason), rule: deciding.map(|r| r.render(names)), path }
+    Decision {
+        verdict: Verdict::Pass,
+        reason: deciding.and_then(|r| r.reason),
+        rule: deciding.map(|r| r.render(names)),
+        path,
+    }
 }
 
 /// Convenience for callers holding an address and port.

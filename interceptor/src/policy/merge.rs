@@ -62,11 +62,7 @@ mod tests {
     #[test]
     fn ports_are_global_then_pod_deduplicated() {
         let mut w = Vec::new();
-        let merged = ports(
-            &[s(20, "g"), s(10, "g"), s(20, "g")],
-            &[s(30, "p"), s(10, "p"), s(40, "p")],
-            &mut w,
-        );
+        let merged = ports(&[s(20, "g"), s(10, "g"), s(20, "g")], &[s(30, "p"), s(10, "p"), s(40, "p")], &mut w);
         assert_eq!(merged, vec![20, 10, 30, 40]);
         assert_eq!(w.len(), 2);
         assert!(w[1].to_string().contains("flag --p: duplicate port 10"), "{}", w[1]);

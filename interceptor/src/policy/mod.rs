@@ -50,13 +50,7 @@ impl Default for Ports {
 impl Ports {
     /// Inbound ports PROXY_INBOUND returns before redirecting, in the chain's order.
     pub fn inbound_bypass(&self) -> [u16; 5] {
-        [
-            self.prometheus,
-            self.liveness_probe,
-            self.readiness_probe,
-            self.startup_probe,
-            self.healthcheck,
-        ]
+        [self.prometheus, self.liveness_probe, self.readiness_probe, self.startup_probe, self.healthcheck]
     }
 
     /// Every reserved port with its name, for warnings.

@@ -82,24 +82,25 @@ pub fn build_policy(inputs: &PolicyInputs) -> Result<(Policy, Vec<Warning>), Pol
     let mut dns = inputs.flags.local_dns_proxy;
 
     if let Some(path) = &inputs.mesh_config
-        && let Some(doc) = c.ok(read_manifest(path)) {
-            let (lists, m, d) = mesh_config(&mut c, &path.display().to_string(), &doc);
-            global.append(lists);
-            mode = m;
-            dns |= d;
-        }
+        && let Some(doc) = c.ok(read_manifest(path))
+    {
+        let (lists, m, d) = mesh_config(&mut c, &path.display().to_string(), &doc);
+        global.append(lists);
+        mode = m;
+        dns |= d;
+    }
     global.append(flag_lists(&mut c, &inputs.flags));
     if let Some(raw) = &inputs.flags.local_proxy_mode {
         let origin = Origin::Flag("local-proxy-mode".into());
-        mode = c.ok(LocalProxyMode::parse(raw.trim()).ok_or(PolicyError::UnknownLocalProxyMode {
-            origin,
-            item: raw.clone(),
-        }));
+        mode = c
+            .ok(LocalProxyMode::parse(raw.trim())
+                .ok_or(PolicyError::UnknownLocalProxyMode { origin, item: raw.clone() }));
     }
     if let Some(path) = &inputs.pod
-        && let Some(doc) = c.ok(read_manifest(path)) {
-            pod = pod_annotations(&mut c, &path.display().to_string(), &doc);
-        }
+        && let Some(doc) = c.ok(read_manifest(path))
+    {
+        pod = pod_annotations(&mut c, &path.display().to_string(), &doc);
+    }
     let ports = port_overrides(&mut c, &inputs.flags.ports);
     if !c.errors.is_empty() {
         return Err(PolicyErrors(c.errors));
@@ -238,11 +239,9 @@ fn mesh_config(c: &mut Collect, path: &str, doc: &Value) -> (Lists, Option<Local
         let full = format!("spec.traffic.{key}");
         match doc.pointer(&format!("/spec/traffic/{key}")) {
             None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(items)) => items
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (origin(format!("{full}[{i}]")), v.clone()))
-                .collect(),
+            Some(Value::Array(items)) => {
+                items.iter().enumerate().map(|(i, v)| (origin(format!("{full}[{i}]")), v.clone())).collect()
+            }
             Some(other) => {
                 c.errors.push(PolicyError::InvalidValue {
                     origin: origin(full),

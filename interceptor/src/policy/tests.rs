@@ -72,7 +72,10 @@ fn sources_merge_in_osm_edge_order() {
     };
     let (p, warnings) = build_policy(&inputs).unwrap();
     // IP ranges: pod first, then global (MeshConfig, then flags); duplicates dropped.
-    assert_eq!(texts(&p.outbound_ip_range_exclusions), ["10.244.0.0/16", "169.254.169.254/32", "10.96.0.0/16", "192.168.0.0/16"]);
+    assert_eq!(
+        texts(&p.outbound_ip_range_exclusions),
+        ["10.244.0.0/16", "169.254.169.254/32", "10.96.0.0/16", "192.168.0.0/16"]
+    );
     // Ports: global first (MeshConfig, then flags), then pod.
     assert_eq!(p.outbound_port_exclusions, [6379, 8443, 7070]);
     assert_eq!(p.inbound_port_exclusions, [9090, 9091]);
@@ -109,7 +112,10 @@ fn every_error_is_collected_and_nothing_is_built() {
             ..Default::default()
         },
         mesh_config: Some(write("bad-kind.yaml", "kind: Pod\nspec: {}\n")),
-        pod: Some(write("bad.yaml", "metadata: {annotations: {\"openservicemesh.io/outbound-port-exclusion-list\": 80}}\n")),
+        pod: Some(write(
+            "bad.yaml",
+            "metadata: {annotations: {\"openservicemesh.io/outbound-port-exclusion-list\": 80}}\n",
+        )),
     };
     let errors = build_policy(&inputs).unwrap_err();
     let lines: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
@@ -139,7 +145,9 @@ fn sa(s: &str) -> SocketAddr {
 #[test]
 fn decision_table() {
     let policy = Policy {
-        outbound_ip_range_exclusions: vec![validate::parse_cidr(&error::Origin::Flag("t".into()), "10.0.0.0/8").unwrap()],
+        outbound_ip_range_exclusions: vec![
+            validate::parse_cidr(&error::Origin::Flag("t".into()), "10.0.0.0/8").unwrap(),
+        ],
         outbound_port_exclusions: vec![6379],
         inbound_port_exclusions: vec![9090],
         network_interface_exclusions: vec!["veth+".into()],
@@ -154,9 +162,17 @@ fn decision_table() {
         (out("1.1.1.1:6379", 1000), Verdict::Pass, Some(OutExcludedPort)),
         (Flow::outbound(sa("1.1.1.1:80"), 1000).via("veth12"), Verdict::Pass, Some(OutExcludedInterface)),
         (out("1.1.1.1:80", 1500), Verdict::Pass, Some(OutProxyUid)),
-        (Flow::outbound(sa("10.9.9.9:8080"), 1500).local(), Verdict::RedirectInbound { port: 15003 }, Some(OutProxyToLocal)),
+        (
+            Flow::outbound(sa("10.9.9.9:8080"), 1500).local(),
+            Verdict::RedirectInbound { port: 15003 },
+            Some(OutProxyToLocal),
+        ),
         (Flow::outbound(sa("127.0.0.1:8080"), 1500).local(), Verdict::Pass, Some(OutProxyUid)),
-        (Flow::outbound(sa("127.0.0.5:8080"), 1500).local(), Verdict::RedirectInbound { port: 15003 }, Some(OutProxyToLocal)),
+        (
+            Flow::outbound(sa("127.0.0.5:8080"), 1500).local(),
+            Verdict::RedirectInbound { port: 15003 },
+            Some(OutProxyToLocal),
+        ),
         (Flow::outbound(sa("10.9.9.9:8080"), 1000).local(), Verdict::Pass, Some(OutLocalNotProxy)),
         // Rule 4 only decides when 127.0.0.1 is not routed through lo.
         (out("127.0.0.1:80", 1000), Verdict::Pass, Some(OutLoopback)),
@@ -181,7 +197,10 @@ fn the_deciding_rule_is_the_rendered_rule_and_path_follows_the_chains() {
     let policy = Policy { local_proxy_mode: LocalProxyMode::PodIp, ..Policy::default() };
     let d = decide(&policy, &Flow::outbound(sa("127.0.0.1:8080"), 1500).local());
     assert_eq!(d.verdict, Verdict::DnatPodIp { port: 8080 });
-    assert_eq!(d.rule.as_deref(), Some("-I OUTPUT -p tcp -o lo -d 127.0.0.1/32 -m owner --uid-owner 1500 -j DNAT --to-destination $POD_IP"));
+    assert_eq!(
+        d.rule.as_deref(),
+        Some("-I OUTPUT -p tcp -o lo -d 127.0.0.1/32 -m owner --uid-owner 1500 -j DNAT --to-destination $POD_IP")
+    );
     let d = decide(&Policy::default(), &Flow::outbound(sa("1.1.1.1:80"), 1000));
     assert_eq!(
         d.path,
@@ -193,7 +212,11 @@ fn the_deciding_rule_is_the_rendered_rule_and_path_follows_the_chains() {
     );
     assert_eq!(d.rule.as_deref(), Some("-A PROXY_OUTPUT -j PROXY_REDIRECT"));
     // Inserted rules are evaluated first, the last inserted first.
-    let p = Policy { inbound_port_exclusions: vec![15010], network_interface_exclusions: vec!["eth1".into()], ..Policy::default() };
+    let p = Policy {
+        inbound_port_exclusions: vec![15010],
+        network_interface_exclusions: vec!["eth1".into()],
+        ..Policy::default()
+    };
     let d = decide(&p, &Flow::inbound(sa("10.0.0.1:15010")).via("eth1"));
     assert_eq!(d.rule.as_deref(), Some("-I PROXY_INBOUND -p tcp --match multiport --dports 15010 -j RETURN"));
 }

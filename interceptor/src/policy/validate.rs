@@ -23,9 +23,8 @@ pub fn parse_cidr(origin: &Origin, raw: &str) -> Result<Cidr, PolicyError> {
     if !text.contains('/') {
         return Err(err("expected ADDRESS/PREFIX, e.g. 10.0.0.0/8 or 2001:db8::/32"));
     }
-    let net = IpNet::from_str(text).map_err(|_| {
-        err("not an IPv4 or IPv6 network (ADDRESS/PREFIX, prefix ≤ 32 for IPv4, ≤ 128 for IPv6)")
-    })?;
+    let net = IpNet::from_str(text)
+        .map_err(|_| err("not an IPv4 or IPv6 network (ADDRESS/PREFIX, prefix ≤ 32 for IPv4, ≤ 128 for IPv6)"))?;
     Ok(Cidr { text: text.to_string(), net })
 }
 

@@ -82,7 +82,9 @@ impl Sources {
     /// True when this private configuration has never been updated (no package lists).
     pub fn needs_update(&self) -> bool {
         self.options.iter().find_map(|o| o.strip_prefix("Dir::State::Lists=")).is_some_and(|lists| {
-            fs::read_dir(lists).map(|d| !d.flatten().any(|e| e.file_name().to_string_lossy().ends_with("_Packages"))).unwrap_or(true)
+            fs::read_dir(lists)
+                .map(|d| !d.flatten().any(|e| e.file_name().to_string_lossy().ends_with("_Packages")))
+                .unwrap_or(true)
         })
     }
 }
@@ -104,7 +106,11 @@ pub fn search(regex: &str, sources: &Sources) -> Result<Vec<String>> {
     if !out.status.success() {
         bail!("apt-cache search {regex}: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
-    Ok(String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect())
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect())
 }
 
 /// The `.deb` of `package` in `dir`, downloaded there unless an earlier run left it
@@ -136,7 +142,10 @@ pub fn cached(package: &str, dir: &Path) -> Option<PathBuf> {
         .ok()?
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix)) && p.extension().is_some_and(|e| e == "deb"))
+        .filter(|p| {
+            p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+                && p.extension().is_some_and(|e| e == "deb")
+        })
         .collect();
     debs.sort();
     debs.pop()

@@ -82,7 +82,10 @@ pub fn build(target_dir: &Path, tests: &[&str]) -> Result<Built> {
         cmd.args(["--test", t]);
     }
     let tests = artifacts(cmd, "test")?;
-    let cmd = cargo(target_dir, &["build", "-p", "interceptor", "-p", "interceptor-tests", "--bin", "interceptor", "--bin", "netprobe"]);
+    let cmd = cargo(
+        target_dir,
+        &["build", "-p", "interceptor", "-p", "interceptor-tests", "--bin", "interceptor", "--bin", "netprobe"],
+    );
     let helpers = artifacts(cmd, "bin")?;
     for (_, exe) in tests.iter().chain(&helpers) {
         ensure_static(exe)?;

@@ -12,12 +12,26 @@ use anyhow::{Context, Result, bail};
 
 #[derive(Clone, Debug)]
 pub enum Entry {
-    Dir { mode: u32 },
+    Dir {
+        mode: u32,
+    },
     /// A regular file with the contents of a host file.
-    File { source: PathBuf, mode: u32 },
-    Bytes { data: Vec<u8>, mode: u32 },
-    Symlink { target: String },
-    CharDev { major: u32, minor: u32, mode: u32 },
+    File {
+        source: PathBuf,
+        mode: u32,
+    },
+    Bytes {
+        data: Vec<u8>,
+        mode: u32,
+    },
+    Symlink {
+        target: String,
+    },
+    CharDev {
+        major: u32,
+        minor: u32,
+        mode: u32,
+    },
 }
 
 /// The archive's entries by path (relative, no leading slash). Sorted order puts every
@@ -65,7 +79,9 @@ impl Archive {
 fn write_entry(w: &mut impl Write, ino: u32, path: &str, entry: &Entry) -> Result<u64> {
     let (mode, data, rdev) = match entry {
         Entry::Dir { mode } => (0o040000 | mode, vec![], (0, 0)),
-        Entry::File { source, mode } => (0o100000 | mode, std::fs::read(source).with_context(|| format!("read {}", source.display()))?, (0, 0)),
+        Entry::File { source, mode } => {
+            (0o100000 | mode, std::fs::read(source).with_context(|| format!("read {}", source.display()))?, (0, 0))
+        }
         Entry::Bytes { data, mode } => (0o100000 | mode, data.clone(), (0, 0)),
         Entry::Symlink { target } => (0o120777, target.as_bytes().to_vec(), (0, 0)),
         Entry::CharDev { major, minor, mode } => (0o020000 | mode, vec![], (*major, *minor)),
@@ -77,7 +93,15 @@ fn write_entry(w: &mut impl Write, ino: u32, path: &str, entry: &Entry) -> Resul
     // rdevminor, namesize, check: 13 fields of 8 hex digits.
     let header = format!(
         "070701{ino:08x}{mode:08x}{:08x}{:08x}{nlink:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{name_len:08x}{:08x}",
-        0, 0, 0, data.len(), 0, 0, rdev.0, rdev.1, 0
+        0,
+        0,
+        0,
+        data.len(),
+        0,
+        0,
+        rdev.0,
+        rdev.1,
+        0
     );
     let mut n = 0u64;
     w.write_all(header.as_bytes())?;

@@ -22,7 +22,13 @@ fn minimum_kernel() -> Option<String> {
 }
 
 /// Packs the initramfs for `kernel`, boots it and reads the results from its console.
-pub fn run(kernel: &Kernel, built: &Built, vm_dir: &Path, suite: &[Suite], timeout: Duration) -> Result<results::Kernel> {
+pub fn run(
+    kernel: &Kernel,
+    built: &Built,
+    vm_dir: &Path,
+    suite: &[Suite],
+    timeout: Duration,
+) -> Result<results::Kernel> {
     let label = kernel.spec.label;
     let dir = vm_dir.join(label);
     let mut row = results::Kernel { label: label.to_string(), release: kernel.release.clone(), ..Default::default() };

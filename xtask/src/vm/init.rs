@@ -91,8 +91,15 @@ run() { b=$1; shift; echo "VMTEST-START $b"; /tests/$b --test-threads=1 "$@" </d
             }
             NeedsIptables::Only(tests) => {
                 let skips: Vec<String> = tests.iter().map(|x| format!("--skip {x}")).collect();
-                let echoes: Vec<String> = tests.iter().map(|x| format!("echo \"VMTEST-SKIPPED {} {x}\"", t.name)).collect();
-                let _ = writeln!(s, "if [ $ipt = ok ]; then run {0}; else {1}; run {0} --exact {2}; fi", t.name, echoes.join("; "), skips.join(" "));
+                let echoes: Vec<String> =
+                    tests.iter().map(|x| format!("echo \"VMTEST-SKIPPED {} {x}\"", t.name)).collect();
+                let _ = writeln!(
+                    s,
+                    "if [ $ipt = ok ]; then run {0}; else {1}; run {0} --exact {2}; fi",
+                    t.name,
+                    echoes.join("; "),
+                    skips.join(" ")
+                );
             }
         }
     }

@@ -20,14 +20,24 @@ use super::cpio::{Archive, Entry};
 pub const BUSYBOX: &str = "/bin/busybox";
 /// iptables-nft: one multi-call binary, dispatched on its name.
 pub const XTABLES: &str = "/usr/sbin/xtables-nft-multi";
-pub const XTABLES_LINKS: &[&str] =
-    &["iptables", "ip6tables", "iptables-save", "ip6tables-save", "iptables-restore", "ip6tables-restore", "iptables-nft", "ip6tables-nft"];
+pub const XTABLES_LINKS: &[&str] = &[
+    "iptables",
+    "ip6tables",
+    "iptables-save",
+    "ip6tables-save",
+    "iptables-restore",
+    "ip6tables-restore",
+    "iptables-nft",
+    "ip6tables-nft",
+];
 /// Where iptables dlopen()s its match and target extensions (not reported by ldd).
 pub const XTABLES_EXTENSIONS: &str = "/usr/lib/x86_64-linux-gnu/xtables";
 
 pub fn skeleton() -> Archive {
     let mut a = Archive::default();
-    for (link, target) in [("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib"), ("lib64", "usr/lib64"), ("var/run", "../run")] {
+    for (link, target) in
+        [("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib"), ("lib64", "usr/lib64"), ("var/run", "../run")]
+    {
         a.add(link, Entry::Symlink { target: target.into() });
     }
     for d in ["usr/bin", "usr/sbin", "usr/lib64", "proc", "sys", "dev", "run", "root", "etc", "tests", "modules"] {

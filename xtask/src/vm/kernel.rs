@@ -35,8 +35,20 @@ pub struct Spec {
 }
 
 pub const SPECS: [Spec; 3] = [
-    Spec { label: "6.1", prefix: "linux-image-6.1.0-", suffix: "-cloud-amd64-unsigned", private_source: None, expect: Expect::Pass },
-    Spec { label: "6.12", prefix: "linux-image-6.12.", suffix: "+deb12-cloud-amd64-unsigned", private_source: None, expect: Expect::Pass },
+    Spec {
+        label: "6.1",
+        prefix: "linux-image-6.1.0-",
+        suffix: "-cloud-amd64-unsigned",
+        private_source: None,
+        expect: Expect::Pass,
+    },
+    Spec {
+        label: "6.12",
+        prefix: "linux-image-6.12.",
+        suffix: "+deb12-cloud-amd64-unsigned",
+        private_source: None,
+        expect: Expect::Pass,
+    },
     // Debian 11's kernel (bullseye and its security archive): below the minimum (5.15).
     Spec {
         label: "5.10",
@@ -74,7 +86,8 @@ impl Spec {
 
     /// The packages of this series among `names`, newest first.
     fn newest_first(&self, names: impl IntoIterator<Item = String>) -> Vec<String> {
-        let mut v: Vec<(u64, String)> = names.into_iter().filter_map(|n| self.build_number(&n).map(|b| (b, n))).collect();
+        let mut v: Vec<(u64, String)> =
+            names.into_iter().filter_map(|n| self.build_number(&n).map(|b| (b, n))).collect();
         v.sort();
         v.dedup();
         v.into_iter().rev().map(|(_, n)| n).collect()
@@ -86,7 +99,10 @@ impl Spec {
             Some(lines) => {
                 let s = Sources::private(&vm_dir.join(format!("apt-{}", self.label)), lines)?;
                 if s.needs_update() {
-                    eprintln!("xtask: fetching the package lists of the {} kernel's archive (private apt state under target/vm)", self.label);
+                    eprintln!(
+                        "xtask: fetching the package lists of the {} kernel's archive (private apt state under target/vm)",
+                        self.label
+                    );
                     s.update_once()?;
                 }
                 Ok(s)
@@ -96,7 +112,11 @@ impl Spec {
 
     /// The packages of this series apt knows, newest first (or, offline, those cached).
     fn candidates(&self, debs: &Path, sources: &Sources) -> Result<Vec<String>> {
-        let regex = format!("^{}[0-9]+{}$", self.prefix.replace('.', "\\."), self.suffix.replace('.', "\\.").replace('+', "\\+"));
+        let regex = format!(
+            "^{}[0-9]+{}$",
+            self.prefix.replace('.', "\\."),
+            self.suffix.replace('.', "\\.").replace('+', "\\+")
+        );
         let found = self.newest_first(apt::search(&regex, sources).unwrap_or_default());
         if !found.is_empty() {
             return Ok(found);
@@ -130,7 +150,12 @@ impl Spec {
                 }
             }
         }
-        bail!("no {} kernel package could be downloaded (retry now: delete {}):\n{}", self.label, memo.path.display(), errors.join("\n"))
+        bail!(
+            "no {} kernel package could be downloaded (retry now: delete {}):\n{}",
+            self.label,
+            memo.path.display(),
+            errors.join("\n")
+        )
     }
 
     /// Downloads (once) and unpacks (once) this series' newest kernel package.
@@ -156,7 +181,8 @@ impl Spec {
             .map(|e| e.path())
             .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
             .with_context(|| format!("no vmlinuz in {}", boot.display()))?;
-        let release = vmlinuz.file_name().unwrap_or_default().to_string_lossy().trim_start_matches("vmlinuz-").to_string();
+        let release =
+            vmlinuz.file_name().unwrap_or_default().to_string_lossy().trim_start_matches("vmlinuz-").to_string();
         let modules = ["lib/modules", "usr/lib/modules"]
             .iter()
             .map(|d| root.join(d).join(&release))

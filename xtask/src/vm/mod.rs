@@ -55,7 +55,8 @@ fn parse(args: &[String]) -> Result<Options> {
             Some((f, v)) => (f, Some(v.to_string())),
             None => (a.as_str(), None),
         };
-        let mut value = || inline.clone().or_else(|| it.next().cloned()).with_context(|| format!("{flag} needs a value"));
+        let mut value =
+            || inline.clone().or_else(|| it.next().cloned()).with_context(|| format!("{flag} needs a value"));
         match flag {
             "--kernel" | "-k" => {
                 for k in value()?.split(',').map(str::trim).filter(|k| !k.is_empty()) {
@@ -74,8 +75,12 @@ fn parse(args: &[String]) -> Result<Options> {
                 }
                 tests.push(t);
             }
-            "--timeout-min" => timeout = Duration::from_secs(60 * value()?.parse::<u64>().context("--timeout-min: minutes")?),
-            other => bail!("unknown option {other:?}\nusage: cargo xtask vm-test [--kernel 6.1|6.12|5.10|host|all]… [--test BINARY]… [--timeout-min 20]"),
+            "--timeout-min" => {
+                timeout = Duration::from_secs(60 * value()?.parse::<u64>().context("--timeout-min: minutes")?)
+            }
+            other => bail!(
+                "unknown option {other:?}\nusage: cargo xtask vm-test [--kernel 6.1|6.12|5.10|host|all]… [--test BINARY]… [--timeout-min 20]"
+            ),
         }
     }
     if kernels.is_empty() {
@@ -89,7 +94,8 @@ fn parse(args: &[String]) -> Result<Options> {
 pub fn vm_test(args: &[String]) -> Result<()> {
     let opts = parse(args)?;
     require_root("vm-test")?;
-    let suite: Vec<Suite> = SUITE.iter().copied().filter(|s| opts.tests.is_empty() || opts.tests.iter().any(|t| t == s.name)).collect();
+    let suite: Vec<Suite> =
+        SUITE.iter().copied().filter(|s| opts.tests.is_empty() || opts.tests.iter().any(|t| t == s.name)).collect();
     let started = Instant::now();
     let vm_dir = root().join("target/vm");
     std::fs::create_dir_all(&vm_dir)?;
@@ -125,13 +131,26 @@ pub fn vm_test(args: &[String]) -> Result<()> {
             problems: vec![format!("{e:#}")],
             ..Default::default()
         });
-        eprintln!("xtask: [{k}] {} passed, {} failed, {} skipped ({:.0?})", row.passed(), row.failed(), row.skipped(), t.elapsed());
+        eprintln!(
+            "xtask: [{k}] {} passed, {} failed, {} skipped ({:.0?})",
+            row.passed(),
+            row.failed(),
+            row.skipped(),
+            t.elapsed()
+        );
         rows.push(row);
     }
 
     let table = results::markdown(&rows);
     let md = vm_dir.join("results.md");
-    std::fs::write(&md, format!("# vm-test results\n\n`cargo xtask vm-test --kernel {}`, {:.0?} in all.\n\n{table}", opts.kernels.join(","), started.elapsed()))?;
+    std::fs::write(
+        &md,
+        format!(
+            "# vm-test results\n\n`cargo xtask vm-test --kernel {}`, {:.0?} in all.\n\n{table}",
+            opts.kernels.join(","),
+            started.elapsed()
+        ),
+    )?;
     println!("\n{table}\nxtask: vm-test finished in {:.0?} (table: {})", started.elapsed(), md.display());
     let failed: Vec<&str> = rows.iter().filter(|r| r.failed() > 0).map(|r| r.label.as_str()).collect();
     if !failed.is_empty() {

@@ -41,7 +41,10 @@ pub fn boot(vmlinuz: &Path, initrd: &Path, log: &Path, timeout: Duration, show: 
     let started = Instant::now();
     let mut child = cmd.spawn().context("run qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
     let (tx, rx) = mpsc::channel::<Line>();
-    for stream in [Box::new(child.stdout.take().expect("piped")) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().expect("piped"))] {
+    for stream in [
+        Box::new(child.stdout.take().expect("piped")) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().expect("piped")),
+    ] {
         let tx = tx.clone();
         std::thread::spawn(move || {
             let mut r = BufReader::new(stream);

@@ -110,7 +110,11 @@ impl Kernel {
         for b in &self.binaries {
             out.extend(b.failing.iter().map(|t| format!("{}::{t}", b.name)));
             if b.failures() > b.failed {
-                out.push(format!("{} (exit {}, no complete libtest summary)", b.name, b.exit.map_or("?".into(), |c| c.to_string())));
+                out.push(format!(
+                    "{} (exit {}, no complete libtest summary)",
+                    b.name,
+                    b.exit.map_or("?".into(), |c| c.to_string())
+                ));
             }
         }
         out
@@ -132,7 +136,9 @@ fn secs(d: Option<Duration>) -> String {
 
 /// The matrix as a markdown table, then what failed and what was skipped.
 pub fn markdown(rows: &[Kernel]) -> String {
-    let mut s = String::from("| kernel | release | result | passed | failed | skipped | boot | run |\n|---|---|---|---:|---:|---:|---:|---:|\n");
+    let mut s = String::from(
+        "| kernel | release | result | passed | failed | skipped | boot | run |\n|---|---|---|---:|---:|---:|---:|---:|\n",
+    );
     for r in rows {
         let _ = writeln!(
             s,
@@ -162,7 +168,13 @@ pub fn markdown(rows: &[Kernel]) -> String {
             }
         }
         if let Some(rf) = &r.refusal {
-            let _ = writeln!(s, "\n{} ({}) refuses eBPF mode with:\n\n```\n{}\n```", r.label, r.release, rf.message.trim_end());
+            let _ = writeln!(
+                s,
+                "\n{} ({}) refuses eBPF mode with:\n\n```\n{}\n```",
+                r.label,
+                r.release,
+                rf.message.trim_end()
+            );
         }
         for n in &r.notes {
             let _ = writeln!(s, "\nNote on {}: {n}", r.label);
