@@ -43,6 +43,14 @@ pub enum Command {
     /// Show the decision for one flow and the rule that made it.
     #[command(subcommand)]
     Explain(ExplainCommand),
+    /// The node daemon: enrolls pods on the CNI plugin's requests, keeps them reconciled.
+    Daemon(crate::daemon::DaemonArgs),
+    /// The pods the node daemon intercepts (asks its API socket).
+    #[command(subcommand)]
+    Pods(crate::api::cli::PodsCommand),
+    /// Chain the CNI plugin into the node's CNI configuration, or remove it.
+    #[command(subcommand)]
+    Cni(crate::cni::install::CniCommand),
     /// Print the merged policy and any warnings.
     Policy {
         #[command(flatten)]
@@ -384,6 +392,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Iptables(cmd) => run_iptables(cmd),
         Command::Ebpf(cmd) => run_ebpf(cmd),
         Command::Explain(cmd) => run_explain(cmd),
+        Command::Daemon(args) => crate::daemon::run(args),
+        Command::Pods(cmd) => crate::api::cli::run(cmd),
+        Command::Cni(cmd) => crate::cni::install::run(cmd),
         Command::Policy { policy, json } => {
             let p = policy.build()?;
             if json {

@@ -3,8 +3,12 @@
 //! * [`policy`]: the pure model (sources, merge, validation, osm-edge's rules, the decision);
 //! * [`iptables`]: the init-container mode, osm-edge's chains via iptables-restore;
 //! * [`ebpf`]: the node-daemon mode, cgroup/sock_ops/sk_lookup programs without NAT;
-//! * [`explain`]: why a flow is redirected or not.
+//! * [`explain`]: why a flow is redirected or not;
+//! * [`daemon`], [`api`], [`cni`]: the node daemon, its local API and the chained CNI plugin.
+pub mod api;
 pub mod cli;
+pub mod cni;
+pub mod daemon;
 pub mod ebpf;
 pub mod explain;
 pub mod iptables;

@@ -72,43 +72,95 @@ impl Collect {
     }
 }
 
+/// A manifest already in memory (the daemon's MeshConfig as last read, a pod's annotations
+/// as the container runtime passed them): `shown` names it in errors, like a file path.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Document {
+    pub shown: String,
+    pub doc: Value,
+}
+
+impl Document {
+    /// A Pod document holding only `annotations` (from the runtime, not from a file).
+    pub fn pod_annotations(shown: impl Into<String>, annotations: &std::collections::BTreeMap<String, String>) -> Self {
+        let map: serde_json::Map<String, Value> =
+            annotations.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+        Document { shown: shown.into(), doc: serde_json::json!({"kind": "Pod", "metadata": {"annotations": map}}) }
+    }
+}
+
+/// Where a manifest comes from: a file (read now) or memory.
+enum Source<'a> {
+    File(&'a Path),
+    Memory(&'a Document),
+}
+
+impl Source<'_> {
+    fn read(&self, c: &mut Collect) -> Option<(String, std::borrow::Cow<'_, Value>)> {
+        match self {
+            Source::File(path) => {
+                c.ok(read_manifest(path)).map(|d| (path.display().to_string(), std::borrow::Cow::Owned(d)))
+            }
+            Source::Memory(d) => Some((d.shown.clone(), std::borrow::Cow::Borrowed(&d.doc))),
+        }
+    }
+}
+
 /// Builds the merged policy, or every error found. Global lists are the MeshConfig's
 /// followed by the flags'; the pod's annotations are merged with them as osm-edge does.
 pub fn build_policy(inputs: &PolicyInputs) -> Result<(Policy, Vec<Warning>), PolicyErrors> {
+    build(&inputs.flags, inputs.mesh_config.as_deref().map(Source::File), inputs.pod.as_deref().map(Source::File))
+}
+
+/// [`build_policy`] from documents already in memory (the node daemon: one MeshConfig read
+/// for every pod, annotations from the runtime).
+pub fn build_policy_from_documents(
+    flags: &FlagValues,
+    mesh_config: Option<&Document>,
+    pod: Option<&Document>,
+) -> Result<(Policy, Vec<Warning>), PolicyErrors> {
+    build(flags, mesh_config.map(Source::Memory), pod.map(Source::Memory))
+}
+
+fn build(
+    flags: &FlagValues,
+    mesh_source: Option<Source<'_>>,
+    pod_source: Option<Source<'_>>,
+) -> Result<(Policy, Vec<Warning>), PolicyErrors> {
     let mut c = Collect::default();
     let mut global = Lists::default();
     let mut pod = Lists::default();
     let mut mode: Option<LocalProxyMode> = None;
-    let mut dns = inputs.flags.local_dns_proxy;
+    let mut dns = flags.local_dns_proxy;
 
-    if let Some(path) = &inputs.mesh_config
-        && let Some(doc) = c.ok(read_manifest(path))
+    if let Some(source) = &mesh_source
+        && let Some((shown, doc)) = source.read(&mut c)
     {
-        let (lists, m, d) = mesh_config(&mut c, &path.display().to_string(), &doc);
+        let (lists, m, d) = mesh_config(&mut c, &shown, &doc);
         global.append(lists);
         mode = m;
         dns |= d;
     }
-    global.append(flag_lists(&mut c, &inputs.flags));
-    if let Some(raw) = &inputs.flags.local_proxy_mode {
+    global.append(flag_lists(&mut c, flags));
+    if let Some(raw) = &flags.local_proxy_mode {
         let origin = Origin::Flag("local-proxy-mode".into());
         mode = c
             .ok(LocalProxyMode::parse(raw.trim())
                 .ok_or(PolicyError::UnknownLocalProxyMode { origin, item: raw.clone() }));
     }
-    if let Some(path) = &inputs.pod
-        && let Some(doc) = c.ok(read_manifest(path))
+    if let Some(source) = &pod_source
+        && let Some((shown, doc)) = source.read(&mut c)
     {
-        pod = pod_annotations(&mut c, &path.display().to_string(), &doc);
+        pod = pod_annotations(&mut c, &shown, &doc);
     }
-    let ports = port_overrides(&mut c, &inputs.flags.ports);
+    let ports = port_overrides(&mut c, &flags.ports);
     if !c.errors.is_empty() {
         return Err(PolicyErrors(c.errors));
     }
 
     let mut warns = Vec::new();
     let policy = Policy {
-        proxy_uid: inputs.flags.proxy_uid.unwrap_or(1500),
+        proxy_uid: flags.proxy_uid.unwrap_or(1500),
         ports,
         outbound_ip_range_exclusions: merge::ip_ranges(&global.ip_exclusions, &pod.ip_exclusions, &mut warns),
         outbound_ip_range_inclusions: merge::ip_ranges(&global.ip_inclusions, &pod.ip_inclusions, &mut warns),

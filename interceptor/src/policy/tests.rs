@@ -230,3 +230,39 @@ fn inclusions_apply_per_family() {
     // No IPv4 inclusion: IPv4 keeps the default.
     assert_eq!(decide(&p, &Flow::outbound(sa("1.1.1.1:80"), 1000)).reason, Some(Reason::OutDefault));
 }
+
+#[test]
+fn documents_in_memory_merge_like_files() {
+    use super::sources::{Document, build_policy_from_documents};
+    let files = PolicyInputs {
+        flags: FlagValues::default(),
+        mesh_config: Some(write("mem-mc.yaml", MESH_CONFIG_YAML)),
+        pod: Some(write("mem-pod.yaml", POD_YAML)),
+    };
+    let (from_files, _) = build_policy(&files).unwrap();
+    let mesh = Document { shown: "mc".into(), doc: parse_manifest("mc", MESH_CONFIG_YAML).unwrap() };
+    let pod_doc = parse_manifest("pod", POD_YAML).unwrap();
+    let annotations: std::collections::BTreeMap<String, String> = pod_doc["metadata"]["annotations"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+        .collect();
+    let runtime = Document::pod_annotations("pod shop/bookstore (annotations from the runtime)", &annotations);
+    let (from_memory, _) = build_policy_from_documents(&FlagValues::default(), Some(&mesh), Some(&runtime)).unwrap();
+    assert_eq!(from_memory, from_files, "annotations from the runtime merge exactly like a Pod manifest's");
+    let bad: std::collections::BTreeMap<String, String> =
+        [("openservicemesh.io/outbound-port-exclusion-list".to_string(), "http".to_string())].into();
+    let err = build_policy_from_documents(
+        &FlagValues::default(),
+        Some(&mesh),
+        Some(&Document::pod_annotations("pod shop/web (annotations from the runtime)", &bad)),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "pod shop/web (annotations from the runtime): annotation openservicemesh.io/outbound-port-exclusion-list: invalid port \"http\""
+        ),
+        "{err}"
+    );
+}

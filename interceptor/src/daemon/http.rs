@@ -1,0 +1,38 @@
+//! The daemon's HTTP endpoint on `--metrics-addr` (TCP): `GET /healthz` (the process
+//! answers) and `GET /readyz` (programs attached, state reconciled, API socket serving).
+//! Observability endpoints (`/metrics`) are added to [`router`].
+use std::sync::Arc;
+
+use axum::{Router, extract::State, http::StatusCode, routing::get};
+
+use super::core::Daemon;
+use crate::api::Mode;
+
+pub fn router(d: Arc<Daemon>) -> Router {
+    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(d)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Why the daemon is not ready (empty: ready).
+pub fn not_ready_reasons(d: &Daemon) -> Vec<String> {
+    let mut why = Vec::new();
+    if !d.is_ready() {
+        why.push("starting (loading, reconciling, opening the API socket) or stopping".to_string());
+    }
+    if d.cfg.mode == Mode::Ebpf && !d.cfg.pins.is_loaded() {
+        why.push(format!("the eBPF programs are not attached (nothing pinned at {})", d.cfg.pins.path().display()));
+    }
+    why
+}
+
+async fn readyz(State(d): State<Arc<Daemon>>) -> (StatusCode, String) {
+    let why = not_ready_reasons(&d);
+    if why.is_empty() {
+        (StatusCode::OK, format!("ready ({} mode, {} pods)\n", d.cfg.mode, d.ids().len()))
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", why.join("; ")))
+    }
+}
