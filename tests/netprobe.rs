@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 fn usage() -> ! {
     eprintln!(
-        "usage:\n  netprobe serve --name NAME --listen ADDR:PORT... [--udp ADDR:PORT...] [--close]\n  netprobe connect --to ADDR:PORT [--udp] [--timeout-ms N]\n  netprobe connect-many --to ADDR:PORT... [--repeat N]\n  netprobe connect-hold --to ADDR:PORT        (one exchange per stdin line)\n  netprobe rr --to ADDR:PORT --count N      (connect, 1-byte request/response, close; prints latencies in ns)\n  netprobe bulk --to ADDR:PORT --bytes N     (prints MB/s)\n  netprobe sink --listen ADDR:PORT           (accepts and discards; 1-byte echo for rr)"
+        "usage:\n  netprobe serve --name NAME --listen ADDR:PORT... [--udp ADDR:PORT...] [--close]\n  netprobe connect --to ADDR:PORT [--udp] [--timeout-ms N]\n  netprobe connect-many --to ADDR:PORT... [--repeat N]\n  netprobe connect-hold --to ADDR:PORT        (one exchange per stdin line)\n  netprobe connect-loop --to ADDR:PORT [--interval-ms N]   (connects until stdin closes; one JSON line each, with the time)\n  netprobe rr --to ADDR:PORT --count N      (connect, 1-byte request/response, close; prints latencies in ns)\n  netprobe bulk --to ADDR:PORT --bytes N     (prints MB/s)\n  netprobe sink --listen ADDR:PORT           (accepts and discards; 1-byte echo for rr)"
     );
     std::process::exit(2)
 }
@@ -52,6 +52,11 @@ fn main() {
         "connect-hold" => {
             let to = addrs("--to").into_iter().next().unwrap_or_else(|| usage());
             connect_hold(to);
+        }
+        "connect-loop" => {
+            let to = addrs("--to").into_iter().next().unwrap_or_else(|| usage());
+            let interval = Duration::from_millis(one("--interval-ms").map(|v| v.parse().unwrap()).unwrap_or(20));
+            connect_loop(to, interval);
         }
         "connect-many" => {
             let to = addrs("--to");
@@ -279,6 +284,29 @@ fn connect_hold(to: SocketAddr) {
         if stdin.lock().read_line(&mut cmd).unwrap_or(0) == 0 {
             return;
         }
+    }
+}
+
+/// Connects again and again (each one a full exchange) until stdin reaches its end: one
+/// JSON line per attempt with the wall-clock time it started (ms since the epoch), so a
+/// test can tell which attempts fell into a window (e.g. a daemon restart).
+fn connect_loop(to: SocketAddr, interval: Duration) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = std::io::stdin().read_to_end(&mut sink);
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let mut out = std::io::stdout().lock();
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let t_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        let mut v = connect(to, Duration::from_secs(3));
+        v["t_ms"] = json!(t_ms as u64);
+        let _ = writeln!(out, "{v}");
+        let _ = out.flush();
+        std::thread::sleep(interval);
     }
 }
 

@@ -7,6 +7,7 @@
 //! is added to the root namespace, programs attach to a child cgroup, and Drop removes it
 //! all (also when a test fails).
 pub mod flows;
+pub mod podman;
 pub mod procs;
 pub mod sandbox;
 

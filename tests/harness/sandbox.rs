@@ -35,6 +35,12 @@ pub const WORLD_PORTS: [u16; 4] = [80, 443, 6379, 7070];
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// A fresh sandbox name, `ict<PID>x<N>`: unique on the machine while this process lives
+/// (the stale cleanup of `cargo xtask test` spares names whose process is alive).
+pub fn next_id() -> String {
+    format!("ict{}x{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst))
+}
+
 /// Fails the test with a clear message when not run as root.
 pub fn require_root() {
     assert!(
@@ -67,8 +73,7 @@ impl Sandbox {
     pub fn with_host(host: u8) -> Result<Sandbox> {
         require_root();
         assert!((2..=126).contains(&host), "host number {host} outside 2..=126");
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let id = format!("ict{}x{n}", std::process::id());
+        let id = next_id();
         let cgroot = interceptor::ebpf::loader::cgroup2_root()?;
         let cgroup = cgroot.join(format!("interceptor-test-{id}"));
         let sb = Sandbox {

@@ -30,6 +30,11 @@ fn apt_packages() -> Result<()> {
         ("/usr/sbin/iptables-restore", "iptables"),
         ("/usr/sbin/ip6tables-restore", "iptables"),
         ("/usr/sbin/ip", "iproute2"),
+        // The podman tests' real container runtime (root: no uidmap/slirp4netns needed; runc
+        // named so apt does not pick crun, which refuses hybrid cgroup hierarchies).
+        ("/usr/bin/podman", "podman"),
+        ("/usr/sbin/runc", "runc"),
+        ("/usr/lib/cni/bridge", "containernetworking-plugins"),
         // The benchmark chart's labels.
         ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "fonts-dejavu-core"),
     ])

@@ -77,23 +77,60 @@ pub fn cleanup_stale() {
         }
     }
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    let cg = mounts.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
-    });
+    let cgroup_mounts = |kind: &str| -> Vec<PathBuf> {
+        mounts
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.get(2) == Some(&kind)).then(|| PathBuf::from(f[1]))
+            })
+            .collect()
+    };
     let prefixes = ["interceptor-test-", "interceptor-demo-", "interceptor-bench-"];
-    for dir in [cg, Some(PathBuf::from("/sys/fs/bpf"))] {
-        let Some(dir) = dir else { continue };
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+    let stale = |dir: &Path| -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(dir) else { return vec![] };
+        entries
+            .flatten()
+            .filter(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                prefixes.iter().any(|p| n.starts_with(p)) && !owner_alive(&n)
+            })
+            .map(|e| e.path())
+            .collect()
+    };
+    // cgroup v2 first (cgroup.kill stops whatever still runs there, containers included),
+    // then the v1 hierarchies podman mirrors the same paths into on hybrid hosts.
+    for dir in cgroup_mounts("cgroup2").iter().chain(cgroup_mounts("cgroup").iter()) {
+        for cg in stale(dir) {
+            let _ = std::fs::write(cg.join("cgroup.kill"), "1");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            remove_cgroup_tree(&cg);
+        }
+    }
+    for pins in stale(Path::new("/sys/fs/bpf")) {
+        let _ = std::fs::remove_dir_all(pins);
+    }
+    // The podman tests' temporary directories (never across a mount).
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for dir in stale(Path::new("/tmp")) {
+        let busy =
+            mountinfo.lines().filter_map(|l| l.split_whitespace().nth(4)).any(|m| Path::new(m).starts_with(&dir));
+        if !busy {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// rmdir of a cgroup and its children, deepest first (cgroupfs refuses anything else).
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if prefixes.iter().any(|p| n.starts_with(p)) && !owner_alive(&n) {
-                let _ = std::fs::write(e.path().join("cgroup.kill"), "1");
-                std::thread::sleep(std::time::Duration::from_millis(50));
-                let _ = std::fs::remove_dir(e.path()).or_else(|_| std::fs::remove_dir_all(e.path()));
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
             }
         }
     }
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// `cargo fmt --check` and `cargo clippy -D warnings`: the shape of the code is checked
