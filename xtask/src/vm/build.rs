@@ -18,7 +18,8 @@ pub const TARGET: &str = "x86_64-unknown-linux-gnu";
 pub struct Built {
     /// (test name, executable), e.g. ("differential", …/deps/differential-0123abcd).
     pub tests: Vec<(String, PathBuf)>,
-    /// `interceptor` and `netprobe`, which the harness looks for next to the tests.
+    /// `interceptor`, `interceptor-cni` and `netprobe`, which the harness looks for next to
+    /// the tests.
     pub helpers: Vec<(String, PathBuf)>,
     /// CARGO_TARGET_TMPDIR of the tests (compiled in; <target-dir>/<triple>/tmp with --target).
     pub target_tmpdir: PathBuf,
@@ -84,7 +85,19 @@ pub fn build(target_dir: &Path, tests: &[&str]) -> Result<Built> {
     let tests = artifacts(cmd, "test")?;
     let cmd = cargo(
         target_dir,
-        &["build", "-p", "interceptor", "-p", "interceptor-tests", "--bin", "interceptor", "--bin", "netprobe"],
+        &[
+            "build",
+            "-p",
+            "interceptor",
+            "-p",
+            "interceptor-tests",
+            "--bin",
+            "interceptor",
+            "--bin",
+            "interceptor-cni",
+            "--bin",
+            "netprobe",
+        ],
     );
     let helpers = artifacts(cmd, "bin")?;
     for (_, exe) in tests.iter().chain(&helpers) {

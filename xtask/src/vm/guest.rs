@@ -33,7 +33,9 @@ pub fn run(
     let dir = vm_dir.join(label);
     let mut row = results::Kernel { label: label.to_string(), release: kernel.release.clone(), ..Default::default() };
 
-    let mods = modules::resolve(&kernel.modules, modules::WANTED, &dir.join("modules"))?;
+    let mut mods =
+        modules::resolve(&kernel.modules, &[modules::WANTED, modules::OPTIONAL].concat(), &dir.join("modules"))?;
+    mods.not_found.retain(|m| !modules::OPTIONAL.contains(&m.as_str()));
     if !mods.not_found.is_empty() {
         row.notes.push(format!("modules neither shipped nor built in: {}", mods.not_found.join(", ")));
     }
@@ -143,8 +145,9 @@ fn parse(row: &mut results::Kernel, boot: &qemu::Boot, timeout: Duration) {
 }
 
 /// Below the minimum kernel: probe and load must both fail with one clear message naming
-/// what is missing (lines ending in "(Linux N+)"), the load naming the minimum too, and a
-/// refused load must leave nothing pinned.
+/// what is missing (lines ending in "(Linux N+)"), the load naming the minimum too, a
+/// refused load must leave nothing pinned, and the daemon in auto mode must work in
+/// iptables mode (CNI ADD programs the chains, DEL removes them).
 fn refusal(row: &results::Kernel) -> Refusal {
     let minimum = minimum_kernel().unwrap_or_else(|| "?".into());
     let mut r = Refusal { checks_passed: 0, checks_failed: vec![], message: String::new() };
@@ -176,6 +179,15 @@ fn refusal(row: &results::Kernel) -> Refusal {
                 r.checks_failed.push(format!("a refused load left pins in /sys/fs/bpf ({pins:?})"));
             }
         }
+    }
+    match row.binaries.iter().find(|b| b.name == "daemon-auto") {
+        None => r.checks_failed.push("`interceptor daemon --mode auto` with the CNI plugin did not run".into()),
+        Some(b) if b.exit == Some(0) && b.output.iter().any(|l| l.contains("VMTEST-CHECK ok")) => r.checks_passed += 1,
+        Some(b) => r.checks_failed.push(format!(
+            "`interceptor daemon --mode auto` must fall back to iptables mode and the CNI plugin must program and remove the chains (exit {:?}): {}",
+            b.exit,
+            b.output.join("\n")
+        )),
     }
     r
 }

@@ -105,7 +105,9 @@ run() { b=$1; shift; echo "VMTEST-START $b"; /tests/$b --test-threads=1 "$@" </d
     }
 }
 
-/// Below the minimum kernel: both commands must refuse, naming what is missing.
+/// Below the minimum kernel: both commands must refuse, naming what is missing; the node
+/// daemon in `--mode auto` must fall back to iptables mode, and a CNI ADD through the
+/// plugin must program osm-edge's chains in the pod's namespace (DEL removes them).
 fn refuse_script(s: &mut String) {
     s.push_str(
         r#"mkdir -p /sys/fs/cgroup/vmtest-refuse
@@ -114,4 +116,35 @@ echo "VMTEST-START load"; /tests/interceptor ebpf load --cgroup /sys/fs/cgroup/v
 echo "VMTEST-PINS $(ls /sys/fs/bpf | wc -l)"
 "#,
     );
+    s.push_str(DAEMON_AUTO);
 }
+
+/// `daemon --mode auto` + the CNI plugin on a kernel without eBPF mode.
+const DAEMON_AUTO: &str = r#"echo "VMTEST-START daemon-auto"
+(
+fail() { echo "VMTEST-CHECK-FAILED $*"; [ -f /run/vmd/daemon.log ] && cat /run/vmd/daemon.log; exit 1; }
+mkdir -p /run/vmd
+/tests/interceptor -v daemon --mode auto --pin-dir /sys/fs/bpf/vmtest-daemon --socket /run/vmd/api.sock --state-dir /run/vmd/state </dev/null >/run/vmd/daemon.log 2>&1 &
+daemon=$!
+i=0; until grep -q "interceptor daemon ready" /run/vmd/daemon.log; do i=$((i+1)); [ $i -gt 300 ] && fail "the daemon did not become ready"; sleep 0.2 2>/dev/null || sleep 1; done
+grep -q "ready (iptables mode" /run/vmd/daemon.log || fail "auto mode did not pick iptables"
+$IP netns add vmpod && $IP -n vmpod link set lo up || fail "netns"
+conf='{"cniVersion":"1.0.0","name":"vm","type":"interceptor-cni","socket":"/run/vmd/api.sock","prevResult":{"cniVersion":"1.0.0","ips":[{"address":"198.51.100.2/25"}]}}'
+cni() { echo "$conf" | CNI_COMMAND=$1 CNI_CONTAINERID=vmpod1 CNI_NETNS=/var/run/netns/vmpod CNI_IFNAME=eth0 CNI_PATH=/tests CNI_ARGS="K8S_POD_NAMESPACE=default;K8S_POD_NAME=vmpod" /tests/interceptor-cni; }
+out=$(cni ADD) || fail "ADD: $out"
+echo "$out" | grep -q '"198.51.100.2/25"' || fail "ADD did not pass prevResult through: $out"
+rules=$($IP netns exec vmpod iptables-save -t nat)
+echo "$rules" | grep -q -- "-A OUTPUT -p tcp -j PROXY_OUTPUT" || fail "no PROXY_OUTPUT hook after ADD: $rules"
+echo "$rules" | grep -q -- "-A PROXY_REDIRECT -p tcp -j REDIRECT --to-ports 15001" || fail "no redirect after ADD: $rules"
+/tests/interceptor pods list --socket /run/vmd/api.sock | grep "default/vmpod" | grep -q iptables || fail "pods list: $(/tests/interceptor pods list --socket /run/vmd/api.sock 2>&1)"
+out=$(cni CHECK) || fail "CHECK: $out"
+out=$(cni DEL) || fail "DEL: $out"
+rules=$($IP netns exec vmpod iptables-save -t nat)
+echo "$rules" | grep -q PROXY_ && fail "DEL left rules: $rules"
+kill $daemon; wait $daemon || fail "the daemon did not stop cleanly"
+[ -z "$(ls /sys/fs/bpf)" ] || fail "iptables mode pinned something: $(ls /sys/fs/bpf)"
+$IP netns del vmpod
+echo "VMTEST-CHECK ok: auto picked iptables; ADD programmed the chains, CHECK passed, DEL removed them"
+) </dev/null 2>&1
+echo "VMTEST-RESULT daemon-auto $?"
+"#;

@@ -39,6 +39,10 @@ pub const WANTED: &[&str] = &[
     "xt_conntrack",
 ];
 
+/// Needed where they are modules, and no news where they are not: nft_counter (every
+/// iptables-nft rule has a counter) is its own module on 5.10 and part of nf_tables later.
+pub const OPTIONAL: &[&str] = &["nft_counter"];
+
 /// Module names compare with `-` and `_` alike (as modprobe does).
 fn norm(name: &str) -> String {
     name.replace('-', "_")
