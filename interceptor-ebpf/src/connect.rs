@@ -3,6 +3,7 @@
 //! A redirected connect() is rewritten to the sidecar's listener before the kernel routes
 //! it; the dialled destination is kept by socket cookie (`ORIG_BY_COOKIE`) for
 //! getpeername() and SO_ORIGINAL_DST. Minimum kernel: 5.7 (bpf_get_netns_cookie here).
+//! UDP sockets only meet osm-edge's local DNS proxy rule (`interceptor_ebpf::dns`).
 use core::ffi::c_void;
 
 use aya_ebpf::{
@@ -12,7 +13,7 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use aya_log_ebpf::debug;
-use interceptor_common::{AF_INET, IPPROTO_TCP, OrigDst};
+use interceptor_common::{AF_INET, IPPROTO_TCP, IPPROTO_UDP, OrigDst};
 
 use interceptor_ebpf::{
     addr::{Endpoint, port_from_be_low16, port_to_be_low16, words_to_bytes},
@@ -22,13 +23,17 @@ use interceptor_ebpf::{
     maps::{ORIG_BY_COOKIE, PODS, debug_enabled},
 };
 
-/// Allow the connect() (a cgroup sock_addr program may also return 0 to refuse it; we never do).
+/// Allow the connect() (a cgroup sock_addr program may also return 0 to refuse it; the TCP
+/// path never does).
 const ALLOW: i32 = 1;
 
 #[cgroup_sock_addr(connect4)]
 pub fn intercept_connect4(ctx: SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     let (protocol, ip, port) = (ctx_read!(sa, protocol), ctx_read!(sa, user_ip4), ctx_read!(sa, user_port));
+    if protocol == IPPROTO_UDP {
+        return interceptor_ebpf::dns::on_connect(&ctx, false);
+    }
     if protocol != IPPROTO_TCP {
         return ALLOW;
     }
@@ -41,6 +46,9 @@ pub fn intercept_connect4(ctx: SockAddrContext) -> i32 {
 pub fn intercept_connect6(ctx: SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     let (protocol, port) = (ctx_read!(sa, protocol), ctx_read!(sa, user_port));
+    if protocol == IPPROTO_UDP {
+        return interceptor_ebpf::dns::on_connect(&ctx, true);
+    }
     if protocol != IPPROTO_TCP {
         return ALLOW;
     }

@@ -1,5 +1,5 @@
-//! The parts of the eBPF programs that are not a hook: maps, address handling, counters and
-//! the outbound decision. The programs themselves are in `src/main.rs` and its modules.
+//! The parts of the eBPF programs that are not a hook: maps, address handling, counters, the
+//! outbound decision and the local DNS proxy rule. The programs themselves are in `src/main.rs` and its modules.
 #![no_std]
 
 /// Reads one field of a program context with its own load at the field's offset. The
@@ -15,4 +15,5 @@ macro_rules! ctx_read {
 pub mod addr;
 pub mod counters;
 pub mod decide;
+pub mod dns;
 pub mod maps;

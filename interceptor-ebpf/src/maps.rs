@@ -3,11 +3,11 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_COMMON_LRU,
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, SockHash},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, SkStorage, SockHash},
     macros::btf_map,
 };
 use interceptor_common::{
-    CidrData, ConnKey, CounterKey, IfaceKey, ListenerKey, OrigDst, PodAddrKey, PodConfig, PortKey, RouteValue,
+    CidrData, ConnKey, CounterKey, DnsMark, IfaceKey, ListenerKey, OrigDst, PodAddrKey, PodConfig, PortKey, RouteValue,
     Settings, capacity,
 };
 
@@ -63,6 +63,12 @@ pub static ACCEPTED: LruHashMap<ConnKey, u8, { capacity::TRACKED_CONNECTIONS }, 
 /// Each enrolled pod's inbound listener (15003), registered when the sidecar calls listen().
 #[btf_map]
 pub static LISTENERS: SockHash<ListenerKey, { capacity::LISTENERS }> = SockHash::new();
+
+/// UDP sockets the local DNS proxy rule rewrote (see `dns`). Socket storage, not a hash:
+/// it is freed with its socket (no capacity, nothing to evict or leak), and DNS traffic is
+/// too rare for its allocation cost to matter.
+#[btf_map]
+pub static DNS_SOCKETS: SkStorage<DnsMark> = SkStorage::new();
 
 /// Decisions per pod and reason.
 #[btf_map]

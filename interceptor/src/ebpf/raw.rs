@@ -24,6 +24,9 @@ pub mod attach_type {
     pub const CGROUP_SOCK_OPS: u32 = 3;
     pub const CGROUP_INET4_CONNECT: u32 = 10;
     pub const CGROUP_INET6_CONNECT: u32 = 11;
+    pub const CGROUP_UDP4_SENDMSG: u32 = 14;
+    pub const CGROUP_UDP4_RECVMSG: u32 = 19;
+    pub const CGROUP_UDP6_RECVMSG: u32 = 20;
     pub const CGROUP_GETSOCKOPT: u32 = 21;
     pub const CGROUP_INET4_GETPEERNAME: u32 = 29;
     pub const CGROUP_INET6_GETPEERNAME: u32 = 30;
@@ -182,4 +185,34 @@ pub fn delete_batch(map: BorrowedFd<'_>, keys: &[u8], count: usize) -> io::Resul
     }
     let mut attr = batch_attr(map, keys.as_ptr() as u64, 0, count as u32);
     sys_bpf(BPF_MAP_DELETE_BATCH, &mut attr).map(|_| ())
+}
+
+/// Whether the kernel accepts a program of `prog_type` for `expected_attach_type`: loads
+/// `r0 = 1; exit` (a valid return for every cgroup sock_addr hook) and closes it. A kernel
+/// that does not know the attach type refuses the load (EINVAL), so this tells which hooks
+/// exist without attaching anything.
+pub fn prog_load_probe(prog_type: u32, expected_attach_type: u32) -> bool {
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    // mov r0, 1 (BPF_ALU64 | BPF_MOV | BPF_K); exit (BPF_JMP | BPF_EXIT).
+    let insns: [u64; 2] =
+        [u64::from_le_bytes([0xb7, 0, 0, 0, 1, 0, 0, 0]), u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0])];
+    let license = c"GPL";
+    // BPF_PROG_LOAD's expected_attach_type is at offset 68: past the 64 bytes of `Attr`.
+    #[repr(C, align(8))]
+    struct LoadAttr([u8; 128]);
+    let mut attr = LoadAttr([0; 128]);
+    let mut put = |offset: usize, bytes: &[u8]| attr.0[offset..offset + bytes.len()].copy_from_slice(bytes);
+    put(0, &prog_type.to_ne_bytes());
+    put(4, &(insns.len() as u32).to_ne_bytes());
+    put(8, &(insns.as_ptr() as u64).to_ne_bytes());
+    put(16, &(license.as_ptr() as u64).to_ne_bytes());
+    put(68, &expected_attach_type.to_ne_bytes());
+    // SAFETY: attr is a valid, initialised buffer of the size passed; the pointers in it
+    // outlive the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.0.as_mut_ptr(), attr.0.len()) };
+    if rc < 0 {
+        return false;
+    }
+    drop(owned(rc));
+    true
 }
