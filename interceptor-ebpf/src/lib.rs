@@ -1,6 +1,9 @@
 //! The parts of the eBPF programs that are not a hook: maps, address handling, counters and
 //! the outbound decision. The programs themselves are in `src/main.rs` and its modules.
 #![no_std]
+// The atomic add intrinsic (counters shared by all CPUs): the BPF target has no atomics in core.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 /// Reads one field of a program context with its own load at the field's offset. The
 /// verifier rejects loads through a context pointer the compiler has moved (`ctx + off`),
@@ -16,3 +19,4 @@ pub mod addr;
 pub mod counters;
 pub mod decide;
 pub mod maps;
+pub mod records;

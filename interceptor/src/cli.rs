@@ -149,10 +149,16 @@ pub enum EbpfCommand {
         /// Cgroup to attach at (default: the cgroup v2 root, i.e. every pod).
         #[arg(long)]
         cgroup: Option<PathBuf>,
-        /// Concurrent redirected/accepted connections tracked per node (kernel memory is
-        /// preallocated, ~100 bytes each; default 131072).
+        /// Redirected connections being handed over to a sidecar at once on the node (from
+        /// the application's SYN until the kernel has created the sidecar's end); more
+        /// connect()s are refused with EPERM and counted. Preallocated: ~140 bytes each.
+        /// Established connections are not limited (their records live with the sockets).
+        /// [default: 65536]
         #[arg(long)]
         max_tracked_connections: Option<u32>,
+        /// The same limit per pod, so that one pod cannot take the node's. [default: 8192]
+        #[arg(long)]
+        max_tracked_connections_per_pod: Option<u32>,
         #[command(flatten)]
         pins: PinArg,
     },
@@ -448,8 +454,10 @@ fn run_iptables(cmd: IptablesCommand) -> Result<ExitCode> {
 
 fn run_ebpf(cmd: EbpfCommand) -> Result<ExitCode> {
     match cmd {
-        EbpfCommand::Load { cgroup, max_tracked_connections, pins } => {
-            match ebpf::load(&LoadOptions { cgroup, pin_dir: pins.pins(), max_tracked_connections })? {
+        EbpfCommand::Load { cgroup, max_tracked_connections, max_tracked_connections_per_pod, pins } => {
+            let opts =
+                LoadOptions { cgroup, pin_dir: pins.pins(), max_tracked_connections, max_tracked_connections_per_pod };
+            match ebpf::load(&opts)? {
                 LoadOutcome::Loaded { cgroup } => eprintln!("loaded and attached at cgroup {}", cgroup.display()),
                 LoadOutcome::AlreadyLoaded => eprintln!("already loaded (this build); nothing changed"),
                 LoadOutcome::Upgraded { pods } => eprintln!("upgraded in place ({pods} pods kept)"),

@@ -11,3 +11,4 @@ pub mod iptables;
 pub mod netns;
 pub mod policy;
 pub mod routes;
+pub mod userns;

@@ -59,14 +59,29 @@ impl Netns {
     }
 
     /// A command that will run inside this namespace.
+    ///
+    /// A namespace owned by another user namespace (a pod with `hostUsers: false`) is
+    /// entered through it, as the pod's own init container would run: netfilter only accepts
+    /// owner-match rules written from the user namespace that owns the network namespace.
     pub fn command(&self, program: &str) -> Result<Command> {
         let mut cmd = Command::new(program);
         if let Some(file) = self.open()? {
             use std::os::unix::process::CommandExt;
-            // SAFETY: setns is async-signal-safe; the fd outlives the fork because the
-            // closure owns the File.
+            let userns = owning_userns(&file)?;
+            // SAFETY: setns is async-signal-safe; the fds outlive the fork because the
+            // closure owns the Files; the forked child is single-threaded, as entering a
+            // user namespace requires.
             unsafe {
                 cmd.pre_exec(move || {
+                    // Root inside it (as the init container is): exec keeps the capabilities
+                    // only for UID 0 of the namespace.
+                    if let Some(u) = &userns
+                        && (libc::setns(u.as_raw_fd(), libc::CLONE_NEWUSER) != 0
+                            || libc::setresgid(0, 0, 0) != 0
+                            || libc::setresuid(0, 0, 0) != 0)
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
                     if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
@@ -81,6 +96,24 @@ impl Netns {
     pub fn cookie(&self) -> Result<u64> {
         self.run(current_cookie)
     }
+}
+
+/// `ioctl(NS_GET_USERNS)`: the user namespace that owns a namespace.
+const NS_GET_USERNS: libc::c_ulong = 0xb701;
+
+/// The user namespace owning `netns`, if it is not the caller's own.
+pub fn owning_userns(netns: &File) -> Result<Option<File>> {
+    use std::os::{fd::FromRawFd, unix::fs::MetadataExt};
+    // SAFETY: a valid namespace descriptor; the kernel returns a new descriptor.
+    let fd = unsafe { libc::ioctl(netns.as_raw_fd(), NS_GET_USERNS) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("ioctl(NS_GET_USERNS) on the network namespace");
+    }
+    // SAFETY: the kernel just returned this descriptor to us.
+    let owner = unsafe { File::from_raw_fd(fd) };
+    let ours = std::fs::metadata("/proc/self/ns/user").context("read /proc/self/ns/user")?;
+    let theirs = owner.metadata()?;
+    Ok((theirs.ino() != ours.ino() || theirs.dev() != ours.dev()).then_some(owner))
 }
 
 /// The cookie of the calling thread's network namespace.

@@ -153,6 +153,14 @@ pub fn normalize(a: SocketAddr) -> SocketAddr {
     }
 }
 
+/// Whether two printed socket addresses are the same endpoint (v4-mapped = IPv4).
+pub fn same_endpoint(a: &str, b: &str) -> bool {
+    match (a.parse::<SocketAddr>(), b.parse::<SocketAddr>()) {
+        (Ok(a), Ok(b)) => normalize(a) == normalize(b),
+        _ => false,
+    }
+}
+
 /// What the oracle says about a flow, and the listener that should answer.
 #[derive(Clone, Debug, Serialize)]
 pub struct Expected {

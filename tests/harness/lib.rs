@@ -7,8 +7,10 @@
 //! is added to the root namespace, programs attach to a child cgroup, and Drop removes it
 //! all (also when a test fails).
 pub mod flows;
+pub mod modes;
 pub mod procs;
 pub mod sandbox;
 
 pub use flows::{Actor, FlowCase, Landing};
+pub use modes::Mode;
 pub use sandbox::{Sandbox, require_root};

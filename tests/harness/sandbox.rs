@@ -28,6 +28,8 @@ pub const POD_IP6: &str = "2001:db8:1::2";
 pub const WORLD_IP: &str = "198.51.100.1";
 pub const APP_UID: u32 = 1000;
 pub const PROXY_UID: u32 = 1500;
+/// Where a user-namespaced pod's UIDs start outside (inside 0 = outside this).
+pub const USERNS_BASE: u32 = 100_000;
 /// Ports the application listens on in the pod.
 pub const APP_PORTS: [u16; 8] = [8080, 9090, 15010, 15901, 15902, 15903, 15904, 6379];
 /// Ports the world listens on.
@@ -54,6 +56,9 @@ pub struct Sandbox {
     pub pins: PinDir,
     /// The cgroup the pod's processes join (this sandbox's own unless it shares another's).
     pod_cgroup: Mutex<PathBuf>,
+    /// A pod with its own user namespace (Kubernetes `hostUsers: false`): the process that
+    /// holds it, and the UID range it maps (inside 0 = outside `USERNS_BASE`).
+    userns: Option<Mutex<Child>>,
     procs: Mutex<Vec<(String, Child)>>,
 }
 
@@ -65,6 +70,16 @@ impl Sandbox {
 
     /// A sandbox whose pod has host number `host` (2..=126).
     pub fn with_host(host: u8) -> Result<Sandbox> {
+        Self::create(host, false)
+    }
+
+    /// A pod whose network namespace is owned by its own user namespace, which maps UIDs
+    /// and GIDs 0..65536 inside to `USERNS_BASE`.. outside (as `hostUsers: false` does).
+    pub fn with_userns() -> Result<Sandbox> {
+        Self::create(2, true)
+    }
+
+    fn create(host: u8, with_userns: bool) -> Result<Sandbox> {
         require_root();
         assert!((2..=126).contains(&host), "host number {host} outside 2..=126");
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
@@ -80,7 +95,12 @@ impl Sandbox {
             pins: PinDir::new(format!("/sys/fs/bpf/interceptor-test-{id}")),
             id,
             procs: Mutex::new(Vec::new()),
+            userns: None,
         };
+        let mut sb = sb;
+        if with_userns {
+            sb.userns = Some(Mutex::new(sb.make_userns_pod()?));
+        }
         sb.build().with_context(|| format!("building sandbox {}", sb.id))?;
         Ok(sb)
     }
@@ -93,12 +113,52 @@ impl Sandbox {
         format!("2001:db8:1::{:x}", self.host)
     }
 
+    /// Creates the pod's network namespace inside a new user namespace, held by a process
+    /// that lives as long as the sandbox (`ip netns attach` pins the network namespace).
+    fn make_userns_pod(&self) -> Result<Child> {
+        let mut child = std::process::Command::new("unshare")
+            .args(["--user", "--net", "--", "sleep", "infinity"])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .context("unshare (util-linux)")?;
+        let pid = child.id();
+        let own = fs::read_link("/proc/self/ns/user")?;
+        let result = (|| -> Result<()> {
+            for _ in 0..500 {
+                let ns = fs::read_link(format!("/proc/{pid}/ns/user")).unwrap_or_default();
+                let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+                if ns != own && exe.ends_with("sleep") {
+                    // Written from the parent user namespace, as a container runtime does.
+                    let map = format!("0 {USERNS_BASE} 65536\n");
+                    fs::write(format!("/proc/{pid}/uid_map"), &map).context("write uid_map")?;
+                    fs::write(format!("/proc/{pid}/gid_map"), &map).context("write gid_map")?;
+                    return ip(&["netns", "attach", &self.pod, &pid.to_string()]);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            bail!("unshare did not create the user namespace")
+        })();
+        if let Err(e) = result {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+        Ok(child)
+    }
+
+    /// The pod's user namespace, if it has its own.
+    pub fn pod_userns(&self) -> Option<PathBuf> {
+        self.userns.as_ref().map(|c| PathBuf::from(format!("/proc/{}/ns/user", c.lock().unwrap().id())))
+    }
+
     fn build(&self) -> Result<()> {
         let (p, w) = (self.pod.as_str(), self.world.as_str());
         let eth0 = format!("{}/25", self.pod_ip());
         let eth1 = format!("198.51.100.{}/25", 128 + self.host as u16);
         let eth0_6 = format!("{}/64", self.pod_ip6());
-        ip(&["netns", "add", p])?;
+        if self.userns.is_none() {
+            ip(&["netns", "add", p])?;
+        }
         ip(&["netns", "add", w])?;
         // Created directly inside the namespaces: nothing ever exists in the root one.
         ip(&["-n", p, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", w])?;
@@ -145,7 +205,7 @@ impl Sandbox {
     /// A process of the pod (in its cgroup), as `uid`.
     pub fn in_pod(&self, uid: u32) -> Identity {
         let cg = self.pod_cgroup.lock().unwrap().join("cgroup.procs");
-        Identity { netns: self.pod_netns(), cgroup_procs: Some(cg), uid }
+        Identity { netns: self.pod_netns(), cgroup_procs: Some(cg), userns: self.pod_userns(), uid }
     }
 
     /// From now on this pod's processes run in `other`'s cgroup: a second pod on the same
@@ -156,7 +216,7 @@ impl Sandbox {
 
     /// A process of the world (outside the pod's cgroup), as root.
     pub fn in_world(&self) -> Identity {
-        Identity { netns: self.netns_path(&self.world), cgroup_procs: None, uid: 0 }
+        Identity { netns: self.netns_path(&self.world), cgroup_procs: None, userns: None, uid: 0 }
     }
 
     /// Starts a netprobe server and keeps it until the sandbox is dropped.
@@ -249,10 +309,16 @@ impl Sandbox {
 
     /// Loads eBPF mode attached to this sandbox's cgroup, pinned in its own directory.
     pub fn load_ebpf(&self) -> Result<()> {
+        self.load_ebpf_with(None, None)
+    }
+
+    /// Loads eBPF mode with tracking limits (node, per pod).
+    pub fn load_ebpf_with(&self, node: Option<u32>, per_pod: Option<u32>) -> Result<()> {
         interceptor::ebpf::load(&LoadOptions {
             cgroup: Some(self.cgroup.clone()),
             pin_dir: self.pins.clone(),
-            max_tracked_connections: None,
+            max_tracked_connections: node,
+            max_tracked_connections_per_pod: per_pod,
         })?;
         Ok(())
     }
@@ -315,6 +381,11 @@ impl Drop for Sandbox {
         let _ = interceptor::ebpf::unload(&self.pins);
         for ns in [&self.pod, &self.world] {
             let _ = ip(&["netns", "del", ns]);
+        }
+        if let Some(holder) = &self.userns {
+            let mut c = holder.lock().unwrap();
+            let _ = c.kill();
+            let _ = c.wait();
         }
         // The cgroup can only go once its processes are gone.
         for _ in 0..50 {

@@ -67,7 +67,13 @@ pub fn enroll(policy: &Policy, opts: &EnrollOptions) -> Result<EnrollReport> {
     let mut maps = PinnedMaps::open(&opts.pin_dir)?;
     let old = maps.pods.get(&cookie, 0).ok();
     let policy_id = fresh_policy_id(&maps)?;
-    let compiled = compile(policy, &snap, policy_id, &opts.pod_ips)?;
+    let mut compiled = compile(policy, &snap, policy_id, &opts.pod_ips)?;
+    if let Some(config) = compiled.config.as_mut() {
+        // What the programs see is the kernel's UID: a pod with its own user namespace maps
+        // the proxy's UID to another one.
+        config.proxy_uid = crate::userns::kernel_uid(&netns_file, policy.proxy_uid)?;
+    }
+    check_addresses(&maps, cookie, path, &compiled)?;
     let t_compiled = t0.elapsed();
 
     let started = Instant::now();
@@ -89,10 +95,13 @@ pub fn enroll(policy: &Policy, opts: &EnrollOptions) -> Result<EnrollReport> {
     let apply_time = started.elapsed();
     let t_switched = t0.elapsed();
 
-    // A sidecar that was already listening before this first enroll is registered now (the
-    // programs only see listen() calls made while the pod is enrolled).
-    if old.is_none() {
-        match super::listeners::adopt(&opts.netns, &opts.pin_dir, cookie, config.inbound_port) {
+    // A sidecar that was already listening before this first enroll (or before its inbound
+    // port or UID changed) is registered now: the programs only see listen() calls made
+    // while the pod is enrolled with that port.
+    let listeners_changed =
+        old.is_none_or(|o| o.inbound_port != config.inbound_port || o.proxy_uid != config.proxy_uid);
+    if listeners_changed {
+        match super::listeners::adopt(&opts.netns, &opts.pin_dir, cookie, config.inbound_port, config.proxy_uid) {
             Ok(n) if n > 0 => tracing::info!("adopted {n} existing inbound listener(s)"),
             Ok(_) => {}
             Err(e) => tracing::warn!("could not look for an existing inbound listener: {e:#}"),
@@ -143,6 +152,12 @@ pub fn unenroll_cookie(pins: &PinDir, cookie: u64) -> Result<bool> {
     detach_sk_lookup(pins, cookie)?;
     let _ = maps.pod_info.remove(&cookie);
     set_addresses(&mut maps, cookie, &Compiled::default())?;
+    super::listeners::forget(pins, cookie)?;
+    // Connections still being handed over count down this entry when they complete; it
+    // goes once nothing is in flight (the pod makes no new ones).
+    if maps.pod_tracking.get(&cookie, 0).is_ok_and(|t| t.in_flight == 0) {
+        let _ = maps.pod_tracking.remove(&cookie);
+    }
     if let Some(old) = old {
         raw::rcu_barrier()?;
         delete_generation(&mut maps, old.policy_id);
@@ -192,6 +207,26 @@ fn lpm_keys<'a>(keys: impl Iterator<Item = &'a Lpm>) -> Vec<u8> {
     out
 }
 
+/// Refuses a pod holding an address that is enrolled for another pod: inbound steering and
+/// status must never confuse two pods. (An address left by a pod that is no longer enrolled
+/// is taken over.)
+fn check_addresses(maps: &PinnedMaps, cookie: u64, netns: &std::path::Path, c: &Compiled) -> Result<()> {
+    for k in &c.addrs {
+        let Ok(other) = maps.pod_addrs.get(k, 0) else { continue };
+        if other == cookie || maps.pods.get(&other, 0).is_err() {
+            continue;
+        }
+        let other_netns =
+            maps.pod_info.get(&other, 0).map(|i| super::maps::c_str(&i.netns_path)).unwrap_or_else(|_| "?".into());
+        bail!(
+            "address {} of {} is already enrolled for the pod of network namespace {other_netns} (cookie {other}): pod addresses must be unique on a node; unenroll that pod first",
+            crate::ebpf::status::addr_text(k),
+            netns.display(),
+        );
+    }
+    Ok(())
+}
+
 /// Points the pod's current addresses at it (and drops addresses it no longer has).
 fn set_addresses(maps: &mut PinnedMaps, cookie: u64, c: &Compiled) -> Result<()> {
     let stale: Vec<PodAddrKey> = maps
@@ -202,13 +237,6 @@ fn set_addresses(maps: &mut PinnedMaps, cookie: u64, c: &Compiled) -> Result<()>
         .map(|(k, _)| k)
         .collect();
     for k in &c.addrs {
-        if let Ok(other) = maps.pod_addrs.get(k, 0)
-            && other != cookie
-        {
-            // Pod addresses are unique on a node: a pod that reuses a departed pod's
-            // address takes it over.
-            tracing::warn!("address {} moves to this pod from netns cookie {other}", crate::ebpf::status::addr_text(k));
-        }
         maps.pod_addrs.insert(*k, cookie, 0).context("POD_ADDRS is full")?;
     }
     for k in stale {

@@ -21,10 +21,23 @@ pub struct LoadOptions {
     /// Where to attach; default: the cgroup v2 root (every pod on the node).
     pub cgroup: Option<PathBuf>,
     pub pin_dir: PinDir,
-    /// Capacity of the connection-tracking LRU maps (default `capacity::TRACKED_CONNECTIONS`):
-    /// the most concurrent redirected (or accepted) connections per node whose original
-    /// destination is remembered; the kernel preallocates them (~100 bytes each).
+    /// Redirected connections being handed over to a sidecar at once, node-wide (default
+    /// `capacity::TRACKED_CONNECTIONS`): from the application's SYN until the kernel has
+    /// created the sidecar's end. More connect()s are refused (EPERM) and counted. The
+    /// table is preallocated: about 140 bytes per entry.
     pub max_tracked_connections: Option<u32>,
+    /// The same limit per pod (default `capacity::TRACKED_CONNECTIONS_PER_POD`), so that
+    /// one pod cannot take the node's.
+    pub max_tracked_connections_per_pod: Option<u32>,
+}
+
+impl LoadOptions {
+    fn limits(&self) -> (u64, u64) {
+        let node = self.max_tracked_connections.map(u64::from).unwrap_or(capacity::TRACKED_CONNECTIONS as u64);
+        let pod =
+            self.max_tracked_connections_per_pod.map(u64::from).unwrap_or(capacity::TRACKED_CONNECTIONS_PER_POD as u64);
+        (node, pod.min(node))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,7 +133,7 @@ pub fn load(opts: &LoadOptions) -> Result<LoadOutcome> {
         None => cgroup2_root()?,
     };
     let staging = pins.staging();
-    let result = install(&staging, &cgroup, opts.max_tracked_connections).and_then(|()| {
+    let result = install(&staging, &cgroup, opts.limits()).and_then(|()| {
         if let Some(parent) = pins.path().parent() {
             fs::create_dir_all(parent)?;
         }
@@ -149,8 +162,10 @@ fn remove_stale_staging(pins: &PinDir) {
     }
 }
 
-/// Loads the object with every map pinned (or reused) under `pins`.
-fn open_object(pins: &PinDir, max_tracked: Option<u32>) -> Result<Ebpf> {
+/// Loads the object with every map pinned (or reused) under `pins`. `node_limit` sizes the
+/// hand-over table of a new installation (the limit plus headroom for connect()s admitted
+/// at the same moment on several CPUs).
+fn open_object(pins: &PinDir, node_limit: Option<u64>) -> Result<Ebpf> {
     let paths: Vec<(&str, PathBuf)> = map_names::ALL.iter().map(|n| (*n, pins.map(n))).collect();
     let mut loader = EbpfLoader::new();
     // The programs use no CO-RE relocations.
@@ -158,10 +173,9 @@ fn open_object(pins: &PinDir, max_tracked: Option<u32>) -> Result<Ebpf> {
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
-    if let Some(n) = max_tracked {
-        for name in [map_names::PENDING, map_names::ORIG_BY_COOKIE, map_names::ACCEPTED] {
-            loader.map_max_entries(name, n);
-        }
+    if let Some(n) = node_limit {
+        let entries = n.saturating_add(capacity::HANDOFF_HEADROOM as u64).min(u32::MAX as u64) as u32;
+        loader.map_max_entries(map_names::HANDOFF, entries);
     }
     loader.load(object::bytes()?).context("cannot load the eBPF object")
 }
@@ -179,11 +193,11 @@ fn load_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Program> {
     Ok(prog)
 }
 
-fn install(staging: &PinDir, cgroup: &Path, max_tracked: Option<u32>) -> Result<()> {
+fn install(staging: &PinDir, cgroup: &Path, (node_limit, pod_limit): (u64, u64)) -> Result<()> {
     for dir in ["maps", "progs", "links", "pods"] {
         fs::create_dir_all(staging.path().join(dir))?;
     }
-    let mut ebpf = open_object(staging, max_tracked)?;
+    let mut ebpf = open_object(staging, Some(node_limit))?;
     // Maps only user space uses: created here, pinned with the rest.
     let info = raw::hash_map_create(map_names::POD_INFO, 8, size_of::<PodInfo>() as u32, capacity::PODS as u32)
         .context("cannot create the POD_INFO map")?;
@@ -205,19 +219,36 @@ fn install(staging: &PinDir, cgroup: &Path, max_tracked: Option<u32>) -> Result<
             .with_context(|| format!("cannot attach {name} to cgroup {}", cgroup.display()))?;
         raw::obj_pin(link.as_fd(), &staging.link(name)).with_context(|| format!("cannot pin the link of {name}"))?;
     }
-    // Linked to each pod's network namespace at enroll; loaded now, so that a kernel
-    // without it fails here, before anything is installed.
+    // Tail-called by each pod's own sk_lookup program (`trampoline`); loaded now, so that a
+    // kernel without it fails here, before anything is installed.
     let prog = load_program(&mut ebpf, SK_LOOKUP_PROGRAM).context(
         "the sk_lookup program was refused (it reads the sk_lookup field ingress_ifindex, Linux 5.17+); use iptables mode on this kernel",
     )?;
     prog.pin(staging.prog(SK_LOOKUP_PROGRAM))?;
+    set_steering_program(staging, prog)?;
     let maps = PinnedMaps::open(staging)?;
     let mut settings_map = maps.settings;
     settings_map.set(
         0,
-        Settings { debug: 0, layout_version: LAYOUT_VERSION, fingerprint: object::fingerprint() },
+        Settings {
+            debug: 0,
+            layout_version: LAYOUT_VERSION,
+            fingerprint: object::fingerprint(),
+            max_in_flight_node: node_limit,
+            max_in_flight_pod: pod_limit,
+        },
         0,
     )?;
+    Ok(())
+}
+
+/// Makes `prog` the steering program every pod's sk_lookup program tail-calls: one atomic
+/// map update switches every pod.
+fn set_steering_program(pins: &PinDir, prog: &Program) -> Result<()> {
+    let data = aya::maps::MapData::from_pin(pins.map(map_names::STEER_PROGRAM)).context("open STEER_PROGRAM")?;
+    let mut slots: aya::maps::ProgramArray<aya::maps::MapData> =
+        aya::maps::ProgramArray::try_from(aya::maps::Map::ProgramArray(data))?;
+    slots.set(0, prog.fd()?, 0).context("installing the steering program")?;
     Ok(())
 }
 
@@ -232,14 +263,11 @@ fn upgrade(pins: &PinDir) -> Result<usize> {
         let _ = fs::remove_file(pins.prog(name));
         prog.pin(pins.prog(name))?;
     }
+    // Every pod's own sk_lookup program tail-calls the steering program: replacing it in
+    // the program array switches them all at once.
     let prog = load_program(&mut ebpf, SK_LOOKUP_PROGRAM)?;
-    let mut pods = 0;
-    for cookie in pinned_pods(pins)? {
-        let link = raw::obj_get(&pins.pod_link(cookie))?;
-        raw::link_update(link.as_fd(), prog.fd()?.as_fd())
-            .with_context(|| format!("cannot replace the sk_lookup program of pod {cookie}"))?;
-        pods += 1;
-    }
+    set_steering_program(pins, prog)?;
+    let pods = pinned_pods(pins)?.len();
     let _ = fs::remove_file(pins.prog(SK_LOOKUP_PROGRAM));
     prog.pin(pins.prog(SK_LOOKUP_PROGRAM))?;
     let maps = PinnedMaps::open(pins)?;
@@ -263,7 +291,8 @@ pub fn pinned_pods(pins: &PinDir) -> Result<Vec<u64>> {
     Ok(out)
 }
 
-/// Links the pinned sk_lookup program to one pod's network namespace (no-op if linked).
+/// Links the pod's own sk_lookup program (see `trampoline`) to its network namespace (no-op
+/// if linked).
 pub fn attach_sk_lookup(pins: &PinDir, cookie: u64, netns: &File) -> Result<()> {
     if pins.pod_link(cookie).exists() {
         return Ok(());
@@ -271,7 +300,9 @@ pub fn attach_sk_lookup(pins: &PinDir, cookie: u64, netns: &File) -> Result<()> 
     let dir = pins.pod(cookie);
     fs::create_dir_all(&dir)?;
     let result = (|| -> Result<()> {
-        let prog = raw::obj_get(&pins.prog(SK_LOOKUP_PROGRAM)).context("cannot open the pinned sk_lookup program")?;
+        let steer_netns = raw::obj_get(&pins.map(map_names::STEER_NETNS)).context("open STEER_NETNS")?;
+        let steer_program = raw::obj_get(&pins.map(map_names::STEER_PROGRAM)).context("open STEER_PROGRAM")?;
+        let prog = super::trampoline::load(cookie, &steer_netns, &steer_program)?;
         let link = raw::link_create(prog.as_fd(), netns.as_fd(), raw::attach_type::SK_LOOKUP)
             .context("cannot attach sk_lookup to the pod's network namespace")?;
         raw::obj_pin(link.as_fd(), &pins.pod_link(cookie))?;

@@ -13,6 +13,7 @@
 pub mod compile;
 pub mod debug;
 pub mod enroll;
+pub mod insn;
 pub mod listeners;
 pub mod loader;
 pub mod maps;
@@ -21,6 +22,7 @@ pub mod pins;
 pub mod probe;
 pub mod raw;
 pub mod status;
+pub mod trampoline;
 
 pub use enroll::{EnrollOptions, enroll, unenroll};
 pub use loader::{LoadOptions, LoadOutcome, load, unload};

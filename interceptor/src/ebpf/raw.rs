@@ -183,3 +183,64 @@ pub fn delete_batch(map: BorrowedFd<'_>, keys: &[u8], count: usize) -> io::Resul
     let mut attr = batch_attr(map, keys.as_ptr() as u64, 0, count as u32);
     sys_bpf(BPF_MAP_DELETE_BATCH, &mut attr).map(|_| ())
 }
+
+/// Program types the loader writes itself (UAPI `enum bpf_prog_type`).
+#[derive(Clone, Copy, Debug)]
+pub enum ProgType {
+    SockOps,
+    SkLookup,
+}
+
+/// BPF_PROG_LOAD of hand-written instructions (`insn`). On a verifier refusal the error
+/// carries the verifier's log.
+pub fn prog_load(prog_type: ProgType, insns: &[super::insn::Insn], name: &str) -> io::Result<OwnedFd> {
+    use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd, bpf_prog_type};
+    let code = super::insn::bytes(insns);
+    let license = c"GPL";
+    let mut log = vec![0u8; 64 * 1024];
+    let (ty, attach) = match prog_type {
+        ProgType::SockOps => (bpf_prog_type::BPF_PROG_TYPE_SOCK_OPS, bpf_attach_type::BPF_CGROUP_SOCK_OPS),
+        ProgType::SkLookup => (bpf_prog_type::BPF_PROG_TYPE_SK_LOOKUP, bpf_attach_type::BPF_SK_LOOKUP),
+    };
+    let mut load = |log_level: u32| {
+        // SAFETY: an all-zero bpf_attr is valid; only the fields set here are read.
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: writing the fields of the BPF_PROG_LOAD member of the union.
+        let u = unsafe { &mut attr.__bindgen_anon_3 };
+        u.prog_type = ty as u32;
+        u.expected_attach_type = attach as u32;
+        u.insn_cnt = insns.len() as u32;
+        u.insns = code.as_ptr() as u64;
+        u.license = license.as_ptr() as u64;
+        if log_level > 0 {
+            u.log_level = log_level;
+            u.log_buf = log.as_mut_ptr() as u64;
+            u.log_size = log.len() as u32;
+        }
+        for (d, s) in u.prog_name.iter_mut().zip(name.bytes().take(15)) {
+            *d = s as std::ffi::c_char;
+        }
+        // SAFETY: a valid attribute of the size passed; the buffers outlive the call.
+        let rc = unsafe {
+            libc::syscall(libc::SYS_bpf, bpf_cmd::BPF_PROG_LOAD as libc::c_long, &mut attr, size_of::<bpf_attr>())
+        };
+        if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(owned(rc)) }
+    };
+    match load(0) {
+        Ok(fd) => Ok(fd),
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) || e.raw_os_error() == Some(libc::EINVAL) => {
+            // Again with the verifier's log, to say why.
+            match load(1) {
+                Ok(fd) => Ok(fd),
+                Err(e) => {
+                    let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+                    Err(io::Error::new(
+                        e.kind(),
+                        format!("{e}; verifier: {}", String::from_utf8_lossy(&log[..end]).trim()),
+                    ))
+                }
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
