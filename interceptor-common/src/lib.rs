@@ -323,6 +323,9 @@ pub mod route_flags {
     pub const EXCLUDED_INTERFACE: u32 = 1 << 1;
     /// `src` holds the source address the kernel would choose for this route.
     pub const HAS_SRC: u32 = 1 << 2;
+    /// No route: the kernel fails a connect() before any packet (unreachable, blackhole,
+    /// prohibit, broadcast, multicast): nothing to decide.
+    pub const UNREACHABLE: u32 = 1 << 3;
 }
 
 /// Value of `ROUTES`: what the pod's routing table says about a destination prefix.

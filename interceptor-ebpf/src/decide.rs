@@ -22,8 +22,8 @@ pub enum Outbound {
 #[inline(always)]
 pub fn outbound(pod: &PodConfig, dst: &Endpoint, uid: u32) -> Outbound {
     let route: RouteValue = match ROUTES.get(&dst.lpm_key(pod.policy_id)) {
-        Some(r) => *r,
-        None => return Outbound::NoRoute,
+        Some(r) if r.flags & route_flags::UNREACHABLE == 0 => *r,
+        _ => return Outbound::NoRoute,
     };
     let src = if route.flags & route_flags::HAS_SRC != 0 { Some(crate::addr::bytes_to_words(route.src)) } else { None };
     let local = route.flags & route_flags::LOCAL != 0;

@@ -4,6 +4,7 @@
 //! * [`iptables`]: the init-container mode, osm-edge's chains via iptables-restore;
 //! * [`ebpf`]: the node-daemon mode, cgroup/sock_ops/sk_lookup programs without NAT;
 //! * [`explain`]: why a flow is redirected or not.
+pub mod cells;
 pub mod cli;
 pub mod ebpf;
 pub mod explain;
