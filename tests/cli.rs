@@ -119,6 +119,36 @@ fn explain_names_the_deciding_rule() {
 }
 
 #[test]
+fn explain_shows_the_local_dns_proxy_rule_for_udp_only() {
+    let dns = ["explain", "outbound", "--udp", "--dst", "127.0.0.153:53"];
+    let o = interceptor(&[&dns[..], &["--enable-local-dns-proxy"]].concat());
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("decision: DNAT to the sidecar's local DNS proxy 127.0.0.153:5300"), "{out}");
+    assert!(out.contains("reason:   dns_proxy"), "{out}");
+    assert!(
+        out.contains("rule:     -A OUTPUT -p udp -d 127.0.0.153 --dport 53 -j DNAT --to-destination 127.0.0.153:5300"),
+        "{out}"
+    );
+    let o = interceptor(&[&dns[..], &["--enable-local-dns-proxy", "--json"]].concat());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["decision"]["verdict"]["verdict"], "dnat_dns_proxy");
+    assert_eq!(v["decision"]["verdict"]["to"], "127.0.0.153:5300");
+    assert_eq!(v["decision"]["reason"], "dns_proxy");
+    // A dual-stack socket's v4-mapped destination is IPv4 on the wire.
+    let o =
+        interceptor(&["explain", "outbound", "--udp", "--dst", "[::ffff:127.0.0.153]:53", "--enable-local-dns-proxy"]);
+    assert!(text(&o).0.contains("reason:   dns_proxy"), "{}", text(&o).0);
+    // Without the option, or to another port, UDP is not touched.
+    for args in [&dns[..], &["explain", "outbound", "--udp", "--dst", "127.0.0.153:54", "--enable-local-dns-proxy"]] {
+        let o = interceptor(args);
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{err}");
+        assert!(out.contains("decision: PASS"), "{args:?}: {out}");
+    }
+}
+
+#[test]
 fn a_bad_policy_leaves_the_tables_untouched() -> Result<()> {
     let sb = Sandbox::new()?;
     let netns = sb.pod_netns();

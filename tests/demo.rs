@@ -107,6 +107,7 @@ fn run() -> Result<bool> {
             Verdict::RedirectOutbound { port } => format!("redirect :{port}"),
             Verdict::RedirectInbound { port } => format!("redirect :{port}"),
             Verdict::DnatPodIp { .. } => "DNAT pod IP".into(),
+            Verdict::DnatDnsProxy { to } => format!("DNAT {to}"),
             Verdict::Pass => "pass".into(),
         };
         let reason = expected.decision.reason.map(|r| r.name()).unwrap_or("no rule: not TCP");

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, ensure};
 use interceptor::policy::Policy;
 use interceptor_tests::{
     Actor, FlowCase, Mode, Sandbox,
-    flows::{Landing, matrix_policy, policy_from},
+    flows::{Landing, matrix_policy},
     procs::{Collecting, command, netprobe},
     sandbox::{APP_UID, PROXY_UID},
 };
@@ -146,8 +146,7 @@ fn a_user_namespaced_pod_keeps_its_proxy_traffic_direct() -> Result<()> {
     // A proxy UID the user namespace does not map cannot be recognised: enroll refuses.
     let sb = Sandbox::with_userns()?;
     sb.load_ebpf()?;
-    let mut unmapped = Policy::default();
-    unmapped.proxy_uid = 70_000;
+    let unmapped = Policy { proxy_uid: 70_000, ..Policy::default() };
     let err = sb.enroll(&unmapped).expect_err("an unmapped proxy UID must be refused");
     let text = format!("{err:#}");
     assert!(text.contains("70000") && text.contains("user namespace"), "{text}");

@@ -126,7 +126,7 @@ fn interception_continues_after_the_loader_exits_and_load_is_idempotent() -> Res
     assert_eq!(landed(&sb, "203.0.113.20:6379")?.as_deref(), Some("world"));
 
     let ids = program_ids(&sb)?;
-    assert_eq!(ids.len(), 7, "6 cgroup programs and steer_inbound");
+    assert_eq!(ids.len(), ebpf::object::CGROUP_PROGRAMS.len() + 1, "every cgroup program and steer_inbound");
     assert!(run(&["ebpf", "load", "--cgroup", &cg, "--pin-dir", &pin])?.contains("already loaded"));
     assert_eq!(program_ids(&sb)?, ids, "loading twice changes nothing");
 
@@ -201,6 +201,10 @@ fn a_thousand_concurrent_connections_each_see_their_own_original_destination() -
 #[test]
 fn kernel_feature_probe_passes_on_this_kernel() {
     assert_eq!(ebpf::probe::missing_features(), vec![]);
+    // The attach-type probe tells a hook the kernel has from one it does not.
+    const CGROUP_SOCK_ADDR: u32 = 18;
+    assert!(ebpf::raw::prog_load_probe(CGROUP_SOCK_ADDR, ebpf::raw::attach_type::CGROUP_UDP6_RECVMSG));
+    assert!(!ebpf::raw::prog_load_probe(CGROUP_SOCK_ADDR, 4096), "an attach type no kernel has");
 }
 
 #[test]
@@ -252,5 +256,28 @@ fn a_pod_whose_namespace_is_gone_is_unenrolled_by_cookie() -> Result<()> {
     let maps = PinnedMaps::open(&sb.pins)?;
     assert_eq!(maps.excluded.keys().count(), 0, "the pod's policy entries are gone");
     assert_eq!(maps.pod_addrs.keys().count(), 0, "its addresses are gone");
+    Ok(())
+}
+
+#[test]
+fn a_load_over_an_older_layout_names_the_layout_not_an_incomplete_installation() -> Result<()> {
+    let sb = Sandbox::new()?;
+    sb.load_ebpf()?;
+    // What an older build left: another layout, without a program this build attaches.
+    let maps = PinnedMaps::open(&sb.pins)?;
+    let mut settings = maps.settings()?;
+    settings.layout_version -= 1;
+    let mut m = maps.settings;
+    m.set(0, settings, 0)?;
+    std::fs::remove_file(sb.pins.link("dns_proxy_recvmsg6"))?;
+    let err = ebpf::load(&LoadOptions {
+        cgroup: Some(sb.cgroup.clone()),
+        pin_dir: sb.pins.clone(),
+        max_tracked_connections: None,
+        max_tracked_connections_per_pod: None,
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("map layout") && err.contains("unload them first"), "{err}");
     Ok(())
 }

@@ -3,7 +3,9 @@
 //! `serve` answers every TCP connection with one JSON line saying who answered, on which
 //! local address, from which peer, and what getsockopt(SO_ORIGINAL_DST) returned: that is
 //! how a test proves where a connection landed. `connect` dials and prints the answer with
-//! the client's own view (getpeername/getsockname).
+//! the client's own view (getpeername/getsockname). `dns` sends one DNS query over UDP, on a
+//! connected socket or with sendto(), and prints the answer with the reply's source address
+//! (recvfrom) and the socket's getpeername().
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -16,7 +18,7 @@ use serde_json::{Value, json};
 
 fn usage() -> ! {
     eprintln!(
-        "usage:\n  netprobe serve --name NAME --listen ADDR:PORT... [--udp ADDR:PORT...] [--close]\n  netprobe connect --to ADDR:PORT [--udp] [--timeout-ms N]\n  netprobe connect-many --to ADDR:PORT... [--repeat N]\n  netprobe connect-hold --to ADDR:PORT        (one exchange per stdin line)\n  netprobe rr --to ADDR:PORT --count N      (connect, 1-byte request/response, close; prints latencies in ns)\n  netprobe bulk --to ADDR:PORT --bytes N     (prints MB/s)\n  netprobe sink --listen ADDR:PORT           (accepts and discards; 1-byte echo for rr)\n  netprobe serve ... [--reuseport N]         (N SO_REUSEPORT listeners per address)\n  netprobe hold-accept --listen ADDR:PORT... --wait-ms N [--backlog B] [--idle-ms N]\n                                             (listens, accepts nothing for N ms, then accepts\n                                              every pending connection: one JSON line each)\n  netprobe send-close --to ADDR:PORT --count N [--linger0]\n                                             (connect, send a line, close at once; N times)\n  netprobe reconnect --to ADDR:PORT --then ADDR:PORT\n                                             (one socket: connect, and after it fails connect again)\n  netprobe connect ... [--bind ADDR:PORT]     (bind before connecting)"
+        "usage:\n  netprobe serve --name NAME --listen ADDR:PORT... [--udp ADDR:PORT...] [--close]\n  netprobe connect --to ADDR:PORT [--udp] [--timeout-ms N]\n  netprobe dns --to ADDR:PORT... --name NAME [--sendto] [--timeout-ms N]  (an A query to each, over one UDP socket; [::ffff:a.b.c.d] = dual-stack)\n  netprobe connect-many --to ADDR:PORT... [--repeat N]\n  netprobe connect-hold --to ADDR:PORT        (one exchange per stdin line)\n  netprobe rr --to ADDR:PORT --count N      (connect, 1-byte request/response, close; prints latencies in ns)\n  netprobe bulk --to ADDR:PORT --bytes N     (prints MB/s)\n  netprobe sink --listen ADDR:PORT           (accepts and discards; 1-byte echo for rr)\n  netprobe serve ... [--reuseport N]         (N SO_REUSEPORT listeners per address)\n  netprobe hold-accept --listen ADDR:PORT... --wait-ms N [--backlog B] [--idle-ms N]\n                                             (listens, accepts nothing for N ms, then accepts\n                                              every pending connection: one JSON line each)\n  netprobe send-close --to ADDR:PORT --count N [--linger0]\n                                             (connect, send a line, close at once; N times)\n  netprobe reconnect --to ADDR:PORT --then ADDR:PORT\n                                             (one socket: connect, and after it fails connect again)\n  netprobe connect ... [--bind ADDR:PORT]     (bind before connecting)"
     );
     std::process::exit(2)
 }
@@ -74,6 +76,15 @@ fn main() {
                 connect(to, timeout)
             };
             println!("{out}");
+        }
+        "dns" => {
+            let to = addrs("--to");
+            if to.is_empty() {
+                usage();
+            }
+            let name = one("--name").unwrap_or_else(|| usage());
+            let timeout = Duration::from_millis(one("--timeout-ms").map(|v| v.parse().unwrap()).unwrap_or(3000));
+            println!("{}", dns_query(&to, &name, has("--sendto"), timeout));
         }
         "connect-hold" => {
             let to = addrs("--to").into_iter().next().unwrap_or_else(|| usage());
@@ -585,4 +596,125 @@ fn exchange(mut s: TcpStream, timeout: Duration) -> Value {
         Ok(_) => json!({"ok": false, "error": "connection closed without a reply"}),
         Err(e) => json!({"ok": false, "error": e.to_string()}),
     }
+}
+
+/// One DNS query (type A) for `name` to each of `to` in turn, over one UDP socket:
+/// connect() + send(), or sendto() (the socket stays unconnected). An IPv6 first destination
+/// makes a dual-stack socket, so that a v4-mapped one ([::ffff:a.b.c.d]) travels as IPv4.
+/// Prints, for the first destination, the first A record, the reply's source as recvfrom()
+/// reports it and the socket's getpeername() (null when not connected), and the same for the
+/// next ones under `then`; a reply that is not DNS (a netprobe server's JSON) is `reply`.
+fn dns_query(to: &[SocketAddr], name: &str, sendto: bool, timeout: Duration) -> Value {
+    let sock = if to[0].is_ipv4() {
+        UdpSocket::bind("0.0.0.0:0").expect("bind")
+    } else {
+        // SAFETY: a fresh socket we own, its option set before use (connect or sendto binds it).
+        unsafe {
+            use std::os::fd::FromRawFd;
+            let fd = libc::socket(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            let zero: libc::c_int = 0;
+            libc::setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, (&zero as *const i32).cast(), 4);
+            UdpSocket::from_raw_fd(fd)
+        }
+    };
+    sock.set_read_timeout(Some(timeout)).unwrap();
+    let mut results: Vec<Value> = to.iter().map(|t| dns_exchange(&sock, *t, name, sendto)).collect();
+    let mut first = results.remove(0);
+    if !results.is_empty() {
+        first["then"] = Value::Array(results);
+    }
+    first
+}
+
+fn dns_exchange(sock: &UdpSocket, to: SocketAddr, name: &str, sendto: bool) -> Value {
+    let id = (std::process::id() & 0xffff) as u16;
+    let query = dns_message(id, name);
+    let sent = if sendto { sock.send_to(&query, to) } else { sock.connect(to).and_then(|()| sock.send(&query)) };
+    let error = |e: std::io::Error| {
+        let text = match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => "timeout".to_string(),
+            std::io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
+            std::io::ErrorKind::PermissionDenied => "operation not permitted".to_string(),
+            _ => e.to_string(),
+        };
+        json!({"ok": false, "error": text})
+    };
+    if let Err(e) = sent {
+        return error(e);
+    }
+    let mut buf = [0u8; 1500];
+    let (n, from) = match sock.recv_from(&mut buf) {
+        Ok(r) => r,
+        Err(e) => return error(e),
+    };
+    let peername = sock.peer_addr().ok().map(|a| a.to_string());
+    let sockname = sock.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let mut out = json!({"ok": true, "from": from.to_string(), "peername": peername, "sockname": sockname});
+    if let Ok(reply) = serde_json::from_slice::<Value>(&buf[..n]) {
+        out["reply"] = reply;
+        return out;
+    }
+    match dns_answer(&buf[..n], id) {
+        Ok((rcode, answer)) => {
+            out["rcode"] = json!(rcode);
+            out["answer"] = json!(answer.map(|a| a.to_string()));
+            out
+        }
+        Err(e) => json!({"ok": false, "error": format!("bad reply from {from}: {e}")}),
+    }
+}
+
+/// A standard query (recursion desired) for the A records of `name`.
+fn dns_message(id: u16, name: &str) -> Vec<u8> {
+    let mut m = Vec::with_capacity(64);
+    m.extend_from_slice(&id.to_be_bytes());
+    m.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.trim_end_matches('.').split('.') {
+        m.push(label.len() as u8);
+        m.extend_from_slice(label.as_bytes());
+    }
+    m.extend_from_slice(&[0, 0, 1, 0, 1]);
+    m
+}
+
+/// (rcode, first A record) of a reply to query `id`.
+fn dns_answer(m: &[u8], id: u16) -> Result<(u8, Option<std::net::Ipv4Addr>), String> {
+    let get = |i: usize| m.get(i).copied().ok_or_else(|| "truncated".to_string());
+    let u16_at = |i: usize| -> Result<u16, String> { Ok(u16::from_be_bytes([get(i)?, get(i + 1)?])) };
+    if u16_at(0)? != id || get(2)? & 0x80 == 0 {
+        return Err("not a reply to our query".into());
+    }
+    let rcode = get(3)? & 0x0f;
+    let (questions, answers) = (u16_at(4)?, u16_at(6)?);
+    // A name: labels up to a zero byte, or ending in a compression pointer (two bytes).
+    let skip_name = |mut i: usize| -> Result<usize, String> {
+        loop {
+            let len = get(i)?;
+            if len == 0 {
+                return Ok(i + 1);
+            }
+            if len & 0xc0 == 0xc0 {
+                return Ok(i + 2);
+            }
+            i += 1 + len as usize;
+        }
+    };
+    let mut i = 12;
+    for _ in 0..questions {
+        i = skip_name(i)? + 4;
+    }
+    for _ in 0..answers {
+        i = skip_name(i)?;
+        let (rtype, len) = (u16_at(i)?, u16_at(i + 8)? as usize);
+        let data = i + 10;
+        if rtype == 1 && len == 4 {
+            return Ok((
+                rcode,
+                Some(std::net::Ipv4Addr::new(get(data)?, get(data + 1)?, get(data + 2)?, get(data + 3)?)),
+            ));
+        }
+        i = data + len;
+    }
+    Ok((rcode, None))
 }

@@ -25,12 +25,13 @@ pub mod map_names {
     pub const STEER_PROGRAM: &str = "STEER_PROGRAM";
     pub const COUNTERS: &str = "COUNTERS";
     pub const SETTINGS: &str = "SETTINGS";
+    pub const DNS_SOCKETS: &str = "DNS_SOCKETS";
     pub const AYA_LOGS: &str = "AYA_LOGS";
     /// Created by the loader, not by the object: only user space uses them.
     pub const POD_INFO: &str = "POD_INFO";
     pub const GENERATIONS: &str = "GENERATIONS";
     /// Maps defined in the eBPF object.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         PODS,
         POD_ADDRS,
         EXCLUDED_CIDRS,
@@ -47,6 +48,7 @@ pub mod map_names {
         STEER_PROGRAM,
         COUNTERS,
         SETTINGS,
+        DNS_SOCKETS,
         AYA_LOGS,
     ];
 }
@@ -81,6 +83,20 @@ pub mod capacity {
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 pub const IPPROTO_TCP: u32 = 6;
+pub const IPPROTO_UDP: u32 = 17;
+
+/// osm-edge's local DNS proxy (`spec.sidecar.localDNSProxy.enable`): the pod's nameserver is
+/// 127.0.0.153 and the rule `-A OUTPUT -p udp -d 127.0.0.153 --dport 53 -j DNAT
+/// --to-destination 127.0.0.153:5300` sends its queries to the sidecar's DNS proxy. The
+/// values are osm-edge's constants (`pkg/injector/iptables.go`), not configurable there either.
+pub mod dns_proxy {
+    /// The nameserver address the pod's resolv.conf names.
+    pub const ADDR: [u8; 4] = [127, 0, 0, 153];
+    /// The port the application queries.
+    pub const PORT: u16 = 53;
+    /// The port the sidecar's DNS proxy listens on (same address).
+    pub const PROXY_PORT: u16 = 5300;
+}
 
 /// Why a flow was redirected or passed. The same numbering is used by the pure decision
 /// model (`interceptor::policy::decide`), the eBPF counters and `ebpf status`.
@@ -121,24 +137,30 @@ pub enum Reason {
     InFromPod = 15,
     /// Inbound, would be redirected but no inbound listener exists: refused.
     InNoListener = 16,
+    /// Outbound UDP to 127.0.0.153:53 with the local DNS proxy enabled: to 127.0.0.153:5300.
+    OutDnsProxy = 17,
+    /// Outbound UDP to 127.0.0.153 refused (EPERM) where the eBPF mode could not give the
+    /// replies the source conntrack would: one unconnected socket sending both through the
+    /// rule (to :53) and straight to :5300, or no memory for the socket's mark.
+    OutDnsProxyRefused = 18,
     /// Outbound, would be redirected, but the pod already has its limit of connections
     /// being handed over to the sidecar: connect() refused (EPERM).
-    OutRefusedPodLimit = 17,
+    OutRefusedPodLimit = 19,
     /// The same for the node-wide limit.
-    OutRefusedNodeLimit = 18,
+    OutRefusedNodeLimit = 20,
     /// Outbound, would be redirected, but the kernel had no memory for the connection's
     /// record: connect() refused (EPERM).
-    OutRefusedNoMemory = 19,
+    OutRefusedNoMemory = 21,
     /// A redirected connection whose hand-over record could not be written (the hand-over
     /// table overflowed its headroom): the sidecar's SO_ORIGINAL_DST will fail (ENOENT).
-    OutTrackingLost = 20,
+    OutTrackingLost = 22,
     /// getsockopt(SO_ORIGINAL_DST) on the sidecar's end of a connection whose original
     /// destination is unknown: answered ENOENT, as conntrack does without an entry.
-    OrigDstUnknown = 21,
+    OrigDstUnknown = 23,
 }
 
 impl Reason {
-    pub const COUNT: usize = 22;
+    pub const COUNT: usize = 24;
     pub const ALL: [Reason; Self::COUNT] = [
         Reason::OutProxyToLocal,
         Reason::OutLocalNotProxy,
@@ -157,6 +179,8 @@ impl Reason {
         Reason::InRedirect,
         Reason::InFromPod,
         Reason::InNoListener,
+        Reason::OutDnsProxy,
+        Reason::OutDnsProxyRefused,
         Reason::OutRefusedPodLimit,
         Reason::OutRefusedNodeLimit,
         Reason::OutRefusedNoMemory,
@@ -188,6 +212,8 @@ impl Reason {
             Reason::InRedirect => "redirected",
             Reason::InFromPod => "from_pod",
             Reason::InNoListener => "no_listener",
+            Reason::OutDnsProxy => "dns_proxy",
+            Reason::OutDnsProxyRefused => "dns_proxy_refused",
             Reason::OutRefusedPodLimit => "refused_pod_limit",
             Reason::OutRefusedNodeLimit => "refused_node_limit",
             Reason::OutRefusedNoMemory => "refused_no_memory",
@@ -197,6 +223,7 @@ impl Reason {
     }
 
     pub const fn is_inbound(self) -> bool {
+        // Numbers are appended as reasons are added: test the variants, not a range.
         matches!(
             self,
             Reason::InExcludedPort
@@ -230,6 +257,7 @@ impl Reason {
                 | Reason::OutRefusedNoMemory
                 | Reason::OutTrackingLost
                 | Reason::OrigDstUnknown
+                | Reason::OutDnsProxyRefused
         )
     }
 }
@@ -248,6 +276,8 @@ pub mod pod_flags {
     pub const HAS_POD_IP6: u32 = 1 << 4;
     /// At least one inbound interface exclusion exists (IFACES has entries).
     pub const HAS_IFACE_EXCLUSIONS: u32 = 1 << 5;
+    /// The local DNS proxy is enabled: UDP to 127.0.0.153:53 goes to 127.0.0.153:5300.
+    pub const LOCAL_DNS_PROXY: u32 = 1 << 6;
 }
 
 /// Value of `PODS`, keyed by the pod's network namespace cookie (u64).
@@ -453,9 +483,31 @@ pub struct CounterKey {
     pub _pad: u32,
 }
 
+/// Value of `DNS_SOCKETS` (socket storage: freed with its socket): what the local DNS proxy
+/// rule did to one UDP socket, so that only the replies of DNATed traffic are un-NATed, as
+/// conntrack does. Bits of `dns_mark`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq, Default)]
+pub struct DnsMark {
+    pub flags: u32,
+}
+
+/// `DnsMark::flags` bits.
+pub mod dns_mark {
+    /// Some datagram of the socket was sent to 127.0.0.153:5300 instead of :53: replies
+    /// from 127.0.0.153:5300 appear to come from :53. Cleared by a connect() elsewhere.
+    pub const NATED: u32 = 1 << 0;
+    /// The socket's connect() to 127.0.0.153:53 was rewritten to :5300 (and not replaced
+    /// by another connect() since): getpeername() answers :53.
+    pub const CONNECTED: u32 = 1 << 1;
+    /// The unconnected socket sent a datagram straight to 127.0.0.153:5300 (in a pod with the
+    /// option): its replies must keep :5300, so it may not also send through the rule.
+    pub const DIRECT: u32 = 1 << 2;
+}
+
 /// Version of the map layout. Bump it whenever a map's type, key or value changes: a load
 /// over pinned state of another layout refuses to reuse it.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Value of `SETTINGS[0]`: run-time switches of the programs and what is loaded.
 #[repr(C)]

@@ -4,6 +4,7 @@
 //! it; the socket gets a record (`SOCKETS`) with the dialled destination, for getpeername()
 //! and SO_ORIGINAL_DST. A connect() that cannot be tracked is refused (EPERM), never
 //! redirected untracked. Minimum kernel: 5.7 (bpf_get_netns_cookie here).
+//! UDP sockets only meet osm-edge's local DNS proxy rule (`interceptor_ebpf::dns`).
 use core::ffi::c_void;
 
 use aya_ebpf::{
@@ -13,7 +14,7 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use aya_log_ebpf::debug;
-use interceptor_common::{AF_INET, AF_INET6, IPPROTO_TCP, Reason, SockRecord, sock_flags, sock_kind};
+use interceptor_common::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, Reason, SockRecord, sock_flags, sock_kind};
 use interceptor_ebpf::{
     addr::{
         Endpoint, LOOPBACK4, LOOPBACK6_LAST, V4_MAPPED_WORD2, port_from_be_low16, port_to_be_low16, words_to_bytes,
@@ -34,6 +35,9 @@ const REFUSE: i32 = 0;
 pub fn intercept_connect4(ctx: SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     let (protocol, ip, port) = (ctx_read!(sa, protocol), ctx_read!(sa, user_ip4), ctx_read!(sa, user_port));
+    if protocol == IPPROTO_UDP {
+        return interceptor_ebpf::dns::on_connect(&ctx, false);
+    }
     if protocol != IPPROTO_TCP {
         return ALLOW;
     }
@@ -44,6 +48,9 @@ pub fn intercept_connect4(ctx: SockAddrContext) -> i32 {
 pub fn intercept_connect6(ctx: SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     let (protocol, port) = (ctx_read!(sa, protocol), ctx_read!(sa, user_port));
+    if protocol == IPPROTO_UDP {
+        return interceptor_ebpf::dns::on_connect(&ctx, true);
+    }
     if protocol != IPPROTO_TCP {
         return ALLOW;
     }

@@ -1,8 +1,10 @@
 //! cgroup/getpeername4 and getpeername6: the application's view stays what it dialled.
 //! A redirected socket is really connected to the sidecar; getpeername() reports the
 //! original destination instead, as it does under NAT. Minimum kernel: 5.8.
+//! A UDP socket connected through the local DNS proxy rule answers 127.0.0.153:53
+//! (`interceptor_ebpf::dns`).
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
-use interceptor_common::{AF_INET, sock_kind};
+use interceptor_common::{AF_INET, IPPROTO_UDP, sock_kind};
 use interceptor_ebpf::{
     addr::{V4_MAPPED_WORD2, bytes_to_words, port_to_be_low16},
     ctx_read,
@@ -11,12 +13,20 @@ use interceptor_ebpf::{
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn dialled_peer4(ctx: SockAddrContext) -> i32 {
+    if ctx_read!(ctx.sock_addr, protocol) == IPPROTO_UDP {
+        interceptor_ebpf::dns::on_getpeername(&ctx, false);
+        return 1;
+    }
     restore(&ctx, false);
     1
 }
 
 #[cgroup_sock_addr(getpeername6)]
 pub fn dialled_peer6(ctx: SockAddrContext) -> i32 {
+    if ctx_read!(ctx.sock_addr, protocol) == IPPROTO_UDP {
+        interceptor_ebpf::dns::on_getpeername(&ctx, true);
+        return 1;
+    }
     restore(&ctx, true);
     1
 }

@@ -1,5 +1,5 @@
-//! The parts of the eBPF programs that are not a hook: maps, address handling, counters and
-//! the outbound decision. The programs themselves are in `src/main.rs` and its modules.
+//! The parts of the eBPF programs that are not a hook: maps, address handling, counters, the
+//! outbound decision and the local DNS proxy rule. The programs themselves are in `src/main.rs` and its modules.
 #![no_std]
 // The atomic add intrinsic (counters shared by all CPUs): the BPF target has no atomics in core.
 #![allow(internal_features)]
@@ -18,5 +18,6 @@ macro_rules! ctx_read {
 pub mod addr;
 pub mod counters;
 pub mod decide;
+pub mod dns;
 pub mod maps;
 pub mod records;

@@ -6,7 +6,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use interceptor_common::{
-    CidrData, ConnKey, CounterKey, IfaceKey, ListenerKey, OrigDst, PodAddrKey, PodConfig, PortKey, RouteValue,
+    CidrData, ConnKey, CounterKey, DnsMark, IfaceKey, ListenerKey, OrigDst, PodAddrKey, PodConfig, PortKey, RouteValue,
     Settings, SockRecord, Tracking, capacity,
 };
 
@@ -80,6 +80,12 @@ pub static STEER_NETNS: PerCpuArray<u64, 1> = PerCpuArray::new();
 /// Replacing it upgrades every pod at once.
 #[btf_map]
 pub static STEER_PROGRAM: ProgramArray<1> = ProgramArray::new();
+
+/// UDP sockets the local DNS proxy rule rewrote (see `dns`). Socket storage, not a hash:
+/// it is freed with its socket (no capacity, nothing to evict or leak), and DNS traffic is
+/// too rare for its allocation cost to matter.
+#[btf_map]
+pub static DNS_SOCKETS: SkStorage<DnsMark> = SkStorage::new();
 
 /// Decisions per pod and reason.
 #[btf_map]

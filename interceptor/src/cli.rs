@@ -235,7 +235,7 @@ impl PinArg {
 pub enum ExplainCommand {
     /// A connection the pod opens.
     Outbound {
-        /// Destination IP:PORT ([IPv6]:PORT).
+        /// Destination IP:PORT ([IPv6]:PORT; a v4-mapped [::ffff:a.b.c.d]:PORT is decided as IPv4).
         #[arg(long)]
         dst: std::net::SocketAddr,
         /// UID of the process (default: an application, not the proxy).
@@ -300,10 +300,12 @@ pub struct PolicyArgs {
     /// Localhost (default) or PodIP.
     #[arg(long = "local-proxy-mode", value_name = "MODE")]
     pub local_proxy_mode: Option<String>,
-    /// osm-edge's local DNS proxy rule (UDP 127.0.0.153:53; iptables mode only).
+    /// osm-edge's local DNS proxy rule: UDP to 127.0.0.153:53 goes to the sidecar's DNS proxy on
+    /// 127.0.0.153:5300 (spec.sidecar.localDNSProxy.enable).
     #[arg(long = "enable-local-dns-proxy")]
     pub local_dns_proxy: bool,
-    /// A MeshConfig manifest (YAML or JSON): spec.traffic.*, spec.sidecar.localProxyMode.
+    /// A MeshConfig manifest (YAML or JSON): spec.traffic.*, spec.sidecar.localProxyMode,
+    /// spec.sidecar.localDNSProxy.enable.
     #[arg(long = "mesh-config", value_name = "FILE")]
     pub mesh_config: Option<PathBuf>,
     /// A Pod manifest (YAML or JSON): its openservicemesh.io/* annotations.
@@ -541,6 +543,15 @@ fn run_explain(cmd: ExplainCommand) -> Result<ExitCode> {
     let (policy_args, flow, json) = match cmd {
         ExplainCommand::Outbound { dst, uid, oif, local, udp, policy, json } => {
             let p = policy.build()?;
+            // A v4-mapped destination (a dual-stack socket's) is IPv4 on the wire: the IPv4
+            // rules decide it.
+            let dst = match dst {
+                std::net::SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+                    Some(v4) => std::net::SocketAddr::new(v4.into(), v6.port()),
+                    None => dst,
+                },
+                v4 => v4,
+            };
             let mut flow = Flow::outbound(dst, uid.unwrap_or(0).max(if uid.is_none() { 1000 } else { 0 }));
             if let Some(u) = uid {
                 flow.uid = Some(u);

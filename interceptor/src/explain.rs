@@ -23,13 +23,14 @@ impl std::fmt::Display for Explanation {
             RedirectOutbound { port } => format!("REDIRECT to the outbound listener 127.0.0.1:{port}"),
             RedirectInbound { port } => format!("REDIRECT to the inbound listener :{port}"),
             DnatPodIp { port } => format!("DNAT to the pod IP, port {port}"),
+            DnatDnsProxy { to } => format!("DNAT to the sidecar's local DNS proxy {to}"),
             Pass => "PASS (not intercepted)".to_string(),
         };
         writeln!(f, "decision: {verdict}")?;
         match (&d.reason, &d.rule) {
             (Some(reason), Some(rule)) => writeln!(f, "reason:   {}\nrule:     {rule}", reason.name())?,
             (Some(reason), None) => writeln!(f, "reason:   {} (the nat table never sees this flow)", reason.name())?,
-            _ => writeln!(f, "reason:   no rule matches (only TCP is intercepted)")?,
+            _ => writeln!(f, "reason:   no rule matches (only TCP, and UDP to the local DNS proxy, are intercepted)")?,
         }
         if !d.path.is_empty() {
             writeln!(f, "path:")?;

@@ -201,6 +201,7 @@ impl Sandbox {
             Verdict::RedirectOutbound { .. } => "sidecar-out".to_string(),
             Verdict::RedirectInbound { .. } => "sidecar-in".to_string(),
             Verdict::DnatPodIp { .. } => "app".to_string(),
+            Verdict::DnatDnsProxy { .. } => "dns-proxy".to_string(),
             Verdict::Pass => {
                 let local = flow.dst_is_local || c.actor == Actor::Peer;
                 match (local, dst.port()) {

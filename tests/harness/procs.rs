@@ -44,6 +44,18 @@ pub fn netprobe() -> PathBuf {
 /// A command that enters the identity before exec: cgroup first (a socket's cgroup is
 /// fixed when it is created), then the namespace, then the UID.
 pub fn command(program: &Path, who: &Identity) -> Result<Command> {
+    command_in(program, who, None)
+}
+
+/// `command`, and the process sees `resolv_conf` as /etc/resolv.conf: a per-pod resolver
+/// configuration, as a container has. It gets a mount namespace of its own (private, so the
+/// bind mount never reaches the node) before the UID changes. (`ip netns exec` would do the
+/// same for /etc/netns/NAME/resolv.conf, but it remounts /sys and hides the cgroups.)
+pub fn command_with_resolv_conf(program: &Path, who: &Identity, resolv_conf: &Path) -> Result<Command> {
+    command_in(program, who, Some(resolv_conf))
+}
+
+fn command_in(program: &Path, who: &Identity, resolv_conf: Option<&Path>) -> Result<Command> {
     let ns = File::open(&who.netns).with_context(|| format!("open {}", who.netns.display()))?;
     let cg = match &who.cgroup_procs {
         Some(p) => Some(File::options().write(true).open(p).with_context(|| format!("open {}", p.display()))?),
@@ -54,8 +66,16 @@ pub fn command(program: &Path, who: &Identity) -> Result<Command> {
         None => None,
     };
     let uid = who.uid;
+    let bind = match resolv_conf {
+        Some(p) => Some((
+            std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).context("resolv.conf path")?,
+            c"/etc/resolv.conf",
+        )),
+        None => None,
+    };
     let mut cmd = Command::new(program);
-    // SAFETY: only async-signal-safe calls (write, setns, setgroups, setgid, setuid).
+    // SAFETY: only async-signal-safe calls (write, setns, unshare, mount, setgroups, setgid,
+    // setuid) on data prepared before the fork.
     unsafe {
         cmd.pre_exec(move || {
             if let Some(cg) = &cg {
@@ -82,6 +102,19 @@ pub fn command(program: &Path, who: &Identity) -> Result<Command> {
                 return Err(std::io::Error::last_os_error());
             }
             if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some((src, dst)) = &bind
+                && (libc::unshare(libc::CLONE_NEWNS) != 0
+                    || libc::mount(
+                        std::ptr::null(),
+                        c"/".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        std::ptr::null(),
+                    ) != 0
+                    || libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) != 0)
+            {
                 return Err(std::io::Error::last_os_error());
             }
             if (uid != 0 || userns.is_some())

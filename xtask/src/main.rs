@@ -1,7 +1,8 @@
 //! Developer tasks. `cargo xtask <task>`:
 //!
 //! * `setup`   install what building and testing need (idempotent): iptables, iproute2,
-//!   nightly rust-src, bpf-linker (built against nightly's own LLVM);
+//!   dnsmasq and dig (the DNS proxy tests), nightly rust-src, bpf-linker (built against
+//!   nightly's own LLVM);
 //! * `build`   build everything (the eBPF object is embedded in `interceptor`);
 //! * `test`    setup + build + every unit and integration test, as root on this kernel;
 //! * `demo`    intercept real traffic in a sandbox and show where each connection landed;
@@ -65,7 +66,7 @@ fn run(args: &[String]) -> Result<()> {
 }
 
 const HELP: &str = "usage: cargo xtask <task>
-  setup              install iptables, iproute2, nightly rust-src and bpf-linker (idempotent)
+  setup              install iptables, iproute2, dnsmasq, dig, nightly rust-src and bpf-linker (idempotent)
   build              setup, then build the workspace (eBPF object embedded in `interceptor`)
   test               setup, fmt + clippy checks, build, then every unit and integration test (as root)
   demo [--mode ebpf|iptables]

@@ -30,6 +30,10 @@ fn apt_packages() -> Result<()> {
         ("/usr/sbin/iptables-restore", "iptables"),
         ("/usr/sbin/ip6tables-restore", "iptables"),
         ("/usr/sbin/ip", "iproute2"),
+        // The DNS proxy tests: dnsmasq as the sidecar's DNS proxy stand-in (the -base package:
+        // the daemon without the service that `dnsmasq` would start on the node), dig as a client.
+        ("/usr/sbin/dnsmasq", "dnsmasq-base"),
+        ("/usr/bin/dig", "bind9-dnsutils"),
         // The benchmark chart's labels.
         ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "fonts-dejavu-core"),
     ])

@@ -95,9 +95,6 @@ pub fn pod_ips(given: &[IpAddr], snap: &NetSnapshot) -> (Option<IpAddr>, Option<
 }
 
 pub fn compile(policy: &Policy, snap: &NetSnapshot, policy_id: u32, given_pod_ips: &[IpAddr]) -> Result<Compiled> {
-    if policy.local_dns_proxy {
-        bail!("the local DNS proxy redirection (UDP) is not supported in eBPF mode; use iptables mode or disable it");
-    }
     let mut out = Compiled::default();
     let (ip4, ip6) = pod_ips(given_pod_ips, snap);
     if policy.local_proxy_mode == LocalProxyMode::PodIp && ip4.is_none() && ip6.is_none() {
@@ -113,6 +110,9 @@ pub fn compile(policy: &Policy, snap: &NetSnapshot, policy_id: u32, given_pod_ip
     }
     if policy.local_proxy_mode == LocalProxyMode::PodIp {
         flags |= pod_flags::POD_IP_MODE;
+    }
+    if policy.local_dns_proxy {
+        flags |= pod_flags::LOCAL_DNS_PROXY;
     }
     let mut pod_ip4 = [0u8; 4];
     let mut pod_ip6 = [0u8; 16];
@@ -294,9 +294,16 @@ mod tests {
     }
 
     #[test]
-    fn refuses_dns_proxy_and_pod_ip_without_address() {
+    fn the_local_dns_proxy_is_a_pod_flag() {
         let dns = Policy { local_dns_proxy: true, ..Policy::default() };
-        assert!(compile(&dns, &snap(), 1, &[]).unwrap_err().to_string().contains("DNS"));
+        let flags = compile(&dns, &snap(), 1, &[]).unwrap().config.unwrap().flags;
+        assert_eq!(flags & pod_flags::LOCAL_DNS_PROXY, pod_flags::LOCAL_DNS_PROXY);
+        let flags = compile(&Policy::default(), &snap(), 1, &[]).unwrap().config.unwrap().flags;
+        assert_eq!(flags & pod_flags::LOCAL_DNS_PROXY, 0);
+    }
+
+    #[test]
+    fn refuses_pod_ip_without_address() {
         let podip = Policy { local_proxy_mode: LocalProxyMode::PodIp, ..Policy::default() };
         assert!(compile(&podip, &NetSnapshot::default(), 1, &[]).is_err());
         let c = compile(&podip, &snap(), 1, &["203.0.113.9".parse().unwrap()]).unwrap();

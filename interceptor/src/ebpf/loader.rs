@@ -106,15 +106,12 @@ pub fn load(opts: &LoadOptions) -> Result<LoadOutcome> {
     probe::check()?;
     remove_stale_staging(pins);
     if pins.path().exists() {
-        if !pins.is_loaded() {
-            bail!(
-                "{} holds an incomplete installation; remove it with `interceptor ebpf unload --pin-dir {}`",
-                pins.path().display(),
-                pins.path().display()
-            );
-        }
-        let settings = PinnedMaps::open(pins)?.settings()?;
-        if settings.layout_version != LAYOUT_VERSION {
+        // Checked first: an installation of another layout may lack programs this build
+        // attaches, and is then not "incomplete" but older.
+        let settings = PinnedMaps::open(pins).and_then(|m| m.settings());
+        if let Ok(settings) = &settings
+            && settings.layout_version != LAYOUT_VERSION
+        {
             bail!(
                 "the programs pinned at {} use map layout {} and this build uses {}: unload them first (pods must be enrolled again)",
                 pins.path().display(),
@@ -122,6 +119,14 @@ pub fn load(opts: &LoadOptions) -> Result<LoadOutcome> {
                 LAYOUT_VERSION
             );
         }
+        if !pins.is_loaded() {
+            bail!(
+                "{} holds an incomplete installation; remove it with `interceptor ebpf unload --pin-dir {}`",
+                pins.path().display(),
+                pins.path().display()
+            );
+        }
+        let settings = settings?;
         if settings.fingerprint == object::fingerprint() {
             return Ok(LoadOutcome::AlreadyLoaded);
         }

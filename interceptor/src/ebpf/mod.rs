@@ -8,8 +8,12 @@
 //! | track_connections  | sock_ops                 | original destination to the sidecar side; inbound listener discovery |
 //! | original_dst       | cgroup/getsockopt        | SO_ORIGINAL_DST                            |
 //! | steer_inbound      | sk_lookup (per pod netns)| PROXY_INBOUND: steer to 15003 without NAT  |
+//! | dns_proxy_sendmsg4 | cgroup/sendmsg4          | local DNS proxy rule: sendto 127.0.0.153:53 → :5300 |
+//! | dns_proxy_recvmsg4/6 | cgroup/recvmsg4/6      | its replies come from 127.0.0.153:53       |
 //!
-//! Minimum kernel: 5.17 (see `probe`).
+//! The local DNS proxy rule also uses the UDP branch of connect4/6 (connected sockets) and
+//! of getpeername4/6. Minimum kernel: 5.17 (see `probe`); the DNS hooks alone need 5.3
+//! (sendmsg4 4.18, recvmsg4/6 5.2, socket storage in cgroup sock_addr programs 5.3).
 pub mod compile;
 pub mod debug;
 pub mod enroll;

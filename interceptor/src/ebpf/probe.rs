@@ -5,6 +5,9 @@
 //! | feature                                   | minimum kernel |
 //! |-------------------------------------------|----------------|
 //! | cgroup sock_addr (connect4/6)             | 4.17           |
+//! | cgroup/sendmsg4 hook (DNS proxy rule)     | 4.18           |
+//! | cgroup/recvmsg4/6 hooks, sk_storage maps  | 5.2            |
+//! | bpf_sk_storage_get in cgroup sock_addr    | 5.3            |
 //! | cgroup sockopt (getsockopt)               | 5.3            |
 //! | bpf_get_netns_cookie in connect4/6        | 5.7            |
 //! | getpeername4/6 hooks, ring buffers        | 5.8            |
@@ -14,7 +17,9 @@
 //! | sk_lookup `ingress_ifindex`               | 5.17           |
 //!
 //! `ingress_ifindex` is a context field, not a helper: it is checked by loading the
-//! sk_lookup program itself (without attaching it) before anything is installed.
+//! sk_lookup program itself (without attaching it) before anything is installed. The
+//! sendmsg/recvmsg hooks are attach types of the cgroup sock_addr program type: each is
+//! probed by loading a trivial program for it (`raw::prog_load_probe`).
 use aya::{
     maps::MapType,
     programs::ProgramType,
@@ -37,7 +42,7 @@ pub fn missing_features() -> Vec<Missing> {
     let programs = [
         (
             ProgramType::CgroupSockAddr,
-            "program type cgroup_sock_addr (cgroup/connect4, connect6, getpeername4, getpeername6)",
+            "program type cgroup_sock_addr (cgroup/connect4, connect6, getpeername4, getpeername6, sendmsg4, recvmsg4, recvmsg6)",
             "4.17",
         ),
         (ProgramType::SockOps, "program type sock_ops", "4.13"),
@@ -49,6 +54,18 @@ pub fn missing_features() -> Vec<Missing> {
             missing.push(Missing { feature: name.to_string(), since });
         }
     }
+    // Attach types within the cgroup sock_addr type (the local DNS proxy rule's hooks).
+    const CGROUP_SOCK_ADDR: u32 = 18;
+    let hooks = [
+        (super::raw::attach_type::CGROUP_UDP4_SENDMSG, "attach type cgroup/sendmsg4", "4.18"),
+        (super::raw::attach_type::CGROUP_UDP4_RECVMSG, "attach type cgroup/recvmsg4", "5.2"),
+        (super::raw::attach_type::CGROUP_UDP6_RECVMSG, "attach type cgroup/recvmsg6", "5.2"),
+    ];
+    for (attach_type, name, since) in hooks {
+        if !super::raw::prog_load_probe(CGROUP_SOCK_ADDR, attach_type) {
+            missing.push(Missing { feature: name.to_string(), since });
+        }
+    }
     let maps = [
         (MapType::Hash, "map type hash", "3.19"),
         (MapType::Array, "map type array", "3.19"),
@@ -57,6 +74,7 @@ pub fn missing_features() -> Vec<Missing> {
         (MapType::PerCpuHash, "map type percpu_hash", "4.6"),
         (MapType::SockHash, "map type sockhash", "4.18"),
         (MapType::RingBuf, "map type ringbuf", "5.8"),
+        (MapType::SkStorage, "map type sk_storage", "5.2"),
     ];
     for (t, name, since) in maps {
         if !is_map_supported(t).unwrap_or(false) {
@@ -77,6 +95,12 @@ pub fn missing_features() -> Vec<Missing> {
             "4.12",
         ),
         (ProgramType::CgroupSockAddr, BpfHelper::BPF_FUNC_bind, "helper bpf_bind in cgroup/connect4", "4.17"),
+        (
+            ProgramType::CgroupSockAddr,
+            BpfHelper::BPF_FUNC_sk_storage_get,
+            "helper bpf_sk_storage_get in cgroup sock_addr programs",
+            "5.3",
+        ),
         (ProgramType::SockOps, BpfHelper::BPF_FUNC_get_netns_cookie, "helper bpf_get_netns_cookie in sock_ops", "5.15"),
         (
             ProgramType::SockOps,

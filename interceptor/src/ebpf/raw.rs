@@ -24,6 +24,9 @@ pub mod attach_type {
     pub const CGROUP_SOCK_OPS: u32 = 3;
     pub const CGROUP_INET4_CONNECT: u32 = 10;
     pub const CGROUP_INET6_CONNECT: u32 = 11;
+    pub const CGROUP_UDP4_SENDMSG: u32 = 14;
+    pub const CGROUP_UDP4_RECVMSG: u32 = 19;
+    pub const CGROUP_UDP6_RECVMSG: u32 = 20;
     pub const CGROUP_GETSOCKOPT: u32 = 21;
     pub const CGROUP_INET4_GETPEERNAME: u32 = 29;
     pub const CGROUP_INET6_GETPEERNAME: u32 = 30;
@@ -194,21 +197,36 @@ pub enum ProgType {
 /// BPF_PROG_LOAD of hand-written instructions (`insn`). On a verifier refusal the error
 /// carries the verifier's log.
 pub fn prog_load(prog_type: ProgType, insns: &[super::insn::Insn], name: &str) -> io::Result<OwnedFd> {
-    use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd, bpf_prog_type};
-    let code = super::insn::bytes(insns);
-    let license = c"GPL";
-    let mut log = vec![0u8; 64 * 1024];
+    use aya_obj::generated::{bpf_attach_type, bpf_prog_type};
     let (ty, attach) = match prog_type {
         ProgType::SockOps => (bpf_prog_type::BPF_PROG_TYPE_SOCK_OPS, bpf_attach_type::BPF_CGROUP_SOCK_OPS),
         ProgType::SkLookup => (bpf_prog_type::BPF_PROG_TYPE_SK_LOOKUP, bpf_attach_type::BPF_SK_LOOKUP),
     };
+    prog_load_raw(ty as u32, attach as u32, insns, name)
+}
+
+/// Whether the kernel accepts a program of `prog_type` for `expected_attach_type`: loads
+/// `r0 = 1; exit` (a valid return for every cgroup sock_addr hook) and closes it. A kernel
+/// that does not know the attach type refuses the load (EINVAL), so this tells which hooks
+/// exist without attaching anything.
+pub fn prog_load_probe(prog_type: u32, expected_attach_type: u32) -> bool {
+    use super::insn::{R0, exit, mov_imm};
+    prog_load_raw(prog_type, expected_attach_type, &[mov_imm(R0, 1), exit()], "probe").is_ok()
+}
+
+/// BPF_PROG_LOAD with the UAPI numbers of the program type and attach type.
+fn prog_load_raw(ty: u32, attach: u32, insns: &[super::insn::Insn], name: &str) -> io::Result<OwnedFd> {
+    use aya_obj::generated::{bpf_attr, bpf_cmd};
+    let code = super::insn::bytes(insns);
+    let license = c"GPL";
+    let mut log = vec![0u8; 64 * 1024];
     let mut load = |log_level: u32| {
         // SAFETY: an all-zero bpf_attr is valid; only the fields set here are read.
         let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
         // SAFETY: writing the fields of the BPF_PROG_LOAD member of the union.
         let u = unsafe { &mut attr.__bindgen_anon_3 };
-        u.prog_type = ty as u32;
-        u.expected_attach_type = attach as u32;
+        u.prog_type = ty;
+        u.expected_attach_type = attach;
         u.insn_cnt = insns.len() as u32;
         u.insns = code.as_ptr() as u64;
         u.license = license.as_ptr() as u64;

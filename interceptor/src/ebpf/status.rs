@@ -51,6 +51,8 @@ pub struct PodStatus {
     pub policy_id: u32,
     pub proxy_uid: u32,
     pub local_proxy_mode: String,
+    /// osm-edge's local DNS proxy rule (UDP 127.0.0.153:53 → :5300) is applied.
+    pub local_dns_proxy: bool,
     pub pod_ips: Vec<IpAddr>,
     /// The addresses inbound steering finds the pod by.
     pub addresses: Vec<String>,
@@ -126,6 +128,7 @@ pub fn status(pins: &PinDir) -> Result<Status> {
                 | Reason::OutIncluded
                 | Reason::OutDefault
                 | Reason::OutPodIpDnat
+                | Reason::OutDnsProxy
                 | Reason::InRedirect
         );
         if redirected {
@@ -192,6 +195,7 @@ pub fn status(pins: &PinDir) -> Result<Status> {
             policy_id: cfg.policy_id,
             proxy_uid: cfg.proxy_uid,
             local_proxy_mode: if cfg.flags & pod_flags::POD_IP_MODE != 0 { "PodIP" } else { "Localhost" }.into(),
+            local_dns_proxy: cfg.flags & pod_flags::LOCAL_DNS_PROXY != 0,
             pod_ips,
             addresses,
             outbound_port: cfg.outbound_port,
@@ -246,13 +250,14 @@ impl std::fmt::Display for Status {
             )?;
             writeln!(
                 f,
-                "    policy {} uid {} mode {} listeners {}/{} inbound steering {}",
+                "    policy {} uid {} mode {} listeners {}/{} inbound steering {} dns proxy {}",
                 p.policy_id,
                 p.proxy_uid,
                 p.local_proxy_mode,
                 p.outbound_port,
                 p.inbound_port,
-                if p.inbound_steering { "on" } else { "off" }
+                if p.inbound_steering { "on" } else { "off" },
+                if p.local_dns_proxy { "on (udp 127.0.0.153:53 -> :5300)" } else { "off" }
             )?;
             let show = |v: &[String]| if v.is_empty() { "-".to_string() } else { v.join(",") };
             let ports = |v: &[u16]| {
@@ -267,7 +272,11 @@ impl std::fmt::Display for Status {
                 ports(&p.inbound_port_exclusions),
                 p.interface_exclusion_ifindexes
             )?;
-            writeln!(f, "    outbound: redirected {} passed {:?}", p.outbound.redirected, p.outbound.passed)?;
+            writeln!(
+                f,
+                "    outbound: redirected {} {:?} passed {:?}",
+                p.outbound.redirected, p.outbound.redirected_by_reason, p.outbound.passed
+            )?;
             writeln!(f, "    inbound:  redirected {} passed {:?}", p.inbound.redirected, p.inbound.passed)?;
         }
         Ok(())

@@ -2,7 +2,7 @@
 //! the iptables renderer prints and the decision function walks.
 use std::{fmt, net::IpAddr, str::FromStr};
 
-use interceptor_common::Reason;
+use interceptor_common::{Reason, dns_proxy};
 use ipnet::IpNet;
 use serde::Serialize;
 
@@ -409,12 +409,16 @@ impl RuleSet {
         r.push(Rule::new(Op::Append, Outbound, Target::Return).oif("lo").uid(true, uid).why(Reason::OutLocalNotProxy));
         r.push(Rule::new(Op::Append, Outbound, Target::Return).uid(false, uid).why(Reason::OutProxyUid));
         r.push(Rule::new(Op::Append, Outbound, Target::Return).dst(false, lo).why(Reason::OutLoopback));
+        // IPv4 only, as osm-edge emits it (ip6tables has no such rule; a v4-mapped destination
+        // of a dual-stack socket is IPv4 on the wire and meets this one).
         if policy.local_dns_proxy && family == Family::Ipv4 {
+            let nameserver = std::net::Ipv4Addr::from(dns_proxy::ADDR);
             r.push(
-                Rule::new(Op::Append, Output, Target::Dnat("127.0.0.153:5300".into()))
+                Rule::new(Op::Append, Output, Target::Dnat(format!("{nameserver}:{}", dns_proxy::PROXY_PORT)))
                     .proto(Proto::Udp)
-                    .dst(false, "127.0.0.153")
-                    .dport(53),
+                    .dst(false, &nameserver.to_string())
+                    .dport(dns_proxy::PORT)
+                    .why(Reason::OutDnsProxy),
             );
         }
         if policy.local_proxy_mode == LocalProxyMode::PodIp {

@@ -98,6 +98,8 @@ pub enum Verdict {
     RedirectInbound { port: u16 },
     /// PodIP mode: to the pod's own address, same port.
     DnatPodIp { port: u16 },
+    /// The local DNS proxy rule: to the sidecar's DNS proxy (127.0.0.153:5300).
+    DnatDnsProxy { to: SocketAddr },
     /// Not intercepted.
     Pass,
 }
@@ -195,6 +197,9 @@ pub fn decide_with(policy: &Policy, rules: &RuleSet, names: &ChainNames, flow: &
             Target::Accept => Verdict::Pass,
             Target::Redirect(port) if *port == policy.ports.inbound => Verdict::RedirectInbound { port: *port },
             Target::Redirect(port) => Verdict::RedirectOutbound { port: *port },
+            Target::Dnat(to) if rule.reason == Some(Reason::OutDnsProxy) => {
+                Verdict::DnatDnsProxy { to: to.parse().expect("the DNS proxy rule DNATs to an address and port") }
+            }
             Target::Dnat(_) if flow.proto == Proto::Tcp => Verdict::DnatPodIp { port: flow.dst.port() },
             Target::Dnat(_) => Verdict::Pass,
         };

@@ -133,7 +133,7 @@ pub struct Policy {
     pub inbound_port_exclusions: Vec<u16>,
     pub network_interface_exclusions: Vec<String>,
     pub local_proxy_mode: LocalProxyMode,
-    /// osm-edge's local DNS proxy rule (UDP 127.0.0.153:53 → :5300). iptables mode only.
+    /// osm-edge's local DNS proxy rule (UDP 127.0.0.153:53 → :5300), in both modes.
     pub local_dns_proxy: bool,
 }
 

@@ -230,3 +230,48 @@ fn inclusions_apply_per_family() {
     // No IPv4 inclusion: IPv4 keeps the default.
     assert_eq!(decide(&p, &Flow::outbound(sa("1.1.1.1:80"), 1000)).reason, Some(Reason::OutDefault));
 }
+
+#[test]
+fn the_local_dns_proxy_rule_decides_udp_to_127_0_0_153_port_53_only() {
+    let on = Policy { local_dns_proxy: true, ..Policy::default() };
+    let udp = |dst: &str, uid: u32| Flow::outbound(sa(dst), uid).local().udp();
+    let proxy = Verdict::DnatDnsProxy { to: sa("127.0.0.153:5300") };
+    // Every UID: the rule is in OUTPUT, before any owner match.
+    for uid in [0, 1000, 1500] {
+        let d = decide(&on, &udp("127.0.0.153:53", uid));
+        assert_eq!((d.verdict, d.reason), (proxy, Some(Reason::OutDnsProxy)), "uid {uid}");
+        assert_eq!(
+            d.rule.as_deref(),
+            Some("-A OUTPUT -p udp -d 127.0.0.153 --dport 53 -j DNAT --to-destination 127.0.0.153:5300")
+        );
+    }
+    // Nothing else: another port, another address, the proxy's own port, TCP, IPv6, the world.
+    for flow in [
+        udp("127.0.0.153:5353", 1000),
+        udp("127.0.0.1:53", 1000),
+        udp("127.0.0.153:5300", 1000),
+        Flow::outbound(sa("198.51.100.1:53"), 1000).udp(),
+        Flow::outbound(sa("[::1]:53"), 1000).local().udp(),
+    ] {
+        let d = decide(&on, &flow);
+        assert_eq!((d.verdict, d.reason), (Verdict::Pass, None), "{flow:?}");
+    }
+    // TCP to 127.0.0.153:53 follows PROXY_OUTPUT (a local destination of the application).
+    let tcp = decide(&on, &Flow::outbound(sa("127.0.0.153:53"), 1000).local());
+    assert_eq!((tcp.verdict, tcp.reason), (Verdict::Pass, Some(Reason::OutLocalNotProxy)));
+    // Without the option, the query goes where it was sent.
+    let off = decide(&Policy::default(), &udp("127.0.0.153:53", 1000));
+    assert_eq!((off.verdict, off.reason), (Verdict::Pass, None));
+}
+
+#[test]
+fn reasons_are_numbered_once_and_directions_do_not_depend_on_numbers() {
+    for (i, r) in Reason::ALL.iter().enumerate() {
+        assert_eq!(*r as usize, i, "{r:?}");
+        assert_eq!(Reason::from_u32(i as u32), Some(*r));
+    }
+    assert!(!Reason::OutDnsProxy.is_inbound());
+    assert!(!Reason::OutDnsProxyRefused.is_inbound());
+    assert!(Reason::InNoListener.is_inbound());
+    assert!(!Reason::OutPodIpDnat.is_inbound());
+}
