@@ -403,6 +403,9 @@ pub mod sock_kind {
     /// An application socket dialling a sidecar listener directly (not redirected): its
     /// destination is handed to the listener's end like a redirected one.
     pub const CLIENT_DIRECT: u8 = 4;
+    /// A socket the proxy bound to the pod's inbound port: it becomes an inbound listener
+    /// at listen().
+    pub const PROXY_LISTENER: u8 = 5;
 }
 
 /// `SockRecord::flags` bits.

@@ -7,7 +7,7 @@
 //! | TCP_CONNECT_CB        | the application's, SYN leaving | files the original destination in HANDOFF under the tuple the listener will see; asks for state callbacks |
 //! | PASSIVE_ESTABLISHED   | the sidecar's, just created    | takes the hand-over into its own record (lives as long as it does) |
 //! | STATE_CB (TCP_CLOSE)  | the application's              | withdraws a hand-over nobody took (refused, timed out, reset) |
-//! | TCP_LISTEN_CB         | a listener                     | the proxy's inbound listener joins LISTENERS |
+//! | TCP_LISTEN_CB         | a listener                     | the proxy's inbound listener (marked at bind, `post_bind`) joins LISTENERS |
 //!
 //! Minimum kernel: 5.15 (bpf_get_netns_cookie in sock_ops; sockhash updates from
 //! TCP_LISTEN_CB since 5.9; socket storage since 5.2).
@@ -18,7 +18,7 @@ use aya_ebpf::{
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
         BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB, bpf_sock_ops,
     },
-    helpers::{bpf_get_current_uid_gid, bpf_get_netns_cookie, bpf_sock_ops_cb_flags_set},
+    helpers::{bpf_get_netns_cookie, bpf_sock_ops_cb_flags_set},
     macros::sock_ops,
     programs::SockOpsContext,
 };
@@ -182,8 +182,9 @@ fn on_listen(ops: *mut bpf_sock_ops) {
     if local_port != pod.inbound_port {
         return;
     }
-    // listen() runs in the caller's context: only the proxy's own listener is a target.
-    if bpf_get_current_uid_gid() as u32 != pod.proxy_uid {
+    // Only the proxy's own listener is a target: post_bind marked it, knowing the caller.
+    let Some(sk) = socket(ops) else { return };
+    if record(sk).is_none_or(|r| r.kind != sock_kind::PROXY_LISTENER) {
         return;
     }
     let family = ctx_read!(ops, family);

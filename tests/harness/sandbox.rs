@@ -117,7 +117,7 @@ impl Sandbox {
     /// that lives as long as the sandbox (`ip netns attach` pins the network namespace).
     fn make_userns_pod(&self) -> Result<Child> {
         let mut child = std::process::Command::new("unshare")
-            .args(["--user", "--net", "--", "sleep", "infinity"])
+            .args(["-U", "-n", "--", "sleep", "infinity"])
             .stdin(std::process::Stdio::null())
             .spawn()
             .context("unshare (util-linux)")?;

@@ -88,6 +88,11 @@ pub fn load_map_fd(dst: Reg, fd: BorrowedFd<'_>) -> [Insn; 2] {
     [insn(0x18, dst, BPF_PSEUDO_MAP_FD, 0, fd.as_raw_fd()), insn(0, 0, 0, 0, 0)]
 }
 
+/// goto +off.
+pub const fn ja(off: i16) -> Insn {
+    insn(0x05, 0, 0, off, 0)
+}
+
 /// if dst == imm goto +off.
 pub const fn jeq_imm(dst: Reg, imm: i32, off: i16) -> Insn {
     insn(0x15, dst, 0, off, imm)

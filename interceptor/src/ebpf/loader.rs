@@ -191,6 +191,7 @@ fn load_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Program> {
         Program::CgroupSockAddr(p) => p.load(),
         Program::SockOps(p) => p.load(),
         Program::CgroupSockopt(p) => p.load(),
+        Program::CgroupSock(p) => p.load(),
         Program::SkLookup(p) => p.load(),
         other => bail!("unexpected program type for {name}: {:?}", other.prog_type()),
     };

@@ -24,6 +24,8 @@ pub mod attach_type {
     pub const CGROUP_SOCK_OPS: u32 = 3;
     pub const CGROUP_INET4_CONNECT: u32 = 10;
     pub const CGROUP_INET6_CONNECT: u32 = 11;
+    pub const CGROUP_INET4_POST_BIND: u32 = 12;
+    pub const CGROUP_INET6_POST_BIND: u32 = 13;
     pub const CGROUP_UDP4_SENDMSG: u32 = 14;
     pub const CGROUP_UDP4_RECVMSG: u32 = 19;
     pub const CGROUP_UDP6_RECVMSG: u32 = 20;

@@ -25,7 +25,17 @@ pub struct Status {
     pub layout_version: u32,
     pub fingerprint: String,
     pub programs: Vec<ProgramStatus>,
+    /// Redirected connections being handed over to a sidecar, node-wide.
+    pub tracking: Tracking,
     pub pods: Vec<PodStatus>,
+}
+
+/// Redirected connections being handed over (from the application's SYN until the kernel
+/// has created the sidecar's end) and the limits beyond which connect() is refused.
+#[derive(Debug, Default, Serialize)]
+pub struct Tracking {
+    pub in_flight: u64,
+    pub limit: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -64,8 +74,11 @@ pub struct PodStatus {
     pub inbound_port_exclusions: Vec<u16>,
     pub interface_exclusion_ifindexes: Vec<u32>,
     pub inbound_steering: bool,
+    pub tracking: Tracking,
     pub outbound: Counters,
     pub inbound: Counters,
+    /// What an operator must look at: refused connections, unknown answers.
+    pub problems: Vec<String>,
 }
 
 /// A pod address key as text.
@@ -96,6 +109,7 @@ pub fn status(pins: &PinDir) -> Result<Status> {
             layout_version: 0,
             fingerprint: String::new(),
             programs: vec![],
+            tracking: Tracking::default(),
             pods: vec![],
         });
     }
@@ -122,15 +136,7 @@ pub fn status(pins: &PinDir) -> Result<Status> {
         let Some(reason) = Reason::from_u32(key.reason) else { continue };
         let entry = counters.entry(key.netns_cookie).or_default();
         let c = if reason.is_inbound() { &mut entry.1 } else { &mut entry.0 };
-        let redirected = matches!(
-            reason,
-            Reason::OutProxyToLocal
-                | Reason::OutIncluded
-                | Reason::OutDefault
-                | Reason::OutPodIpDnat
-                | Reason::OutDnsProxy
-                | Reason::InRedirect
-        );
+        let redirected = reason.is_redirect();
         if redirected {
             c.redirected += total;
             *c.redirected_by_reason.entry(reason.name().into()).or_default() += total;
@@ -179,6 +185,11 @@ pub fn status(pins: &PinDir) -> Result<Status> {
             pod_ips.push(IpAddr::from(cfg.pod_ip6));
         }
         let (outbound, inbound) = counters.remove(&cookie).unwrap_or_default();
+        let problems = problems(&outbound, &inbound);
+        let tracking = Tracking {
+            in_flight: maps.pod_tracking.get(&cookie, 0).map(|t| t.in_flight).unwrap_or(0),
+            limit: settings.max_in_flight_pod,
+        };
         let mut addresses: Vec<String> = maps
             .pod_addrs
             .iter()
@@ -206,8 +217,10 @@ pub fn status(pins: &PinDir) -> Result<Status> {
             inbound_port_exclusions: in_ports,
             interface_exclusion_ifindexes: ifaces,
             inbound_steering: steering.contains(&cookie),
+            tracking,
             outbound,
             inbound,
+            problems,
         });
     }
     pods.sort_by_key(|p| p.netns_cookie);
@@ -218,8 +231,37 @@ pub fn status(pins: &PinDir) -> Result<Status> {
         layout_version: settings.layout_version,
         fingerprint: format!("{:016x}", settings.fingerprint),
         programs,
+        tracking: Tracking {
+            in_flight: maps.node_tracking.get(&0, 0).map(|t| t.in_flight).unwrap_or(0),
+            limit: settings.max_in_flight_node,
+        },
         pods,
     })
+}
+
+/// The failures among a pod's counters, as sentences.
+fn problems(outbound: &Counters, inbound: &Counters) -> Vec<String> {
+    let mut out = Vec::new();
+    for (direction, c) in [("outbound", outbound), ("inbound", inbound)] {
+        for r in Reason::ALL.iter().filter(|r| r.is_failure()) {
+            let Some(&n) = c.passed.get(r.name()) else { continue };
+            if n == 0 || r.is_inbound() != (direction == "inbound") {
+                continue;
+            }
+            let what = match r {
+                Reason::InNoListener => "inbound connections refused: no sidecar listener",
+                Reason::OutRefusedPodLimit => "connect()s refused: the pod's tracking limit",
+                Reason::OutRefusedNodeLimit => "connect()s refused: the node's tracking limit",
+                Reason::OutRefusedNoMemory => "connect()s refused: no memory for the connection's record",
+                Reason::OutTrackingLost => "redirected connections whose original destination was lost",
+                Reason::OrigDstUnknown => "SO_ORIGINAL_DST answered ENOENT (original destination unknown)",
+                Reason::OutDnsProxyRefused => "DNS queries refused (see dns_proxy_refused)",
+                _ => r.name(),
+            };
+            out.push(format!("{n} {what} ({})", r.name()));
+        }
+    }
+    out
 }
 
 impl std::fmt::Display for Status {
@@ -238,6 +280,11 @@ impl std::fmt::Display for Status {
         for p in &self.programs {
             writeln!(f, "  {:<20} id {:<6} {}", p.name, p.id, p.attached)?;
         }
+        writeln!(
+            f,
+            "connections being handed over: {} of {} (node)",
+            self.tracking.in_flight, self.tracking.limit
+        )?;
         writeln!(f, "pods: {}", self.pods.len())?;
         for p in &self.pods {
             writeln!(
@@ -278,6 +325,10 @@ impl std::fmt::Display for Status {
                 p.outbound.redirected, p.outbound.redirected_by_reason, p.outbound.passed
             )?;
             writeln!(f, "    inbound:  redirected {} passed {:?}", p.inbound.redirected, p.inbound.passed)?;
+            writeln!(f, "    being handed over: {} of {}", p.tracking.in_flight, p.tracking.limit)?;
+            for problem in &p.problems {
+                writeln!(f, "    PROBLEM: {problem}")?;
+            }
         }
         Ok(())
     }

@@ -31,6 +31,7 @@ const SUITE: &[Suite] = &[
     Suite { name: "differential", iptables: NeedsIptables::All },
     Suite { name: "ebpf_outbound", iptables: NeedsIptables::No },
     Suite { name: "ebpf_inbound", iptables: NeedsIptables::No },
+    Suite { name: "ebpf_fidelity", iptables: NeedsIptables::All },
     Suite { name: "iptables_mode", iptables: NeedsIptables::All },
     Suite { name: "cli", iptables: NeedsIptables::Only(&["a_bad_policy_leaves_the_tables_untouched"]) },
 ];
