@@ -10,12 +10,22 @@
 //! | steer_inbound      | sk_lookup (per pod netns)| PROXY_INBOUND: steer to 15003 without NAT  |
 //!
 //! Minimum kernel: 5.17 (see `probe`).
+//!
+//! Lifecycle: every command locks the installation (`lock`), touches only a directory
+//! marked as an installation (`marker`), survives being killed at any step (`loader`,
+//! `enroll`, tested through `crash`), and collects what interrupted commands and departed
+//! pods leave (`gc`).
+pub mod cgroup;
 pub mod compile;
+pub mod crash;
 pub mod debug;
 pub mod enroll;
+pub mod gc;
 pub mod listeners;
 pub mod loader;
+pub mod lock;
 pub mod maps;
+pub mod marker;
 pub mod object;
 pub mod pins;
 pub mod probe;
@@ -23,6 +33,8 @@ pub mod raw;
 pub mod status;
 
 pub use enroll::{EnrollOptions, enroll, unenroll};
-pub use loader::{LoadOptions, LoadOutcome, load, unload};
+pub use gc::{GcReport, gc};
+pub use loader::{LoadOptions, LoadOutcome, LoadReport, Unloaded, load, load_report, unload, unload_report};
+pub use lock::InstallLock;
 pub use pins::PinDir;
 pub use status::{Status, status};
