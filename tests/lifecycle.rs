@@ -435,17 +435,29 @@ fn a_command_waiting_for_the_lock_says_so() -> Result<()> {
     let sb = Sandbox::new()?;
     sb.load_ebpf()?;
     let lock = InstallLock::exclusive(&sb.pins)?.expect("loaded");
+    let started = Instant::now();
     let mut child = Command::new(sibling_binary("interceptor"))
         .args(["ebpf", "status", "--pin-dir", &pin_arg(&sb)])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    std::thread::sleep(Duration::from_millis(1500));
+    // The notice comes while it waits (however slowly the machine starts the process).
+    let err = child.stderr.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let notice = rx.recv_timeout(Duration::from_secs(60)).context("no notice while waiting for the lock")?;
+    assert!(notice.contains("waiting for another interceptor command to finish"), "{notice}");
+    assert!(started.elapsed() >= Duration::from_secs(1), "the notice comes after a second, not at once");
+    std::thread::sleep(Duration::from_millis(200));
     assert!(child.try_wait()?.is_none(), "status must wait while an exclusive lock is held");
     drop(lock);
     let o = child.wait_with_output()?;
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("waiting for another interceptor command to finish"), "{}", stderr(&o));
+    assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains("eBPF mode: loaded"));
     // Readers share the lock: a status does not wait for another reader.
     let shared = InstallLock::shared(&sb.pins)?.expect("loaded");
@@ -676,18 +688,42 @@ fn enroll_warns_when_the_pods_processes_are_outside_the_attach_cgroup() -> Resul
 
 #[test]
 fn load_refuses_a_private_cgroup_namespace_instead_of_attaching_to_its_subtree() -> Result<()> {
+    use std::{ffi::CString, os::unix::process::CommandExt};
     let c = Sandbox::new()?;
     let root = ebpf::loader::cgroup2_root()?;
-    // Join c's cgroup, make it the root of a new cgroup namespace, and mount cgroup2 there,
-    // as a container with a private cgroup namespace sees it.
-    let script = format!(
-        "echo $$ > {cg}/cgroup.procs && exec unshare --cgroup --mount --propagation private sh -c 'umount -l {root} && mount -t cgroup2 none {root} && exec {bin} ebpf load --pin-dir {pin}'",
-        cg = c.cgroup.display(),
-        root = root.display(),
-        bin = sibling_binary("interceptor").display(),
-        pin = pin_arg(&c),
-    );
-    let o = Command::new("sh").args(["-c", &script]).output()?;
+    // The load runs as a container with a private cgroup namespace sees the world: it joins
+    // c's cgroup, makes it the root of a new cgroup namespace, and mounts cgroup2 anew (in
+    // its own mount namespace) where the node's was.
+    let procs = CString::new(c.cgroup.join("cgroup.procs").to_str().unwrap())?;
+    let (mnt, none, cgroup2, slash) = (CString::new(root.to_str().unwrap())?, c"none", c"cgroup2", c"/");
+    let mut cmd = Command::new(sibling_binary("interceptor"));
+    cmd.args(["ebpf", "load", "--pin-dir", &pin_arg(&c)]);
+    // SAFETY: only async-signal-safe calls (open, write, close, unshare, mount, umount2).
+    unsafe {
+        cmd.pre_exec(move || {
+            let fail = || Err(std::io::Error::last_os_error());
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return fail();
+            }
+            libc::close(fd);
+            if libc::unshare(libc::CLONE_NEWCGROUP | libc::CLONE_NEWNS) != 0
+                || libc::mount(
+                    none.as_ptr(),
+                    slash.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+                || libc::umount2(mnt.as_ptr(), libc::MNT_DETACH) != 0
+                || libc::mount(none.as_ptr(), mnt.as_ptr(), cgroup2.as_ptr(), 0, std::ptr::null()) != 0
+            {
+                return fail();
+            }
+            Ok(())
+        });
+    }
+    let o = cmd.output()?;
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("is not the host's root cgroup"), "{}", stderr(&o));
     assert!(!c.pins.path().exists(), "nothing was installed");
