@@ -270,6 +270,7 @@ impl Sandbox {
                 pod_ips: vec![],
                 pin_dir: pins.clone(),
                 pod_name: Some(format!("test/{}", self.id)),
+                allow_host_netns: false,
             },
         )
     }

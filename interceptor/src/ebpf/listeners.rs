@@ -42,12 +42,12 @@ fn listeners_on(port: u16) -> Vec<(u64, u16)> {
     out
 }
 
-/// A process of the namespace holding socket `inode`, and its fd number.
-fn holder(netns_inode: u64, inode: u64) -> Option<(i32, i32)> {
+/// A process of the namespace (device, inode) holding socket `inode`, and its fd number.
+fn holder(netns: (u64, u64), inode: u64) -> Option<(i32, i32)> {
     let want = format!("socket:[{inode}]");
     for entry in fs::read_dir("/proc").ok()?.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let in_ns = fs::metadata(entry.path().join("ns/net")).map(|m| m.ino() == netns_inode).unwrap_or(false);
+        let in_ns = fs::metadata(entry.path().join("ns/net")).map(|m| (m.dev(), m.ino()) == netns).unwrap_or(false);
         if !in_ns {
             continue;
         }
@@ -82,8 +82,10 @@ fn take_fd(pid: i32, fd: i32) -> Result<OwnedFd> {
 
 /// Registers the namespace's current listener(s) on `port`; returns how many.
 pub fn adopt(netns: &Netns, pins: &PinDir, cookie: u64, port: u16) -> Result<usize> {
-    let Some(path) = &netns.path else { return Ok(0) };
-    let netns_inode = fs::metadata(path)?.ino();
+    if netns.path().is_none() {
+        return Ok(0);
+    }
+    let netns_id = netns.id()?;
     let found = netns.run(move || Ok(listeners_on(port)))?;
     if found.is_empty() {
         return Ok(0);
@@ -92,7 +94,7 @@ pub fn adopt(netns: &Netns, pins: &PinDir, cookie: u64, port: u16) -> Result<usi
     let mut map: SockHash<MapData, ListenerKey> = SockHash::try_from(Map::SockHash(data))?;
     let mut n = 0;
     for (inode, family) in found {
-        let Some((pid, fd)) = holder(netns_inode, inode) else { continue };
+        let Some((pid, fd)) = holder(netns_id, inode) else { continue };
         let Ok(sock) = take_fd(pid, fd) else { continue };
         let key = ListenerKey { netns_cookie: cookie, family: family as u32, _pad: 0 };
         if map.insert(key, sock.as_raw_fd(), 0).is_ok() {
