@@ -235,7 +235,8 @@ impl Reason {
         )
     }
 
-    /// A decision that sent the connection to a sidecar listener.
+    /// A decision that sent the connection to a sidecar listener (or the DNS query to the
+    /// sidecar's DNS proxy).
     pub const fn is_redirect(self) -> bool {
         matches!(
             self,
@@ -243,6 +244,7 @@ impl Reason {
                 | Reason::OutIncluded
                 | Reason::OutDefault
                 | Reason::OutPodIpDnat
+                | Reason::OutDnsProxy
                 | Reason::InRedirect
         )
     }

@@ -46,8 +46,8 @@ pub fn translate(map: &[Extent], uid: u32) -> Option<u32> {
 
 /// The kernel UID the programs will see for `uid` of the pod whose network namespace is
 /// `netns` (the same UID when the namespace belongs to the caller's user namespace).
-pub fn kernel_uid(netns: &File, uid: u32) -> Result<u32> {
-    let Some(userns) = crate::netns::owning_userns(netns)? else { return Ok(uid) };
+pub fn kernel_uid(netns: &crate::netns::Netns, uid: u32) -> Result<u32> {
+    let Some(userns) = netns.owning_userns()? else { return Ok(uid) };
     // Only a child of our own user namespace: its map is then relative to the kernel's view.
     // SAFETY: a valid namespace descriptor; the kernel returns a new descriptor.
     let parent = unsafe { libc::ioctl(userns.as_raw_fd(), NS_GET_PARENT) };

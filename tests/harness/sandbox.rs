@@ -116,27 +116,29 @@ impl Sandbox {
     /// Creates the pod's network namespace inside a new user namespace, held by a process
     /// that lives as long as the sandbox (`ip netns attach` pins the network namespace).
     fn make_userns_pod(&self) -> Result<Child> {
-        let mut child = std::process::Command::new("unshare")
-            .args(["-U", "-n", "--", "sleep", "infinity"])
-            .stdin(std::process::Stdio::null())
-            .spawn()
-            .context("unshare (util-linux)")?;
-        let pid = child.id();
-        let own = fs::read_link("/proc/self/ns/user")?;
-        let result = (|| -> Result<()> {
-            for _ in 0..500 {
-                let ns = fs::read_link(format!("/proc/{pid}/ns/user")).unwrap_or_default();
-                let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
-                if ns != own && exe.ends_with("sleep") {
-                    // Written from the parent user namespace, as a container runtime does.
-                    let map = format!("0 {USERNS_BASE} 65536\n");
-                    fs::write(format!("/proc/{pid}/uid_map"), &map).context("write uid_map")?;
-                    fs::write(format!("/proc/{pid}/gid_map"), &map).context("write gid_map")?;
-                    return ip(&["netns", "attach", &self.pod, &pid.to_string()]);
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("infinity").stdin(std::process::Stdio::null());
+        // SAFETY: unshare is async-signal-safe; the forked child is single-threaded, as a new
+        // user namespace requires. (Not util-linux's unshare: busybox's, in the kernel
+        // matrix's guests, has no way to write the maps.)
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
                 }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            bail!("unshare did not create the user namespace")
+                Ok(())
+            });
+        }
+        // spawn() returns once the child has exec'd: its namespaces exist.
+        let mut child = cmd.spawn().context("spawn a process in a new user and network namespace")?;
+        let pid = child.id();
+        let result = (|| -> Result<()> {
+            // Written from the parent user namespace, as a container runtime does.
+            let map = format!("0 {USERNS_BASE} 65536\n");
+            fs::write(format!("/proc/{pid}/uid_map"), &map).context("write uid_map")?;
+            fs::write(format!("/proc/{pid}/gid_map"), &map).context("write gid_map")?;
+            ip(&["netns", "attach", &self.pod, &pid.to_string()])
         })();
         if let Err(e) = result {
             let _ = child.kill();
@@ -336,6 +338,7 @@ impl Sandbox {
                 pod_ips: vec![],
                 pin_dir: pins.clone(),
                 pod_name: Some(format!("test/{}", self.id)),
+                allow_host_netns: false,
             },
         )
     }
@@ -359,6 +362,38 @@ impl Sandbox {
 
     pub fn counters(&self) -> Result<std::collections::BTreeMap<u32, u64>> {
         self.counters_in(&self.pins)
+    }
+
+    /// The local (address, port) of every TCP socket in the pod's namespace, in any state
+    /// (/proc/net/tcp and tcp6, read from inside it: no `ss` needed in the kernel matrix).
+    pub fn pod_sockets(&self) -> Result<Vec<(std::net::IpAddr, u16)>> {
+        interceptor::netns::Netns::at(self.pod_netns()).run(|| {
+            let mut out = Vec::new();
+            for file in ["tcp", "tcp6"] {
+                let text = fs::read_to_string(Path::new("/proc/thread-self/net").join(file))?;
+                for line in text.lines().skip(1) {
+                    let Some(local) = line.split_whitespace().nth(1) else { continue };
+                    let Some((addr, port)) = local.split_once(':') else { continue };
+                    // The address is the kernel's u32 words printed in hex (host order).
+                    let words: Vec<u32> = (0..addr.len() / 8)
+                        .filter_map(|i| u32::from_str_radix(&addr[i * 8..i * 8 + 8], 16).ok())
+                        .collect();
+                    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+                    let ip = match bytes.len() {
+                        4 => std::net::IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]]),
+                        16 => {
+                            let v6 = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&bytes[..]).expect("16 bytes"));
+                            v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(std::net::IpAddr::V6(v6))
+                        }
+                        _ => continue,
+                    };
+                    if let Ok(port) = u16::from_str_radix(port, 16) {
+                        out.push((ip, port));
+                    }
+                }
+            }
+            Ok(out)
+        })
     }
 
     /// The pod's route to `ip`, as the kernel answers `ip route get`: (device, is local).

@@ -47,12 +47,12 @@ fn listeners_on(port: u16, uid: u32) -> Vec<(u64, u16)> {
     out
 }
 
-/// A process of the namespace holding socket `inode`, and its fd number.
-fn holder(netns_inode: u64, inode: u64) -> Option<(i32, i32)> {
+/// A process of the namespace (device, inode) holding socket `inode`, and its fd number.
+fn holder(netns: (u64, u64), inode: u64) -> Option<(i32, i32)> {
     let want = format!("socket:[{inode}]");
     for entry in fs::read_dir("/proc").ok()?.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let in_ns = fs::metadata(entry.path().join("ns/net")).map(|m| m.ino() == netns_inode).unwrap_or(false);
+        let in_ns = fs::metadata(entry.path().join("ns/net")).map(|m| (m.dev(), m.ino()) == netns).unwrap_or(false);
         if !in_ns {
             continue;
         }
@@ -105,8 +105,10 @@ pub fn forget(pins: &PinDir, cookie: u64) -> Result<()> {
 /// `uid`), replacing what was registered; returns how many.
 pub fn adopt(netns: &Netns, pins: &PinDir, cookie: u64, port: u16, uid: u32) -> Result<usize> {
     forget(pins, cookie)?;
-    let Some(path) = &netns.path else { return Ok(0) };
-    let netns_inode = fs::metadata(path)?.ino();
+    if netns.path().is_none() {
+        return Ok(0);
+    }
+    let netns_id = netns.id()?;
     let found = netns.run(move || Ok(listeners_on(port, uid)))?;
     if found.is_empty() {
         return Ok(0);
@@ -114,7 +116,7 @@ pub fn adopt(netns: &Netns, pins: &PinDir, cookie: u64, port: u16, uid: u32) -> 
     let mut map = open_listeners(pins)?;
     let mut n = 0;
     for (inode, family) in found {
-        let Some((pid, fd)) = holder(netns_inode, inode) else { continue };
+        let Some((pid, fd)) = holder(netns_id, inode) else { continue };
         let Ok(sock) = take_fd(pid, fd) else { continue };
         // A free slot (BPF_NOEXIST): the program may be registering a new listener as well.
         let registered = (0..LISTENER_SLOTS).any(|slot| {

@@ -1,6 +1,7 @@
 //! The few bpf(2) commands aya 0.14 does not expose the way we need them: links created on
 //! any program and pinned (aya cannot pin a CgroupSockopt link), link updates for in-place
-//! upgrades, and an RCU barrier.
+//! upgrades, an RCU barrier, link and map information (is a pod's namespace gone, how full
+//! is a map).
 use std::{
     ffi::CString,
     io,
@@ -11,8 +12,10 @@ use std::{
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 
@@ -131,16 +134,105 @@ pub fn rcu_barrier() -> io::Result<()> {
 pub fn hash_map_create(name: &str, key_size: u32, value_size: u32, max_entries: u32) -> io::Result<OwnedFd> {
     const BPF_MAP_TYPE_HASH: u32 = 1;
     const BPF_F_NO_PREALLOC: u32 = 1;
+    map_create(BPF_MAP_TYPE_HASH, name, key_size, value_size, max_entries, BPF_F_NO_PREALLOC)
+}
+
+/// BPF_MAP_CREATE of an array map (u32 keys).
+pub fn array_map_create(name: &str, value_size: u32, max_entries: u32) -> io::Result<OwnedFd> {
+    map_create(BPF_MAP_TYPE_ARRAY, name, 4, value_size, max_entries, 0)
+}
+
+fn map_create(
+    map_type: u32,
+    name: &str,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    flags: u32,
+) -> io::Result<OwnedFd> {
     let mut attr = Attr::new();
-    attr.put_u32(0, BPF_MAP_TYPE_HASH)
-        .put_u32(4, key_size)
-        .put_u32(8, value_size)
-        .put_u32(12, max_entries)
-        .put_u32(16, BPF_F_NO_PREALLOC);
+    attr.put_u32(0, map_type).put_u32(4, key_size).put_u32(8, value_size).put_u32(12, max_entries).put_u32(16, flags);
     let bytes = name.as_bytes();
     let n = bytes.len().min(15);
     attr.0[28..28 + n].copy_from_slice(&bytes[..n]);
     sys_bpf(BPF_MAP_CREATE, &mut attr).map(owned)
+}
+
+/// BPF_OBJ_GET_INFO_BY_FD into a zeroed buffer (the kernel fills what it knows).
+fn obj_info(fd: BorrowedFd<'_>) -> io::Result<[u8; 256]> {
+    let mut info = [0u64; 32];
+    let mut attr = Attr::new();
+    attr.put_u32(0, fd.as_raw_fd() as u32).put_u32(4, 256).put_u64(8, info.as_mut_ptr() as u64);
+    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(bytemuck::cast(info))
+}
+
+fn u32_at(b: &[u8], offset: usize) -> u32 {
+    u32::from_ne_bytes(b[offset..offset + 4].try_into().expect("4 bytes"))
+}
+
+/// What the kernel says about a link (`struct bpf_link_info`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub link_type: u32,
+    pub id: u32,
+    pub prog_id: u32,
+    /// Netns links: the inode of the namespace, 0 once it is gone (the kernel detaches a
+    /// namespace's links when it is destroyed; updating them then fails with ENOLINK).
+    pub netns_ino: u32,
+}
+
+pub const BPF_LINK_TYPE_NETNS: u32 = 5;
+
+pub fn link_info(link: BorrowedFd<'_>) -> io::Result<LinkInfo> {
+    let b = obj_info(link)?;
+    // type, id, prog_id, then the union (8-byte aligned) at 16; netns: { netns_ino, attach_type }.
+    Ok(LinkInfo { link_type: u32_at(&b, 0), id: u32_at(&b, 4), prog_id: u32_at(&b, 8), netns_ino: u32_at(&b, 16) })
+}
+
+/// What the kernel says about a map (`struct bpf_map_info`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapInfo {
+    pub map_type: u32,
+    pub id: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+pub const BPF_MAP_TYPE_RINGBUF: u32 = 27;
+
+pub fn map_info(map: BorrowedFd<'_>) -> io::Result<MapInfo> {
+    let b = obj_info(map)?;
+    Ok(MapInfo {
+        map_type: u32_at(&b, 0),
+        id: u32_at(&b, 4),
+        key_size: u32_at(&b, 8),
+        value_size: u32_at(&b, 12),
+        max_entries: u32_at(&b, 16),
+    })
+}
+
+/// The number of entries of a map, by walking its keys (BPF_MAP_GET_NEXT_KEY).
+pub fn count_entries(map: BorrowedFd<'_>, key_size: u32) -> io::Result<u64> {
+    let mut key = vec![0u8; key_size as usize];
+    let mut next = vec![0u8; key_size as usize];
+    let mut n = 0u64;
+    let mut first = true;
+    loop {
+        let mut attr = Attr::new();
+        attr.put_u32(0, map.as_raw_fd() as u32)
+            .put_u64(8, if first { 0 } else { key.as_ptr() as u64 })
+            .put_u64(16, next.as_mut_ptr() as u64);
+        match sys_bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(n),
+            Err(e) => return Err(e),
+        }
+        n += 1;
+        first = false;
+        std::mem::swap(&mut key, &mut next);
+    }
 }
 
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
@@ -263,4 +355,41 @@ fn prog_load_raw(ty: u32, attach: u32, insns: &[super::insn::Insn], name: &str) 
         }
         Err(e) => Err(e),
     }
+}
+
+/// BPF_MAP_UPDATE_ELEM of a program array: slot `index` runs `prog` (atomically replacing
+/// what was there).
+pub fn prog_array_set(map: BorrowedFd<'_>, index: u32, prog: BorrowedFd<'_>) -> io::Result<()> {
+    use aya_obj::generated::{bpf_attr, bpf_cmd};
+    let value = prog.as_raw_fd() as u32;
+    // SAFETY: an all-zero bpf_attr is valid; only the fields set here are read.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing the fields of the map element member of the union.
+    let u = unsafe { &mut attr.__bindgen_anon_2 };
+    u.map_fd = map.as_raw_fd() as u32;
+    u.key = &index as *const u32 as u64;
+    u.__bindgen_anon_1.value = &value as *const u32 as u64;
+    // SAFETY: a valid attribute of the size passed; key and value outlive the call.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_bpf, bpf_cmd::BPF_MAP_UPDATE_ELEM as libc::c_long, &mut attr, size_of::<bpf_attr>())
+    };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// BPF_MAP_LOOKUP_ELEM of a program array: the id of the program in slot `index`.
+pub fn prog_array_get(map: BorrowedFd<'_>, index: u32) -> io::Result<u32> {
+    use aya_obj::generated::{bpf_attr, bpf_cmd};
+    let mut value: u32 = 0;
+    // SAFETY: an all-zero bpf_attr is valid; only the fields set here are read.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing the fields of the map element member of the union.
+    let u = unsafe { &mut attr.__bindgen_anon_2 };
+    u.map_fd = map.as_raw_fd() as u32;
+    u.key = &index as *const u32 as u64;
+    u.__bindgen_anon_1.value = &mut value as *mut u32 as u64;
+    // SAFETY: a valid attribute of the size passed; key and value outlive the call.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_bpf, bpf_cmd::BPF_MAP_LOOKUP_ELEM as libc::c_long, &mut attr, size_of::<bpf_attr>())
+    };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(value) }
 }

@@ -34,6 +34,7 @@ const SUITE: &[Suite] = &[
     Suite { name: "ebpf_fidelity", iptables: NeedsIptables::All },
     Suite { name: "iptables_mode", iptables: NeedsIptables::All },
     Suite { name: "cli", iptables: NeedsIptables::Only(&["a_bad_policy_leaves_the_tables_untouched"]) },
+    Suite { name: "lifecycle", iptables: NeedsIptables::No },
 ];
 
 /// `all`: the supported guest kernels and the host (5.10 is asked for by name).
