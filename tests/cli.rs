@@ -18,7 +18,7 @@ fn render_prints_the_golden_payload() {
     let (out, _) = text(&o);
     assert!(o.status.success());
     assert!(out.starts_with(
-        "iptables-restore --noflush <<EOF\n# OSM sidecar interception rules\n*nat\n:OSM_PROXY_INBOUND - [0:0]\n"
+        "iptables-restore --noflush <<'EOF'\n# OSM sidecar interception rules\n*nat\n:OSM_PROXY_INBOUND - [0:0]\n"
     ));
     assert!(out.ends_with("-A OSM_PROXY_OUTBOUND -j OSM_PROXY_OUT_REDIRECT\nCOMMIT\nEOF\n"), "{out}");
 }
@@ -203,5 +203,105 @@ fn a_bad_policy_leaves_the_tables_untouched() -> Result<()> {
     ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).0.contains("missing"), "{}", text(&o).0);
+    Ok(())
+}
+
+#[test]
+fn an_interface_name_with_shell_metacharacters_is_rejected_with_its_source() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("interceptor-cli-ifaces-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mesh = dir.join("meshconfig.yaml");
+    let pwned = dir.join("pwned");
+    std::fs::write(
+        &mesh,
+        format!(
+            "spec:\n  traffic:\n    networkInterfaceExclusionList: [\"eth0\", \"eth1$(touch {})\", \"e`id`\", \"veth;x\", \"sixteen-chars-xy\", \"br-1.100@x+\"]\n",
+            pwned.display()
+        ),
+    )?;
+    for format in ["shell", "restore"] {
+        let o = interceptor(&["iptables", "render", "--format", format, "--mesh-config", mesh.to_str().unwrap()]);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(out.is_empty(), "nothing is printed on error: {out}");
+        for needle in [
+            "key spec.traffic.networkInterfaceExclusionList[1]: invalid interface name \"eth1$(touch",
+            "contains '$'",
+            "key spec.traffic.networkInterfaceExclusionList[2]: invalid interface name \"e`id`\"",
+            "key spec.traffic.networkInterfaceExclusionList[3]: invalid interface name \"veth;x\"",
+            "key spec.traffic.networkInterfaceExclusionList[4]: invalid interface name \"sixteen-chars-xy\": longer than 15",
+            "4 errors",
+        ] {
+            assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+        }
+    }
+    let o = interceptor(&["iptables", "render", "--network-interface-exclusion-list", "eth0,$(reboot)"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("flag --network-interface-exclusion-list: invalid interface name \"$(reboot)\""));
+    assert!(!pwned.exists());
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// Runs a rendered shell form with `sh`, fake iptables-restore/ip6tables-restore on PATH
+/// recording their arguments and input; returns (arguments, input).
+fn run_shell_form(script: &str, env: &[(&str, &str)], tag: &str) -> Result<(String, String)> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("interceptor-cli-shell-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    for cmd in ["iptables-restore", "ip6tables-restore"] {
+        let fake = dir.join(cmd);
+        std::fs::write(&fake, "#!/bin/sh\necho \"$0 $*\" > \"$CAPTURE.args\"\ncat > \"$CAPTURE\"\n")?;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let capture = dir.join("stdin");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(script)
+        .env("PATH", format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default()))
+        .env("CAPTURE", &capture);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let o = cmd.output()?;
+    assert!(o.status.success(), "sh: {}", String::from_utf8_lossy(&o.stderr));
+    let args = std::fs::read_to_string(dir.join("stdin.args"))?;
+    let input = std::fs::read_to_string(&capture)?;
+    std::fs::remove_dir_all(&dir)?;
+    Ok((args.trim().rsplit('/').next().unwrap_or_default().to_string(), input))
+}
+
+#[test]
+fn the_shell_form_round_trips_through_sh_to_the_exact_restore_payload() -> Result<()> {
+    let policy = [
+        "--outbound-ip-range-exclusion-list",
+        "198.51.100.0/24,2001:db8:1::/48",
+        "--outbound-port-exclusion-list",
+        "6379",
+        "--inbound-port-exclusion-list",
+        "8080",
+        "--network-interface-exclusion-list",
+        "eth1,br-x.100@y,veth+",
+    ];
+    for (mode, family, var) in
+        [("Localhost", "ipv4", "POD_IP"), ("PodIP", "ipv4", "POD_IP"), ("PodIP", "ipv6", "POD_IPV6")]
+    {
+        let render = |format: &str| {
+            let mut args =
+                vec!["iptables", "render", "--format", format, "--family", family, "--local-proxy-mode", mode];
+            args.extend(policy);
+            let o = interceptor(&args);
+            assert!(o.status.success(), "{}", text(&o).1);
+            text(&o).0
+        };
+        let (shell, restore) = (render("shell"), render("restore"));
+        let ip = if family == "ipv4" { "198.51.100.2" } else { "2001:db8:1::2" };
+        let (args, input) = run_shell_form(&shell, &[(var, ip)], &format!("{mode}-{family}"))?;
+        let restore_cmd = if family == "ipv4" { "iptables-restore" } else { "ip6tables-restore" };
+        assert_eq!(args, format!("{restore_cmd} --noflush"), "{mode} {family}");
+        let want = restore.replace(&format!("${var}"), ip);
+        assert_eq!(input, want, "{mode} {family}: the shell must hand iptables-restore exactly the payload");
+        assert_eq!(input.contains(ip), mode == "PodIP");
+    }
     Ok(())
 }

@@ -140,6 +140,7 @@ fn interception_continues_after_the_loader_exits_and_load_is_idempotent() -> Res
         cgroup: Some(sb.cgroup.clone()),
         pin_dir: sb.pins.clone(),
         max_tracked_connections: None,
+        max_tracked_connections_per_pod: None,
     })?;
     assert_eq!(outcome, LoadOutcome::Upgraded { pods: 1 });
     let new_ids = program_ids(&sb)?;
@@ -273,6 +274,7 @@ fn a_load_over_an_older_layout_names_the_layout_not_an_incomplete_installation()
         cgroup: Some(sb.cgroup.clone()),
         pin_dir: sb.pins.clone(),
         max_tracked_connections: None,
+        max_tracked_connections_per_pod: None,
     })
     .unwrap_err()
     .to_string();

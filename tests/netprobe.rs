@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 fn usage() -> ! {
     eprintln!(
-        "usage:\n  netprobe serve --name NAME --listen ADDR:PORT... [--udp ADDR:PORT...] [--close]\n  netprobe connect --to ADDR:PORT [--udp] [--timeout-ms N]\n  netprobe dns --to ADDR:PORT... --name NAME [--sendto] [--timeout-ms N]  (an A query to each, over one UDP socket; [::ffff:a.b.c.d] = dual-stack)\n  netprobe connect-many --to ADDR:PORT... [--repeat N]\n  netprobe connect-hold --to ADDR:PORT        (one exchange per stdin line)\n  netprobe connect-loop --to ADDR:PORT [--interval-ms N]   (connects until stdin closes; one JSON line each, with the time)\n  netprobe rr --to ADDR:PORT --count N      (connect, 1-byte request/response, close; prints latencies in ns)\n  netprobe bulk --to ADDR:PORT --bytes N     (prints MB/s)\n  netprobe sink --listen ADDR:PORT           (accepts and discards; 1-byte echo for rr)"
+        "usage:\n  netprobe serve --name NAME --listen ADDR:PORT... [--udp ADDR:PORT...] [--close]\n  netprobe connect --to ADDR:PORT [--udp] [--timeout-ms N]\n  netprobe dns --to ADDR:PORT... --name NAME [--sendto] [--timeout-ms N]  (an A query to each, over one UDP socket; [::ffff:a.b.c.d] = dual-stack)\n  netprobe connect-many --to ADDR:PORT... [--repeat N]\n  netprobe connect-hold --to ADDR:PORT        (one exchange per stdin line)\n  netprobe connect-loop --to ADDR:PORT [--interval-ms N]   (connects until stdin closes; one JSON line each, with the time)\n  netprobe rr --to ADDR:PORT --count N      (connect, 1-byte request/response, close; prints latencies in ns)\n  netprobe bulk --to ADDR:PORT --bytes N     (prints MB/s)\n  netprobe sink --listen ADDR:PORT           (accepts and discards; 1-byte echo for rr)\n  netprobe serve ... [--reuseport N]         (N SO_REUSEPORT listeners per address)\n  netprobe hold-accept --listen ADDR:PORT... --wait-ms N [--backlog B] [--idle-ms N]\n                                             (listens, accepts nothing for N ms, then accepts\n                                              every pending connection: one JSON line each)\n  netprobe send-close --to ADDR:PORT --count N [--linger0]\n                                             (connect, send a line, close at once; N times)\n  netprobe reconnect --to ADDR:PORT --then ADDR:PORT\n                                             (one socket: connect, and after it fails connect again)\n  netprobe connect ... [--bind ADDR:PORT]     (bind before connecting)"
     );
     std::process::exit(2)
 }
@@ -44,11 +44,37 @@ fn main() {
         values(flag).iter().map(|v| v.parse().unwrap_or_else(|_| panic!("bad address {v}"))).collect()
     };
     match mode.as_str() {
-        "serve" => serve(&one("--name").unwrap_or_else(|| usage()), &addrs("--listen"), &addrs("--udp")),
+        "serve" => {
+            let reuseport = one("--reuseport").map(|v| v.parse().unwrap()).unwrap_or(0);
+            serve(&one("--name").unwrap_or_else(|| usage()), &addrs("--listen"), &addrs("--udp"), reuseport)
+        }
+        "hold-accept" => {
+            let wait = Duration::from_millis(one("--wait-ms").map(|v| v.parse().unwrap()).unwrap_or(1000));
+            let idle = Duration::from_millis(one("--idle-ms").map(|v| v.parse().unwrap()).unwrap_or(1500));
+            let backlog = one("--backlog").map(|v| v.parse().unwrap()).unwrap_or(4096);
+            hold_accept(&addrs("--listen"), wait, idle, backlog);
+        }
+        "send-close" => {
+            let to = addrs("--to").into_iter().next().unwrap_or_else(|| usage());
+            let count: usize = one("--count").map(|v| v.parse().unwrap()).unwrap_or(1);
+            send_close(to, count, has("--linger0"));
+        }
+        "reconnect" => {
+            let to = addrs("--to").into_iter().next().unwrap_or_else(|| usage());
+            let then = addrs("--then").into_iter().next().unwrap_or_else(|| usage());
+            println!("{}", reconnect(to, then));
+        }
         "connect" => {
             let to = addrs("--to").into_iter().next().unwrap_or_else(|| usage());
             let timeout = Duration::from_millis(one("--timeout-ms").map(|v| v.parse().unwrap()).unwrap_or(3000));
-            let out = if has("--udp") { udp_connect(to, timeout) } else { connect(to, timeout) };
+            let bind = addrs("--bind").into_iter().next();
+            let out = if has("--udp") {
+                udp_connect(to, timeout)
+            } else if let Some(bind) = bind {
+                connect_bound(bind, to, timeout)
+            } else {
+                connect(to, timeout)
+            };
             println!("{out}");
         }
         "dns" => {
@@ -121,10 +147,20 @@ fn bind_udp(addr: SocketAddr) -> UdpSocket {
 }
 
 fn bind_listener(addr: SocketAddr) -> TcpListener {
-    let fd = bound_socket(addr, libc::SOCK_STREAM);
+    listener_with(addr, false, 4096)
+}
+
+fn listener_with(addr: SocketAddr, reuseport: bool, backlog: i32) -> TcpListener {
+    let fd = socket_for(addr, libc::SOCK_STREAM);
+    if reuseport {
+        let one: libc::c_int = 1;
+        // SAFETY: valid socket and option buffer.
+        unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, (&one as *const i32).cast(), 4) };
+    }
+    bind_to(fd, addr);
     // SAFETY: a bound socket we own.
     unsafe {
-        if libc::listen(fd, 4096) != 0 {
+        if libc::listen(fd, backlog) != 0 {
             panic!("listen {addr}: {}", std::io::Error::last_os_error());
         }
         use std::os::fd::FromRawFd;
@@ -132,9 +168,16 @@ fn bind_listener(addr: SocketAddr) -> TcpListener {
     }
 }
 
-/// IPv6 sockets are v6-only, so that an IPv4 connection's landing is unambiguous.
 fn bound_socket(addr: SocketAddr, kind: libc::c_int) -> libc::c_int {
+    let fd = socket_for(addr, kind);
+    bind_to(fd, addr);
+    fd
+}
+
+/// IPv6 sockets are v6-only, so that an IPv4 connection's landing is unambiguous.
+fn socket_for(addr: SocketAddr, kind: libc::c_int) -> libc::c_int {
     let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain socket calls on a descriptor we own.
     unsafe {
         let fd = libc::socket(domain, kind | libc::SOCK_CLOEXEC, 0);
         assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
@@ -143,11 +186,15 @@ fn bound_socket(addr: SocketAddr, kind: libc::c_int) -> libc::c_int {
         if addr.is_ipv6() {
             libc::setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, (&one as *const i32).cast(), 4);
         }
-        let (sa, len) = sockaddr(addr);
-        if libc::bind(fd, (&sa as *const libc::sockaddr_storage).cast(), len) != 0 {
-            panic!("bind {addr}: {}", std::io::Error::last_os_error());
-        }
         fd
+    }
+}
+
+fn bind_to(fd: libc::c_int, addr: SocketAddr) {
+    let (sa, len) = sockaddr(addr);
+    // SAFETY: valid socket and address buffer.
+    if unsafe { libc::bind(fd, (&sa as *const libc::sockaddr_storage).cast(), len) } != 0 {
+        panic!("bind {addr}: {}", std::io::Error::last_os_error());
     }
 }
 
@@ -205,11 +252,20 @@ fn reply(name: &str, s: &mut TcpStream) {
     let _ = writeln!(s, "{reply}");
 }
 
-fn serve(name: &str, tcp: &[SocketAddr], udp: &[SocketAddr]) {
+fn serve(name: &str, tcp: &[SocketAddr], udp: &[SocketAddr], reuseport: usize) {
     let name: Arc<str> = Arc::from(name);
     let mut threads = Vec::new();
-    for addr in tcp {
-        let listener = bind_listener(*addr);
+    let listeners: Vec<TcpListener> = tcp
+        .iter()
+        .flat_map(|a| {
+            if reuseport == 0 {
+                vec![bind_listener(*a)]
+            } else {
+                (0..reuseport).map(|_| listener_with(*a, true, 4096)).collect()
+            }
+        })
+        .collect();
+    for listener in listeners {
         let name = name.clone();
         threads.push(std::thread::spawn(move || {
             for conn in listener.incoming() {
@@ -240,24 +296,7 @@ fn serve(name: &str, tcp: &[SocketAddr], udp: &[SocketAddr]) {
 fn connect(to: SocketAddr, timeout: Duration) -> Value {
     match TcpStream::connect_timeout(&to, timeout) {
         Err(e) => json!({"ok": false, "error": e.to_string()}),
-        Ok(mut s) => {
-            let peername = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-            let sockname = s.local_addr().map(|a| a.to_string()).unwrap_or_default();
-            let orig = original_dst(&s).map(|a| a.to_string()).ok();
-            let _ = s.set_read_timeout(Some(timeout));
-            let _ = writeln!(s, "hello");
-            let mut line = String::new();
-            match BufReader::new(&s).read_line(&mut line) {
-                Ok(n) if n > 0 => match serde_json::from_str::<Value>(line.trim()) {
-                    Ok(reply) => {
-                        json!({"ok": true, "reply": reply, "peername": peername, "sockname": sockname, "client_orig": orig})
-                    }
-                    Err(e) => json!({"ok": false, "error": format!("bad reply {line:?}: {e}")}),
-                },
-                Ok(_) => json!({"ok": false, "error": "connection closed without a reply"}),
-                Err(e) => json!({"ok": false, "error": e.to_string()}),
-            }
-        }
+        Ok(s) => exchange(s, timeout),
     }
 }
 
@@ -444,6 +483,147 @@ fn bulk(to: SocketAddr, bytes: u64) {
     let _ = s.read_to_end(&mut rest);
     let secs = start.elapsed().as_secs_f64();
     println!("{:.1}", bytes as f64 / secs / 1e6);
+}
+
+/// A sidecar that is slow to accept: listens, accepts nothing for `wait`, then accepts every
+/// pending connection (until none arrives for `idle`) and reports each one: what
+/// SO_ORIGINAL_DST answered, its addresses, and the first line the client sent.
+fn hold_accept(listen: &[SocketAddr], wait: Duration, idle: Duration, backlog: i32) {
+    let listeners: Vec<TcpListener> = listen.iter().map(|a| listener_with(*a, false, backlog)).collect();
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    std::thread::sleep(wait);
+    for l in &listeners {
+        l.set_nonblocking(true).expect("nonblocking");
+    }
+    let mut out = std::io::stdout().lock();
+    let mut last = std::time::Instant::now();
+    while last.elapsed() < idle {
+        let mut any = false;
+        for l in &listeners {
+            while let Ok((mut s, _)) = l.accept() {
+                any = true;
+                let _ = s.set_nonblocking(false);
+                let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+                let (orig, orig_error) = match original_dst(&s) {
+                    Ok(a) => (Value::String(a.to_string()), Value::Null),
+                    Err(e) => (Value::Null, Value::String(e)),
+                };
+                let mut line = String::new();
+                let _ = BufReader::new(&mut s).read_line(&mut line);
+                let mut v = json!({
+                    "local": s.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+                    "peer": s.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
+                    "orig": orig,
+                    "orig_error": orig_error,
+                    "data": line.trim(),
+                });
+                // The client gets the same report, as from `serve`.
+                v["server"] = Value::String("hold-accept".into());
+                let _ = writeln!(s, "{v}");
+                let _ = writeln!(out, "{v}");
+            }
+        }
+        if any {
+            last = std::time::Instant::now();
+        } else {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `count` times: connect, send one line naming the connection, close at once (with
+/// SO_LINGER 0, a reset). One JSON line per connection.
+fn send_close(to: SocketAddr, count: usize, linger0: bool) {
+    let mut out = std::io::stdout().lock();
+    for i in 0..count {
+        let v = match TcpStream::connect_timeout(&to, Duration::from_secs(10)) {
+            Err(e) => json!({"ok": false, "error": e.to_string(), "errno": e.raw_os_error()}),
+            Ok(mut s) => {
+                let sockname = s.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                let _ = writeln!(s, "conn {i} {sockname}");
+                if linger0 {
+                    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+                    // SAFETY: valid socket and option buffer.
+                    unsafe {
+                        libc::setsockopt(
+                            s.as_raw_fd(),
+                            libc::SOL_SOCKET,
+                            libc::SO_LINGER,
+                            (&l as *const libc::linger).cast(),
+                            size_of::<libc::linger>() as u32,
+                        )
+                    };
+                }
+                json!({"ok": true, "sockname": sockname, "peername": s.peer_addr().map(|a| a.to_string()).unwrap_or_default()})
+            }
+        };
+        let _ = writeln!(out, "{v}");
+    }
+}
+
+/// connect() on a socket bound first to `bind`.
+fn connect_bound(bind: SocketAddr, to: SocketAddr, timeout: Duration) -> Value {
+    let fd = socket_for(bind, libc::SOCK_STREAM);
+    bind_to(fd, bind);
+    use std::os::fd::FromRawFd;
+    let (sa, len) = sockaddr(to);
+    // SAFETY: a socket we own, a valid address.
+    if unsafe { libc::connect(fd, (&sa as *const libc::sockaddr_storage).cast(), len) } != 0 {
+        let e = std::io::Error::last_os_error();
+        // SAFETY: closing our own socket.
+        unsafe { libc::close(fd) };
+        return json!({"ok": false, "error": e.to_string()});
+    }
+    // SAFETY: a connected socket we own.
+    let s = unsafe { TcpStream::from_raw_fd(fd) };
+    exchange(s, timeout)
+}
+
+/// One socket, two connect() calls: the first to `to` (expected to fail), then to `then`.
+fn reconnect(to: SocketAddr, then: SocketAddr) -> Value {
+    let fd = socket_for(to, libc::SOCK_STREAM);
+    let connect = |a: SocketAddr| -> Result<(), String> {
+        let (sa, len) = sockaddr(a);
+        // SAFETY: a socket we own, a valid address.
+        if unsafe { libc::connect(fd, (&sa as *const libc::sockaddr_storage).cast(), len) } != 0 {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+        Ok(())
+    };
+    let first = connect(to);
+    let second = connect(then);
+    use std::os::fd::FromRawFd;
+    // SAFETY: a socket we own.
+    let s = unsafe { TcpStream::from_raw_fd(fd) };
+    match second {
+        Err(e) => json!({"ok": false, "first": format!("{first:?}"), "error": e}),
+        Ok(()) => {
+            let mut v = exchange(s, Duration::from_secs(3));
+            v["first"] = Value::String(format!("{first:?}"));
+            v
+        }
+    }
+}
+
+/// Sends a request line and reads the server's JSON answer, with the client's own view.
+fn exchange(mut s: TcpStream, timeout: Duration) -> Value {
+    let peername = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let sockname = s.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let orig = original_dst(&s).map(|a| a.to_string()).ok();
+    let _ = s.set_read_timeout(Some(timeout));
+    let _ = writeln!(s, "hello");
+    let mut line = String::new();
+    match BufReader::new(&s).read_line(&mut line) {
+        Ok(n) if n > 0 => match serde_json::from_str::<Value>(line.trim()) {
+            Ok(reply) => {
+                json!({"ok": true, "reply": reply, "peername": peername, "sockname": sockname, "client_orig": orig})
+            }
+            Err(e) => json!({"ok": false, "error": format!("bad reply {line:?}: {e}")}),
+        },
+        Ok(_) => json!({"ok": false, "error": "connection closed without a reply"}),
+        Err(e) => json!({"ok": false, "error": e.to_string()}),
+    }
 }
 
 /// One DNS query (type A) for `name` to each of `to` in turn, over one UDP socket:

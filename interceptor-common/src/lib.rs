@@ -16,10 +16,13 @@ pub mod map_names {
     pub const ROUTES: &str = "ROUTES";
     pub const PORTS: &str = "PORTS";
     pub const IFACES: &str = "IFACES";
-    pub const PENDING: &str = "PENDING";
-    pub const ORIG_BY_COOKIE: &str = "ORIG_BY_COOKIE";
-    pub const ACCEPTED: &str = "ACCEPTED";
+    pub const SOCKETS: &str = "SOCKETS";
+    pub const HANDOFF: &str = "HANDOFF";
+    pub const NODE_TRACKING: &str = "NODE_TRACKING";
+    pub const POD_TRACKING: &str = "POD_TRACKING";
     pub const LISTENERS: &str = "LISTENERS";
+    pub const STEER_NETNS: &str = "STEER_NETNS";
+    pub const STEER_PROGRAM: &str = "STEER_PROGRAM";
     pub const COUNTERS: &str = "COUNTERS";
     pub const SETTINGS: &str = "SETTINGS";
     pub const DNS_SOCKETS: &str = "DNS_SOCKETS";
@@ -28,7 +31,7 @@ pub mod map_names {
     pub const POD_INFO: &str = "POD_INFO";
     pub const GENERATIONS: &str = "GENERATIONS";
     /// Maps defined in the eBPF object.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 18] = [
         PODS,
         POD_ADDRS,
         EXCLUDED_CIDRS,
@@ -36,10 +39,13 @@ pub mod map_names {
         ROUTES,
         PORTS,
         IFACES,
-        PENDING,
-        ORIG_BY_COOKIE,
-        ACCEPTED,
+        SOCKETS,
+        HANDOFF,
+        NODE_TRACKING,
+        POD_TRACKING,
         LISTENERS,
+        STEER_NETNS,
+        STEER_PROGRAM,
         COUNTERS,
         SETTINGS,
         DNS_SOCKETS,
@@ -58,9 +64,18 @@ pub mod capacity {
     pub const ROUTES: usize = 1_048_576;
     pub const PORTS: usize = 1_048_576;
     pub const IFACES: usize = 65_536;
-    /// Tracked connections (redirected, and accepted by enrolled pods): LRU maps, which the
-    /// kernel preallocates; `ebpf load --max-tracked-connections` overrides it.
-    pub const TRACKED_CONNECTIONS: usize = 131_072;
+    /// Redirected connections being handed over node-wide: from the application's SYN
+    /// until the kernel has created the sidecar's end (`HANDOFF`, preallocated).
+    /// `ebpf load --max-tracked-connections` overrides it.
+    pub const TRACKED_CONNECTIONS: usize = 65_536;
+    /// The same, per pod (`--max-tracked-connections-per-pod`): one pod cannot take the
+    /// whole node's.
+    pub const TRACKED_CONNECTIONS_PER_POD: usize = 8_192;
+    /// Room in `HANDOFF` beyond the admitted number: connect()s admitted at once on
+    /// several CPUs may overshoot the limit by a few before they are counted.
+    pub const HANDOFF_HEADROOM: usize = 4_096;
+    /// Inbound listeners (SO_REUSEPORT workers) registered per pod and address family.
+    pub const LISTENER_SLOTS: u32 = 32;
     pub const LISTENERS: usize = 131_072;
     pub const COUNTERS: usize = 1_048_576;
 }
@@ -128,10 +143,24 @@ pub enum Reason {
     /// replies the source conntrack would: one unconnected socket sending both through the
     /// rule (to :53) and straight to :5300, or no memory for the socket's mark.
     OutDnsProxyRefused = 18,
+    /// Outbound, would be redirected, but the pod already has its limit of connections
+    /// being handed over to the sidecar: connect() refused (EPERM).
+    OutRefusedPodLimit = 19,
+    /// The same for the node-wide limit.
+    OutRefusedNodeLimit = 20,
+    /// Outbound, would be redirected, but the kernel had no memory for the connection's
+    /// record: connect() refused (EPERM).
+    OutRefusedNoMemory = 21,
+    /// A redirected connection whose hand-over record could not be written (the hand-over
+    /// table overflowed its headroom): the sidecar's SO_ORIGINAL_DST will fail (ENOENT).
+    OutTrackingLost = 22,
+    /// getsockopt(SO_ORIGINAL_DST) on the sidecar's end of a connection whose original
+    /// destination is unknown: answered ENOENT, as conntrack does without an entry.
+    OrigDstUnknown = 23,
 }
 
 impl Reason {
-    pub const COUNT: usize = 19;
+    pub const COUNT: usize = 24;
     pub const ALL: [Reason; Self::COUNT] = [
         Reason::OutProxyToLocal,
         Reason::OutLocalNotProxy,
@@ -152,6 +181,11 @@ impl Reason {
         Reason::InNoListener,
         Reason::OutDnsProxy,
         Reason::OutDnsProxyRefused,
+        Reason::OutRefusedPodLimit,
+        Reason::OutRefusedNodeLimit,
+        Reason::OutRefusedNoMemory,
+        Reason::OutTrackingLost,
+        Reason::OrigDstUnknown,
     ];
 
     pub fn from_u32(v: u32) -> Option<Reason> {
@@ -180,6 +214,11 @@ impl Reason {
             Reason::InNoListener => "no_listener",
             Reason::OutDnsProxy => "dns_proxy",
             Reason::OutDnsProxyRefused => "dns_proxy_refused",
+            Reason::OutRefusedPodLimit => "refused_pod_limit",
+            Reason::OutRefusedNodeLimit => "refused_node_limit",
+            Reason::OutRefusedNoMemory => "refused_no_memory",
+            Reason::OutTrackingLost => "tracking_lost",
+            Reason::OrigDstUnknown => "original_dst_unknown",
         }
     }
 
@@ -193,6 +232,34 @@ impl Reason {
                 | Reason::InRedirect
                 | Reason::InFromPod
                 | Reason::InNoListener
+        )
+    }
+
+    /// A decision that sent the connection to a sidecar listener (or the DNS query to the
+    /// sidecar's DNS proxy).
+    pub const fn is_redirect(self) -> bool {
+        matches!(
+            self,
+            Reason::OutProxyToLocal
+                | Reason::OutIncluded
+                | Reason::OutDefault
+                | Reason::OutPodIpDnat
+                | Reason::OutDnsProxy
+                | Reason::InRedirect
+        )
+    }
+
+    /// A failure an operator must see: a refused connection or an unknown answer.
+    pub const fn is_failure(self) -> bool {
+        matches!(
+            self,
+            Reason::InNoListener
+                | Reason::OutRefusedPodLimit
+                | Reason::OutRefusedNodeLimit
+                | Reason::OutRefusedNoMemory
+                | Reason::OutTrackingLost
+                | Reason::OrigDstUnknown
+                | Reason::OutDnsProxyRefused
         )
     }
 }
@@ -288,6 +355,9 @@ pub mod route_flags {
     pub const EXCLUDED_INTERFACE: u32 = 1 << 1;
     /// `src` holds the source address the kernel would choose for this route.
     pub const HAS_SRC: u32 = 1 << 2;
+    /// No route: the kernel fails a connect() before any packet (unreachable, blackhole,
+    /// prohibit, broadcast, multicast): nothing to decide.
+    pub const UNREACHABLE: u32 = 1 << 3;
 }
 
 /// Value of `ROUTES`: what the pod's routing table says about a destination prefix.
@@ -322,8 +392,50 @@ pub struct IfaceKey {
     pub ifindex: u32,
 }
 
-/// `ORIG_BY_COOKIE` and `PENDING` value: the destination a redirected connection's
-/// application dialled, as SO_ORIGINAL_DST and getpeername() report it.
+/// `SockRecord::kind`: what a socket of an enrolled pod is, for SO_ORIGINAL_DST and
+/// getpeername().
+pub mod sock_kind {
+    /// The application's end of a redirected connection: `orig` is what it dialled.
+    pub const CLIENT_REDIRECTED: u8 = 1;
+    /// The sidecar's end of a redirected connection (or of a connection dialled straight
+    /// to a sidecar listener): `orig` is the destination the application dialled.
+    pub const SIDECAR: u8 = 2;
+    /// An accepted connection that was not redirected: SO_ORIGINAL_DST is its local address.
+    pub const ACCEPTED: u8 = 3;
+    /// An application socket dialling a sidecar listener directly (not redirected): its
+    /// destination is handed to the listener's end like a redirected one.
+    pub const CLIENT_DIRECT: u8 = 4;
+    /// A socket the proxy bound to the pod's inbound port: it becomes an inbound listener
+    /// at listen().
+    pub const PROXY_LISTENER: u8 = 5;
+}
+
+/// `SockRecord::flags` bits.
+pub mod sock_flags {
+    /// The connect() program bound the socket to the pod address (`bound`), to be undone if
+    /// the socket connects again.
+    pub const BOUND_BY_US: u8 = 1 << 0;
+}
+
+/// Value of `SOCKETS` (socket-local storage: lives exactly as long as the socket).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
+pub struct SockRecord {
+    pub netns_cookie: u64,
+    /// The original destination (network-order bytes, IPv4 in the first 4).
+    pub addr: [u8; 16],
+    /// The address the connect() program bound the socket to (`BOUND_BY_US`).
+    pub bound: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+    pub family: u16,
+    pub kind: u8,
+    pub flags: u8,
+    pub _pad: u16,
+}
+
+/// Value of `HANDOFF`: a redirected connection's original destination, from the
+/// application's SYN until the kernel creates the sidecar's end, which takes it over.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
 pub struct OrigDst {
@@ -335,9 +447,7 @@ pub struct OrigDst {
     pub _pad: u32,
 }
 
-/// Key of `PENDING` (a redirected connection seen from the listener's side, from the
-/// application's connect() until its socket closes) and of `ACCEPTED` (connections accepted
-/// in an enrolled pod).
+/// Key of `HANDOFF`: a connection as the listener's end sees it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq, Hash)]
 pub struct ConnKey {
@@ -351,13 +461,22 @@ pub struct ConnKey {
     pub family: u32,
 }
 
-/// Key of `LISTENERS`: the inbound listener of a pod, per socket family.
+/// Value of `NODE_TRACKING[0]` and `POD_TRACKING[netns cookie]`: connections being handed
+/// over (entries of `HANDOFF`), updated atomically by the programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq, Default)]
+pub struct Tracking {
+    pub in_flight: u64,
+}
+
+/// Key of `LISTENERS`: the pod's inbound listeners, per family, one slot per socket (one
+/// per SO_REUSEPORT worker), registered when the proxy calls listen().
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq, Hash)]
 pub struct ListenerKey {
     pub netns_cookie: u64,
     pub family: u32,
-    pub _pad: u32,
+    pub slot: u32,
 }
 
 /// Key of `COUNTERS` (per-CPU u64 values).
@@ -393,7 +512,7 @@ pub mod dns_mark {
 
 /// Version of the map layout. Bump it whenever a map's type, key or value changes: a load
 /// over pinned state of another layout refuses to reuse it.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Value of `SETTINGS[0]`: run-time switches of the programs and what is loaded.
 #[repr(C)]
@@ -405,6 +524,10 @@ pub struct Settings {
     pub layout_version: u32,
     /// Fingerprint of the loaded eBPF object (user space only).
     pub fingerprint: u64,
+    /// Connections being handed over to a sidecar at once, node-wide and per pod; more
+    /// connect()s are refused.
+    pub max_in_flight_node: u64,
+    pub max_in_flight_pod: u64,
 }
 
 /// Value of `POD_INFO` (user space only, keyed by netns cookie): what `status` shows.
@@ -464,6 +587,8 @@ mod user {
     unsafe impl aya::Pod for PortKey {}
     unsafe impl aya::Pod for IfaceKey {}
     unsafe impl aya::Pod for OrigDst {}
+    unsafe impl aya::Pod for SockRecord {}
+    unsafe impl aya::Pod for Tracking {}
     unsafe impl aya::Pod for ConnKey {}
     unsafe impl aya::Pod for ListenerKey {}
     unsafe impl aya::Pod for CounterKey {}

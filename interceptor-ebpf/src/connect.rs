@@ -1,31 +1,35 @@
 //! cgroup/connect4 and cgroup/connect6: outbound interception without NAT.
 //!
 //! A redirected connect() is rewritten to the sidecar's listener before the kernel routes
-//! it; the dialled destination is kept by socket cookie (`ORIG_BY_COOKIE`) for
-//! getpeername() and SO_ORIGINAL_DST. Minimum kernel: 5.7 (bpf_get_netns_cookie here).
+//! it; the socket gets a record (`SOCKETS`) with the dialled destination, for getpeername()
+//! and SO_ORIGINAL_DST. A connect() that cannot be tracked is refused (EPERM), never
+//! redirected untracked. Minimum kernel: 5.7 (bpf_get_netns_cookie here).
 //! UDP sockets only meet osm-edge's local DNS proxy rule (`interceptor_ebpf::dns`).
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::bpf_sock_addr,
-    helpers::{bpf_bind, bpf_get_current_uid_gid, bpf_get_netns_cookie, bpf_get_socket_cookie},
+    bindings::{bpf_sock, bpf_sock_addr},
+    helpers::{bpf_bind, bpf_get_current_uid_gid, bpf_get_netns_cookie},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
 use aya_log_ebpf::debug;
-use interceptor_common::{AF_INET, IPPROTO_TCP, IPPROTO_UDP, OrigDst};
-
+use interceptor_common::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, Reason, SockRecord, sock_flags, sock_kind};
 use interceptor_ebpf::{
-    addr::{Endpoint, port_from_be_low16, port_to_be_low16, words_to_bytes},
+    addr::{
+        Endpoint, LOOPBACK4, LOOPBACK6_LAST, V4_MAPPED_WORD2, port_from_be_low16, port_to_be_low16, words_to_bytes,
+    },
     counters::count,
     ctx_read,
     decide::{Outbound, outbound},
-    maps::{ORIG_BY_COOKIE, PODS, debug_enabled},
+    maps::{PODS, debug_enabled},
+    records::{admit, forget, record, record_or_create},
 };
 
-/// Allow the connect() (a cgroup sock_addr program may also return 0 to refuse it; the TCP
-/// path never does).
+/// Let the connect() proceed.
 const ALLOW: i32 = 1;
+/// Refuse it: connect() fails with EPERM.
+const REFUSE: i32 = 0;
 
 #[cgroup_sock_addr(connect4)]
 pub fn intercept_connect4(ctx: SockAddrContext) -> i32 {
@@ -37,9 +41,7 @@ pub fn intercept_connect4(ctx: SockAddrContext) -> i32 {
     if protocol != IPPROTO_TCP {
         return ALLOW;
     }
-    let dst = Endpoint::v4(ip, port_from_be_low16(port));
-    on_connect(&ctx, dst, false);
-    ALLOW
+    on_connect(&ctx, Endpoint::v4(ip, port_from_be_low16(port)), false)
 }
 
 #[cgroup_sock_addr(connect6)]
@@ -60,90 +62,202 @@ pub fn intercept_connect6(ctx: SockAddrContext) -> i32 {
         ctx_read!(sa, user_ip6[3]),
     ];
     // A v4-mapped destination on a dual-stack socket is IPv4 on the wire: IPv4 lists apply.
-    let dst = Endpoint::from_v6_socket(ip, port_from_be_low16(port));
-    on_connect(&ctx, dst, true);
-    ALLOW
+    on_connect(&ctx, Endpoint::from_v6_socket(ip, port_from_be_low16(port)), true)
 }
 
 #[inline(always)]
-fn on_connect(ctx: &SockAddrContext, dst: Endpoint, v6_socket: bool) {
+fn on_connect(ctx: &SockAddrContext, dst: Endpoint, v6_socket: bool) -> i32 {
     let sa = ctx.sock_addr;
+    let sk = ctx_read!(sa, __bindgen_anon_1.sk);
+    if sk.is_null() {
+        return ALLOW;
+    }
+    // A socket connecting again (its earlier connect() failed): what an earlier decision
+    // did to it is undone first, so that nothing of it leaks into this one.
+    let previous = match record(sk.cast()) {
+        Some(rec) => {
+            undo_bind(sa, sk, rec, v6_socket);
+            true
+        }
+        None => false,
+    };
     let netns_cookie = unsafe { bpf_get_netns_cookie(sa as *mut c_void) };
     let pod = match unsafe { PODS.get(&netns_cookie) } {
         Some(p) => *p,
-        None => return,
+        None => {
+            if previous {
+                forget(sk.cast());
+            }
+            return ALLOW;
+        }
     };
+    let dst = unspecified_to_loopback(sk, dst, v6_socket);
     let uid = bpf_get_current_uid_gid() as u32;
     match outbound(&pod, &dst, uid) {
-        Outbound::NoRoute => {}
-        Outbound::Pass(reason) => {
+        Outbound::NoRoute => {
+            if previous {
+                forget(sk.cast());
+            }
+            ALLOW
+        }
+        Outbound::Pass { reason, local } => {
             count(netns_cookie, reason);
             if debug_enabled() {
                 debug!(ctx, "connect pass uid={} port={} reason={}", uid, dst.port, reason as u32);
             }
+            if local && (dst.port == pod.outbound_port || dst.port == pod.inbound_port) {
+                // Dialling a sidecar listener directly: conntrack's original destination is
+                // the listener itself; it is handed to the listener's end like a redirect.
+                return track(ctx, sk, netns_cookie, &dst, sock_kind::CLIENT_DIRECT, None, v6_socket);
+            }
+            if previous {
+                forget(sk.cast());
+            }
+            ALLOW
         }
         Outbound::Rewrite { reason, to, src } => {
-            count(netns_cookie, reason);
-            remember(ctx, netns_cookie, &dst);
-            if let Some(src) = src {
-                bind_source(sa, dst.family, src, v6_socket);
+            let verdict = track(ctx, sk, netns_cookie, &dst, sock_kind::CLIENT_REDIRECTED, src, v6_socket);
+            if verdict == ALLOW {
+                count(netns_cookie, reason);
+                rewrite(sa, &to, v6_socket);
+                if debug_enabled() {
+                    debug!(
+                        ctx,
+                        "connect redirect uid={} port={} -> {} reason={}", uid, dst.port, to.port, reason as u32
+                    );
+                }
             }
-            rewrite(sa, &to, v6_socket);
-            if debug_enabled() {
-                debug!(ctx, "connect redirect uid={} port={} -> {} reason={}", uid, dst.port, to.port, reason as u32);
-            }
+            verdict
         }
     }
 }
 
-/// Keeps the dialled destination by socket cookie, for getpeername() and for sock_ops to
-/// hand to the listener's side once the connection is established.
+/// Gives the socket its record (and, for a redirect, the pod's source address), within
+/// the tracking limits; refuses the connect() when it cannot be tracked.
 #[inline(always)]
-fn remember(ctx: &SockAddrContext, netns_cookie: u64, dst: &Endpoint) {
-    let value = OrigDst { netns_cookie, addr: words_to_bytes(dst.addr), port: dst.port, family: dst.family, _pad: 0 };
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut c_void) };
-    // Overwrites an entry of an earlier connect() attempt of the same socket.
-    let _ = ORIG_BY_COOKIE.insert(&cookie, &value, 0);
+fn track(
+    ctx: &SockAddrContext,
+    sk: *mut bpf_sock,
+    netns_cookie: u64,
+    dst: &Endpoint,
+    kind: u8,
+    src: Option<[u32; 4]>,
+    v6_socket: bool,
+) -> i32 {
+    if let Err(pod_limit) = admit(netns_cookie) {
+        count(netns_cookie, if pod_limit { Reason::OutRefusedPodLimit } else { Reason::OutRefusedNodeLimit });
+        if debug_enabled() {
+            debug!(ctx, "connect refused: tracking limit (pod {})", pod_limit as u32);
+        }
+        return REFUSE;
+    }
+    let Some(rec) = record_or_create(sk.cast()) else {
+        count(netns_cookie, Reason::OutRefusedNoMemory);
+        return REFUSE;
+    };
+    *rec = SockRecord {
+        netns_cookie,
+        addr: words_to_bytes(dst.addr),
+        bound: [0; 16],
+        port: dst.port,
+        family: dst.family,
+        kind,
+        flags: 0,
+        _pad: 0,
+    };
+    if let Some(src) = src
+        && bind_source(ctx.sock_addr, sk, dst.family, src, v6_socket)
+    {
+        rec.flags |= sock_flags::BOUND_BY_US;
+        rec.bound = words_to_bytes(src);
+    }
+    ALLOW
+}
+
+/// The kernel connects a TCP socket dialling 0.0.0.0 to its bound address, or to
+/// 127.0.0.1 when unbound; `::` to ::1 (::ffff:127.0.0.1 when bound to a v4-mapped
+/// address). The chains see that destination, and so must the decision.
+#[inline(always)]
+fn unspecified_to_loopback(sk: *mut bpf_sock, dst: Endpoint, v6_socket: bool) -> Endpoint {
+    if dst.addr[0] != 0 || dst.addr[1] != 0 || dst.addr[2] != 0 || dst.addr[3] != 0 {
+        return dst;
+    }
+    if dst.family == AF_INET {
+        // 0.0.0.0, or ::ffff:0.0.0.0 on a dual-stack socket.
+        let bound = if v6_socket {
+            let b = [
+                ctx_read!(sk, src_ip6[0]),
+                ctx_read!(sk, src_ip6[1]),
+                ctx_read!(sk, src_ip6[2]),
+                ctx_read!(sk, src_ip6[3]),
+            ];
+            if b[0] == 0 && b[1] == 0 && b[2] == V4_MAPPED_WORD2 { b[3] } else { 0 }
+        } else {
+            ctx_read!(sk, src_ip4)
+        };
+        return Endpoint::v4(if bound != 0 { bound } else { LOOPBACK4 }, dst.port);
+    }
+    let mapped = ctx_read!(sk, src_ip6[0]) == 0
+        && ctx_read!(sk, src_ip6[1]) == 0
+        && ctx_read!(sk, src_ip6[2]) == V4_MAPPED_WORD2;
+    if mapped { Endpoint::v4(LOOPBACK4, dst.port) } else { Endpoint::v6([0, 0, 0, LOOPBACK6_LAST], dst.port) }
 }
 
 /// Binds an unbound socket to the source the kernel would have used for the dialled
 /// destination, so that the sidecar sees the pod's address as the peer, as after REDIRECT.
+/// Returns whether it bound the socket.
 #[inline(always)]
-fn bind_source(sa: *mut bpf_sock_addr, family: u16, src: [u32; 4], v6_socket: bool) {
-    let sk = ctx_read!(sa, __bindgen_anon_1.sk);
-    if sk.is_null() {
-        return;
-    }
+fn bind_source(sa: *mut bpf_sock_addr, sk: *mut bpf_sock, family: u16, src: [u32; 4], v6_socket: bool) -> bool {
     // Leave sockets the application bound itself alone.
-    let (src_ip4, src_port) = (ctx_read!(sk, src_ip4), ctx_read!(sk, src_port));
-    if src_port != 0 {
-        return;
+    if ctx_read!(sk, src_port) != 0 {
+        return false;
     }
     if !v6_socket {
-        if src_ip4 != 0 {
-            return;
+        if ctx_read!(sk, src_ip4) != 0 {
+            return false;
         }
         let mut sin = SockaddrIn { family: AF_INET, port: 0, addr: src[0], zero: [0; 8] };
-        unsafe {
-            bpf_bind(sa, (&mut sin as *mut SockaddrIn).cast(), size_of::<SockaddrIn>() as i32);
-        }
-    } else {
-        let bound = [
-            ctx_read!(sk, src_ip6[0]),
-            ctx_read!(sk, src_ip6[1]),
-            ctx_read!(sk, src_ip6[2]),
-            ctx_read!(sk, src_ip6[3]),
-        ];
-        if bound[0] != 0 || bound[1] != 0 || bound[2] != 0 || bound[3] != 0 {
+        return unsafe { bpf_bind(sa, (&mut sin as *mut SockaddrIn).cast(), size_of::<SockaddrIn>() as i32) } == 0;
+    }
+    let bound =
+        [ctx_read!(sk, src_ip6[0]), ctx_read!(sk, src_ip6[1]), ctx_read!(sk, src_ip6[2]), ctx_read!(sk, src_ip6[3])];
+    if bound[0] != 0 || bound[1] != 0 || bound[2] != 0 || bound[3] != 0 {
+        return false;
+    }
+    let addr = if family == AF_INET { [0, 0, V4_MAPPED_WORD2, src[0]] } else { src };
+    let mut sin6 = SockaddrIn6 { family: AF_INET6, port: 0, flowinfo: 0, addr, scope_id: 0 };
+    // A failed bind is not fatal: the kernel then picks the loopback source.
+    unsafe { bpf_bind(sa, (&mut sin6 as *mut SockaddrIn6).cast(), size_of::<SockaddrIn6>() as i32) == 0 }
+}
+
+/// Undoes the source binding of an earlier redirected connect() of this socket (binding
+/// to the unspecified address), unless the application has bound it since.
+#[inline(always)]
+fn undo_bind(sa: *mut bpf_sock_addr, sk: *mut bpf_sock, rec: &mut SockRecord, v6_socket: bool) {
+    if rec.flags & sock_flags::BOUND_BY_US == 0 {
+        return;
+    }
+    rec.flags &= !sock_flags::BOUND_BY_US;
+    if ctx_read!(sk, src_port) != 0 {
+        return;
+    }
+    let ours = interceptor_ebpf::addr::bytes_to_words(rec.bound);
+    if !v6_socket {
+        if ctx_read!(sk, src_ip4) != ours[0] {
             return;
         }
-        let addr = if family == AF_INET { [0, 0, interceptor_ebpf::addr::V4_MAPPED_WORD2, src[0]] } else { src };
-        let mut sin6 = SockaddrIn6 { family: interceptor_common::AF_INET6, port: 0, flowinfo: 0, addr, scope_id: 0 };
-        unsafe {
-            bpf_bind(sa, (&mut sin6 as *mut SockaddrIn6).cast(), size_of::<SockaddrIn6>() as i32);
-        }
+        let mut sin = SockaddrIn { family: AF_INET, port: 0, addr: 0, zero: [0; 8] };
+        unsafe { bpf_bind(sa, (&mut sin as *mut SockaddrIn).cast(), size_of::<SockaddrIn>() as i32) };
+        return;
     }
-    // A failed bind is not fatal: the kernel then picks the loopback source.
+    let bound =
+        [ctx_read!(sk, src_ip6[0]), ctx_read!(sk, src_ip6[1]), ctx_read!(sk, src_ip6[2]), ctx_read!(sk, src_ip6[3])];
+    let want = if rec.family == AF_INET { [0, 0, V4_MAPPED_WORD2, ours[0]] } else { ours };
+    if bound[0] != want[0] || bound[1] != want[1] || bound[2] != want[2] || bound[3] != want[3] {
+        return;
+    }
+    let mut sin6 = SockaddrIn6 { family: AF_INET6, port: 0, flowinfo: 0, addr: [0; 4], scope_id: 0 };
+    unsafe { bpf_bind(sa, (&mut sin6 as *mut SockaddrIn6).cast(), size_of::<SockaddrIn6>() as i32) };
 }
 
 #[inline(always)]
@@ -154,11 +268,7 @@ fn rewrite(sa: *mut bpf_sock_addr, to: &Endpoint, v6_socket: bool) {
         if !v6_socket {
             core::ptr::write_volatile(&mut (*sa).user_ip4, to.addr[0]);
         } else {
-            let addr = if to.family == AF_INET {
-                [0, 0, interceptor_ebpf::addr::V4_MAPPED_WORD2, to.addr[0]]
-            } else {
-                to.addr
-            };
+            let addr = if to.family == AF_INET { [0, 0, V4_MAPPED_WORD2, to.addr[0]] } else { to.addr };
             core::ptr::write_volatile(&mut (*sa).user_ip6[0], addr[0]);
             core::ptr::write_volatile(&mut (*sa).user_ip6[1], addr[1]);
             core::ptr::write_volatile(&mut (*sa).user_ip6[2], addr[2]);

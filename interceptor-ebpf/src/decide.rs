@@ -9,8 +9,8 @@ use crate::{
 };
 
 pub enum Outbound {
-    /// Leave the connect() alone.
-    Pass(Reason),
+    /// Leave the connect() alone. `local`: the destination is an address of the pod.
+    Pass { reason: Reason, local: bool },
     /// No route to the destination: leave it alone and do not count (the kernel fails the
     /// connect() before iptables would see a packet).
     NoRoute,
@@ -22,8 +22,8 @@ pub enum Outbound {
 #[inline(always)]
 pub fn outbound(pod: &PodConfig, dst: &Endpoint, uid: u32) -> Outbound {
     let route: RouteValue = match ROUTES.get(&dst.lpm_key(pod.policy_id)) {
-        Some(r) => *r,
-        None => return Outbound::NoRoute,
+        Some(r) if r.flags & route_flags::UNREACHABLE == 0 => *r,
+        _ => return Outbound::NoRoute,
     };
     let src = if route.flags & route_flags::HAS_SRC != 0 { Some(crate::addr::bytes_to_words(route.src)) } else { None };
     let local = route.flags & route_flags::LOCAL != 0;
@@ -44,30 +44,30 @@ pub fn outbound(pod: &PodConfig, dst: &Endpoint, uid: u32) -> Outbound {
     }
     // -o lo ! --uid-owner UID -j RETURN
     if local && !proxy {
-        return Outbound::Pass(Reason::OutLocalNotProxy);
+        return Outbound::Pass { reason: Reason::OutLocalNotProxy, local };
     }
     // --uid-owner UID -j RETURN
     if proxy {
-        return Outbound::Pass(Reason::OutProxyUid);
+        return Outbound::Pass { reason: Reason::OutProxyUid, local };
     }
     // -d 127.0.0.1/32 -j RETURN
     if loopback {
-        return Outbound::Pass(Reason::OutLoopback);
+        return Outbound::Pass { reason: Reason::OutLoopback, local };
     }
     // -o IFACE -j RETURN
     if route.flags & route_flags::EXCLUDED_INTERFACE != 0 {
-        return Outbound::Pass(Reason::OutExcludedInterface);
+        return Outbound::Pass { reason: Reason::OutExcludedInterface, local };
     }
     let key = dst.lpm_key(pod.policy_id);
     // -d CIDR -j RETURN
     if EXCLUDED_CIDRS.get(&key).is_some() {
-        return Outbound::Pass(Reason::OutExcludedCidr);
+        return Outbound::Pass { reason: Reason::OutExcludedCidr, local };
     }
     // -p tcp --match multiport --dports P,... -j RETURN
     let port_key = PortKey { policy_id: pod.policy_id, port: dst.port, _pad: 0 };
     if let Some(flags) = unsafe { PORTS.get(&port_key) } {
         if *flags & port_flags::OUTBOUND_EXCLUDED != 0 {
-            return Outbound::Pass(Reason::OutExcludedPort);
+            return Outbound::Pass { reason: Reason::OutExcludedPort, local };
         }
     }
     let out = redirect_target(dst.family, pod.outbound_port);
@@ -81,7 +81,7 @@ pub fn outbound(pod: &PodConfig, dst: &Endpoint, uid: u32) -> Outbound {
         if INCLUDED_CIDRS.get(&key).is_some() {
             return Outbound::Rewrite { reason: Reason::OutIncluded, to: out, src };
         }
-        return Outbound::Pass(Reason::OutNotIncluded);
+        return Outbound::Pass { reason: Reason::OutNotIncluded, local };
     }
     // -j PROXY_REDIRECT
     Outbound::Rewrite { reason: Reason::OutDefault, to: out, src }

@@ -2,20 +2,24 @@
 //! getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST) for TCP sockets of enrolled pods, as conntrack
 //! does in iptables mode:
 //!
-//! * either end of a redirected connection: the destination the application dialled;
+//! * either end of a redirected connection: the destination the application dialled (from
+//!   the socket's own record, or the hand-over while the sidecar's end is being created);
 //! * an accepted socket: its local address (for sk_lookup-steered connections, the
 //!   destination the client used);
-//! * any other connected socket: its remote address.
+//! * any other connected socket: its remote address;
+//! * the sidecar's end of a pod-internal connection whose original destination is unknown:
+//!   ENOENT, as conntrack answers without an entry — never the socket's own address.
 //!
 //! Every other call, and every socket of a pod that is not enrolled, is left exactly as the
 //! kernel answered it. Minimum kernel: 5.15 (bpf_get_netns_cookie in cgroup sockopt).
 use aya_ebpf::{bindings::bpf_sock, helpers::bpf_get_netns_cookie, macros::cgroup_sockopt, programs::SockoptContext};
-use interceptor_common::{AF_INET, AF_INET6, IPPROTO_TCP};
-
+use interceptor_common::{AF_INET, AF_INET6, IPPROTO_TCP, Reason, route_flags, sock_kind};
 use interceptor_ebpf::{
     addr::{Endpoint, bytes_to_words, conn_key},
+    counters::count,
     ctx_read,
-    maps::{ACCEPTED, PENDING, PODS},
+    maps::{PODS, ROUTES},
+    records::{handed_over, record},
 };
 
 const SOL_IP: i32 = 0;
@@ -56,6 +60,9 @@ fn endpoints(sk: *mut bpf_sock) -> (Endpoint, Endpoint) {
     }
 }
 
+/// ENOENT, as a negative return value.
+const ENOENT: i32 = 2;
+
 #[inline(always)]
 fn answer(ctx: &SockoptContext) {
     let so = ctx.sockopt;
@@ -67,26 +74,38 @@ fn answer(ctx: &SockoptContext) {
     if sk.is_null() || ctx_read!(sk, protocol) != IPPROTO_TCP {
         return;
     }
-    let netns_cookie = unsafe { bpf_get_netns_cookie(so.cast()) };
-    if unsafe { PODS.get(&netns_cookie) }.is_none() {
-        return;
-    }
     let (local, remote) = endpoints(sk);
     if remote.port == 0 {
         // Not connected (e.g. a listener): conntrack has nothing either.
         return;
     }
-    let key = conn_key(netns_cookie, &local, &remote);
-    let orig = if let Some(o) = unsafe { PENDING.get(&key) } {
-        // The sidecar's end of a redirected connection.
-        Endpoint { family: o.family, addr: bytes_to_words(o.addr), port: o.port }
-    } else if let Some(o) = unsafe { PENDING.get(&conn_key(netns_cookie, &remote, &local)) } {
-        // The application's end of a redirected connection.
-        Endpoint { family: o.family, addr: bytes_to_words(o.addr), port: o.port }
-    } else if unsafe { ACCEPTED.get(&key) }.is_some() {
-        local
-    } else {
-        remote
+    let netns_cookie = unsafe { bpf_get_netns_cookie(so.cast()) };
+    let orig = match record(sk.cast()) {
+        Some(rec) => match rec.kind {
+            sock_kind::CLIENT_REDIRECTED | sock_kind::CLIENT_DIRECT | sock_kind::SIDECAR => {
+                Endpoint { family: rec.family, addr: bytes_to_words(rec.addr), port: rec.port }
+            }
+            sock_kind::ACCEPTED => local,
+            _ => return,
+        },
+        None => {
+            if let Some(o) = handed_over(&conn_key(netns_cookie, &local, &remote)) {
+                // The sidecar's end whose record could not be made: the hand-over holds it
+                // while the application's end lives.
+                Endpoint { family: o.family, addr: bytes_to_words(o.addr), port: o.port }
+            } else {
+                let Some(pod) = (unsafe { PODS.get(&netns_cookie) }) else { return };
+                let sidecar_port = local.port == pod.outbound_port || local.port == pod.inbound_port;
+                if sidecar_port && is_local(pod.policy_id, &remote) {
+                    // A connection from inside the pod to a sidecar listener without a
+                    // record: its original destination is unknown. Fail, visibly.
+                    count(netns_cookie, Reason::OrigDstUnknown);
+                    fail(ctx, ENOENT);
+                    return;
+                }
+                if local.port == pod.inbound_port { local } else { remote }
+            }
+        }
     };
     let optval = ctx_read!(so, __bindgen_anon_2.optval).cast::<u8>();
     let optval_end = ctx_read!(so, __bindgen_anon_3.optval_end).cast::<u8>();
@@ -104,6 +123,25 @@ fn answer(ctx: &SockoptContext) {
         let sin6 = SockaddrIn6 { family: AF_INET6, port: orig.port.to_be(), flowinfo: 0, addr: orig.addr, scope_id: 0 };
         unsafe { core::ptr::write_unaligned(optval.cast::<SockaddrIn6>(), sin6) };
         finish(ctx, SOCKADDR_IN6_LEN as i32);
+    }
+}
+
+/// Whether an address is one of the pod's own (a connection from inside the pod).
+#[inline(always)]
+fn is_local(policy_id: u32, addr: &Endpoint) -> bool {
+    match ROUTES.get(&addr.lpm_key(policy_id)) {
+        Some(route) => route.flags & route_flags::LOCAL != 0,
+        None => false,
+    }
+}
+
+/// Makes the call fail with `errno` and no result.
+#[inline(always)]
+fn fail(ctx: &SockoptContext, errno: i32) {
+    let so = ctx.sockopt;
+    unsafe {
+        core::ptr::write_volatile(&mut (*so).optlen, 0);
+        core::ptr::write_volatile(&mut (*so).retval, -errno);
     }
 }
 

@@ -20,6 +20,7 @@
 mod connect;
 mod getpeername;
 mod getsockopt;
+mod post_bind;
 mod recvmsg;
 mod sendmsg;
 mod sk_lookup;

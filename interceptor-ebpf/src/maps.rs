@@ -1,26 +1,23 @@
 //! Maps shared by all programs. The loader pins each one as `<pin-dir>/maps/<NAME>`, so
-//! the per-namespace `sk_lookup` instances and later loads reuse the same maps.
+//! the per-pod `sk_lookup` programs and later loads reuse the same maps.
 use aya_ebpf::{
-    bindings::BPF_F_NO_COMMON_LRU,
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, SkStorage, SockHash},
+    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, ProgramArray, SkStorage, SockHash},
     macros::btf_map,
 };
 use interceptor_common::{
     CidrData, ConnKey, CounterKey, DnsMark, IfaceKey, ListenerKey, OrigDst, PodAddrKey, PodConfig, PortKey, RouteValue,
-    Settings, capacity,
+    Settings, SockRecord, Tracking, capacity,
 };
 
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
-/// Per-CPU LRU lists: no global lock on the connection path.
-const PER_CPU_LRU: usize = BPF_F_NO_COMMON_LRU as usize;
 
 /// Enrolled pods: network namespace cookie → the pod's current policy generation.
 #[btf_map]
 pub static PODS: HashMap<u64, PodConfig, { capacity::PODS }, NO_PREALLOC> = HashMap::new();
 
-/// Pod addresses → the pod's network namespace cookie: how sk_lookup (which cannot ask which
-/// namespace it runs in) finds the pod a connection is for.
+/// Pod addresses → the pod's network namespace cookie. Written at enroll so that an
+/// address cannot be enrolled for two pods; the programs do not read it.
 #[btf_map]
 pub static POD_ADDRS: HashMap<PodAddrKey, u64, { capacity::POD_ADDRS }, NO_PREALLOC> = HashMap::new();
 
@@ -33,7 +30,8 @@ pub static EXCLUDED_CIDRS: LpmTrie<CidrData, u8, { capacity::CIDRS }> = LpmTrie:
 pub static INCLUDED_CIDRS: LpmTrie<CidrData, u8, { capacity::CIDRS }> = LpmTrie::new();
 
 /// Each pod's routing table, reduced to what the chains look at: is the destination local
-/// (`-o lo`), does it leave through an excluded interface, and which source it would use.
+/// (`-o lo`), does it leave through an excluded interface, and which source the kernel
+/// would pick for it.
 #[btf_map]
 pub static ROUTES: LpmTrie<CidrData, RouteValue, { capacity::ROUTES }> = LpmTrie::new();
 
@@ -45,24 +43,43 @@ pub static PORTS: HashMap<PortKey, u8, { capacity::PORTS }, NO_PREALLOC> = HashM
 #[btf_map]
 pub static IFACES: HashMap<IfaceKey, u8, { capacity::IFACES }, NO_PREALLOC> = HashMap::new();
 
-/// Redirected connections by their tuple as the listener sees it, from the application's
-/// established connect() until its socket closes: what the sidecar's getsockopt answers.
+/// What each socket of an enrolled pod is (`SockRecord`): socket-local storage, created
+/// with the record and freed with the socket — never evicted, never leaked, whichever end
+/// closes first and however.
 #[btf_map]
-pub static PENDING: LruHashMap<ConnKey, OrigDst, { capacity::TRACKED_CONNECTIONS }, PER_CPU_LRU> = LruHashMap::new();
+pub static SOCKETS: SkStorage<SockRecord> = SkStorage::new();
 
-/// Redirected application sockets by socket cookie: what their getpeername() restores.
-/// (Hash maps instead of socket storage: no allocation and memory charge per connection.)
+/// Redirected connections being handed over, by their tuple as the listener's end sees
+/// it: written when the application's SYN leaves, taken over by the sidecar's end when the
+/// kernel creates it, removed if the application's socket closes first. A plain hash map:
+/// nothing is evicted; capacity is enforced at connect() (`NODE_TRACKING`, `POD_TRACKING`).
+/// Its size is set by the loader (node limit + headroom).
 #[btf_map]
-pub static ORIG_BY_COOKIE: LruHashMap<u64, OrigDst, { capacity::TRACKED_CONNECTIONS }, PER_CPU_LRU> = LruHashMap::new();
+pub static HANDOFF: HashMap<ConnKey, OrigDst, { capacity::TRACKED_CONNECTIONS + capacity::HANDOFF_HEADROOM }> =
+    HashMap::new();
 
-/// Connections accepted in enrolled pods that were not redirected: SO_ORIGINAL_DST is their
-/// local address (any other TCP socket of an enrolled pod is a client: its remote address).
+/// Node-wide count of `HANDOFF` entries (index 0).
 #[btf_map]
-pub static ACCEPTED: LruHashMap<ConnKey, u8, { capacity::TRACKED_CONNECTIONS }, PER_CPU_LRU> = LruHashMap::new();
+pub static NODE_TRACKING: Array<Tracking, 1> = Array::new();
 
-/// Each enrolled pod's inbound listener (15003), registered when the sidecar calls listen().
+/// Per-pod count of `HANDOFF` entries, by network namespace cookie.
+#[btf_map]
+pub static POD_TRACKING: HashMap<u64, Tracking, { capacity::PODS }, NO_PREALLOC> = HashMap::new();
+
+/// Each enrolled pod's inbound listeners (every SO_REUSEPORT worker of the proxy), in slots
+/// per family; the kernel drops a closed socket from the map by itself.
 #[btf_map]
 pub static LISTENERS: SockHash<ListenerKey, { capacity::LISTENERS }> = SockHash::new();
+
+/// The network namespace the running `sk_lookup` is for: each pod's own small program
+/// writes its cookie here and tail-calls the shared one (softirq, one CPU: no interleaving).
+#[btf_map]
+pub static STEER_NETNS: PerCpuArray<u64, 1> = PerCpuArray::new();
+
+/// Slot 0: the shared inbound steering program, tail-called by every pod's program.
+/// Replacing it upgrades every pod at once.
+#[btf_map]
+pub static STEER_PROGRAM: ProgramArray<1> = ProgramArray::new();
 
 /// UDP sockets the local DNS proxy rule rewrote (see `dns`). Socket storage, not a hash:
 /// it is freed with its socket (no capacity, nothing to evict or leak), and DNS traffic is
@@ -74,7 +91,7 @@ pub static DNS_SOCKETS: SkStorage<DnsMark> = SkStorage::new();
 #[btf_map]
 pub static COUNTERS: PerCpuHashMap<CounterKey, u64, { capacity::COUNTERS }, NO_PREALLOC> = PerCpuHashMap::new();
 
-/// Run-time switches (`ebpf debug on|off`).
+/// Run-time switches (`ebpf debug on|off`) and limits.
 #[btf_map]
 pub static SETTINGS: Array<Settings, 1> = Array::new();
 

@@ -1,43 +1,60 @@
-//! sock_ops: follows a redirected connection from the application's socket to the sidecar's
-//! accepted socket, remembers which connections of enrolled pods were accepted, and
-//! registers each pod's inbound listener for `sk_lookup`.
+//! sock_ops: hands a redirected connection's original destination from the application's
+//! socket to the sidecar's, gives accepted sockets of enrolled pods their record, and
+//! registers the proxy's inbound listeners for `sk_lookup`.
 //!
-//! Minimum kernel: 5.15 (bpf_get_netns_cookie in sock_ops; TCP_LISTEN_CB sockhash updates
-//! since 5.9).
+//! | callback              | socket                         | does                                     |
+//! |-----------------------|--------------------------------|------------------------------------------|
+//! | TCP_CONNECT_CB        | the application's, SYN leaving | files the original destination in HANDOFF under the tuple the listener will see; asks for state callbacks |
+//! | PASSIVE_ESTABLISHED   | the sidecar's, just created    | takes the hand-over into its own record (lives as long as it does) |
+//! | STATE_CB (TCP_CLOSE)  | the application's              | withdraws a hand-over nobody took (refused, timed out, reset) |
+//! | TCP_LISTEN_CB         | a listener                     | the proxy's inbound listener (marked at bind, `post_bind`) joins LISTENERS |
+//!
+//! Minimum kernel: 5.15 (bpf_get_netns_cookie in sock_ops; sockhash updates from
+//! TCP_LISTEN_CB since 5.9; socket storage since 5.2).
 use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
-        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_LISTEN_CB, bpf_sock_ops,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB, bpf_sock_ops,
     },
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_sock_ops_cb_flags_set},
+    helpers::{bpf_get_netns_cookie, bpf_sock_ops_cb_flags_set},
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use interceptor_common::{AF_INET, ListenerKey};
-
+use interceptor_common::{AF_INET, ListenerKey, OrigDst, Reason, SockRecord, capacity::LISTENER_SLOTS, sock_kind};
 use interceptor_ebpf::{
     addr::{Endpoint, conn_key},
+    counters::count,
     ctx_read,
-    maps::{ACCEPTED, LISTENERS, ORIG_BY_COOKIE, PENDING, PODS},
+    maps::{LISTENERS, PODS},
+    records::{hand_over, handed_over, record, record_or_create, take_over},
 };
 
 /// TCP_CLOSE in the kernel's TCP state numbering.
 const TCP_CLOSE: u32 = 7;
+/// BPF_NOEXIST: a listener slot is taken only if free.
+const NOEXIST: u64 = 1;
 
 /// The function is not named `sock_ops`: the macro's section has that name.
 #[sock_ops]
 pub fn track_connections(ctx: SockOpsContext) -> u32 {
     let ops = ctx.ops;
     match ctx.op() {
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_active_established(ops),
+        BPF_SOCK_OPS_TCP_CONNECT_CB => on_connect(ops),
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => on_passive_established(ops),
-        BPF_SOCK_OPS_TCP_LISTEN_CB => on_listen(ops),
         BPF_SOCK_OPS_STATE_CB => on_state_change(ops),
+        BPF_SOCK_OPS_TCP_LISTEN_CB => on_listen(ops),
         _ => {}
     }
     1
+}
+
+/// The socket of the callback, as the socket-storage helpers take it.
+#[inline(always)]
+fn socket(ops: *mut bpf_sock_ops) -> Option<*mut c_void> {
+    let sk = ctx_read!(ops, __bindgen_anon_2.sk);
+    (!sk.is_null()).then_some(sk.cast())
 }
 
 /// The two ends of the connection as this socket sees them.
@@ -65,72 +82,116 @@ fn endpoints(ops: *mut bpf_sock_ops) -> (Endpoint, Endpoint) {
     }
 }
 
-/// Client side established. A redirected socket (its connect() left its dialled destination
-/// under its cookie) announces that destination under the tuple the listener will see, and
-/// asks for state callbacks to withdraw it when it closes.
+/// Asks for more callbacks, keeping the ones another program on the cgroup asked for.
 #[inline(always)]
-fn on_active_established(ops: *mut bpf_sock_ops) {
-    let cookie = unsafe { bpf_get_socket_cookie(ops as *mut c_void) };
-    let orig = match unsafe { ORIG_BY_COOKIE.get(&cookie) } {
-        Some(o) => *o,
-        None => return,
-    };
-    let (local, remote) = endpoints(ops);
-    // Seen from the listener: local = where we connected to, remote = us.
-    let key = conn_key(orig.netns_cookie, &remote, &local);
-    let _ = PENDING.insert(&key, &orig, 0);
-    unsafe { bpf_sock_ops_cb_flags_set(ops, BPF_SOCK_OPS_STATE_CB_FLAG as i32) };
+fn add_cb_flags(ops: *mut bpf_sock_ops, flags: u32) {
+    let current = ctx_read!(ops, bpf_sock_ops_cb_flags);
+    if current & flags != flags {
+        unsafe { bpf_sock_ops_cb_flags_set(ops, (current | flags) as i32) };
+    }
 }
 
-/// A redirected application socket closed: its tuple may be reused, so withdraw it.
-/// (TCP_CLOSE comes after the peer's FIN or a reset: the sidecar has already read it.)
+/// The SYN of a tracked application socket is leaving: its source port is known, so the
+/// tuple the listener's end will see is known.
+#[inline(always)]
+fn on_connect(ops: *mut bpf_sock_ops) {
+    let Some(sk) = socket(ops) else { return };
+    let Some(rec) = record(sk) else { return };
+    if rec.kind != sock_kind::CLIENT_REDIRECTED && rec.kind != sock_kind::CLIENT_DIRECT {
+        return;
+    }
+    let (local, remote) = endpoints(ops);
+    // Seen from the listener: local = where we connect to, remote = us.
+    let key = conn_key(rec.netns_cookie, &remote, &local);
+    let orig = OrigDst { netns_cookie: rec.netns_cookie, addr: rec.addr, port: rec.port, family: rec.family, _pad: 0 };
+    if hand_over(&key, &orig).is_err() {
+        // Only if far more connect()s were admitted at once than the headroom allows: the
+        // sidecar's SO_ORIGINAL_DST will fail (ENOENT) rather than answer wrongly.
+        count(rec.netns_cookie, Reason::OutTrackingLost);
+    }
+    // The close of this socket withdraws a hand-over nobody took.
+    add_cb_flags(ops, BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+/// A tracked application socket closed. If the sidecar's end was never created (refused,
+/// timed out, reset before the handshake completed), its hand-over goes.
 #[inline(always)]
 fn on_state_change(ops: *mut bpf_sock_ops) {
     let new_state = unsafe { (*ops).__bindgen_anon_1.args[1] };
     if new_state != TCP_CLOSE {
         return;
     }
-    let cookie = unsafe { bpf_get_socket_cookie(ops as *mut c_void) };
-    let orig = match unsafe { ORIG_BY_COOKIE.get(&cookie) } {
-        Some(o) => *o,
-        None => return,
-    };
-    let (local, remote) = endpoints(ops);
-    let _ = PENDING.remove(&conn_key(orig.netns_cookie, &remote, &local));
-    let _ = ORIG_BY_COOKIE.remove(&cookie);
-}
-
-/// Server side established in an enrolled pod: unless it is the sidecar's end of a
-/// redirected connection (in PENDING), remember that this socket was accepted, so that
-/// SO_ORIGINAL_DST answers its local address — which, for connections steered by sk_lookup,
-/// is the destination the client used.
-#[inline(always)]
-fn on_passive_established(ops: *mut bpf_sock_ops) {
-    let netns_cookie = unsafe { bpf_get_netns_cookie(ops.cast()) };
-    if unsafe { PODS.get(&netns_cookie) }.is_none() {
+    let Some(sk) = socket(ops) else { return };
+    let Some(rec) = record(sk) else { return };
+    if rec.kind != sock_kind::CLIENT_REDIRECTED && rec.kind != sock_kind::CLIENT_DIRECT {
         return;
     }
     let (local, remote) = endpoints(ops);
+    let _ = take_over(&conn_key(rec.netns_cookie, &remote, &local));
+}
+
+/// The kernel created the server end of a connection in an enrolled pod (before accept()).
+/// The sidecar's end of a redirected connection takes its original destination into its
+/// own record, which lives as long as the socket, whenever the application's end closes.
+#[inline(always)]
+fn on_passive_established(ops: *mut bpf_sock_ops) {
+    let netns_cookie = unsafe { bpf_get_netns_cookie(ops.cast()) };
+    let Some(sk) = socket(ops) else { return };
+    let (local, remote) = endpoints(ops);
     let key = conn_key(netns_cookie, &local, &remote);
-    if unsafe { PENDING.get(&key) }.is_none() {
-        let _ = ACCEPTED.insert(&key, &1u8, 0);
+    if let Some(orig) = handed_over(&key) {
+        match record_or_create(sk) {
+            Some(rec) => {
+                *rec = SockRecord {
+                    netns_cookie,
+                    addr: orig.addr,
+                    bound: [0; 16],
+                    port: orig.port,
+                    family: orig.family,
+                    kind: sock_kind::SIDECAR,
+                    flags: 0,
+                    _pad: 0,
+                };
+                let _ = take_over(&key);
+            }
+            // No memory for the record: the hand-over stays for as long as the application's
+            // end lives, and getsockopt reads it from there.
+            None => count(netns_cookie, Reason::OutTrackingLost),
+        }
+        return;
+    }
+    let Some(pod) = (unsafe { PODS.get(&netns_cookie) }) else { return };
+    // Connections steered to the inbound listener need no record (its accepted sockets
+    // answer their local address); any other accepted socket is marked as such.
+    if local.port == pod.inbound_port {
+        return;
+    }
+    if let Some(rec) = record_or_create(sk) {
+        rec.kind = sock_kind::ACCEPTED;
+        rec.netns_cookie = netns_cookie;
     }
 }
 
-/// listen(): the pod's inbound listener becomes the target of its sk_lookup program. The
-/// newest listener wins; the kernel drops closed sockets from the map by itself.
+/// listen() by the proxy on the pod's inbound port: the socket takes a free slot of the
+/// pod's listeners (one per SO_REUSEPORT worker). The kernel drops closed sockets itself.
 #[inline(always)]
 fn on_listen(ops: *mut bpf_sock_ops) {
     let netns_cookie = unsafe { bpf_get_netns_cookie(ops.cast()) };
-    let pod = match unsafe { PODS.get(&netns_cookie) } {
-        Some(p) => *p,
-        None => return,
-    };
+    let Some(pod) = (unsafe { PODS.get(&netns_cookie) }) else { return };
     let local_port = ctx_read!(ops, local_port) as u16;
     if local_port != pod.inbound_port {
         return;
     }
+    // Only the proxy's own listener is a target: post_bind marked it, knowing the caller.
+    let Some(sk) = socket(ops) else { return };
+    if record(sk).is_none_or(|r| r.kind != sock_kind::PROXY_LISTENER) {
+        return;
+    }
     let family = ctx_read!(ops, family);
-    let mut key = ListenerKey { netns_cookie, family, _pad: 0 };
-    let _ = LISTENERS.update(&mut key, unsafe { &mut *ops }, 0);
+    for slot in 0..LISTENER_SLOTS {
+        let mut key = ListenerKey { netns_cookie, family, slot };
+        if LISTENERS.update(&mut key, unsafe { &mut *ops }, NOEXIST).is_ok() {
+            return;
+        }
+    }
 }

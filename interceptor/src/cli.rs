@@ -134,17 +134,34 @@ pub struct TargetArgs {
     pub family: Vec<Family>,
     #[command(flatten)]
     pub names: NamesArg,
+    /// Accept --netns naming the host's own network namespace (that of PID 1).
+    #[arg(long)]
+    pub allow_host_netns: bool,
+}
+
+/// Opens `--netns` once (checked to be a network namespace); the host's is refused unless allowed.
+fn open_netns(arg: &str, allow_host: bool) -> Result<Netns> {
+    let ns = Netns::open(netns::resolve(arg))?;
+    if !allow_host && ns.is_host()? {
+        bail!(
+            "--netns {arg} is the host's own network namespace (that of PID 1), not a pod's; pass --allow-host-netns if that is really intended"
+        );
+    }
+    Ok(ns)
 }
 
 impl TargetArgs {
-    fn options(&self) -> ApplyOptions {
-        ApplyOptions {
-            netns: self.netns.as_deref().map(|n| Netns::at(netns::resolve(n))).unwrap_or_default(),
+    fn options(&self) -> Result<ApplyOptions> {
+        Ok(ApplyOptions {
+            netns: match self.netns.as_deref() {
+                Some(n) => open_netns(n, self.allow_host_netns)?,
+                None => Netns::current(),
+            },
             pod_ips: self.pod_ip.clone(),
             families: if self.family.is_empty() { default_families() } else { self.family.clone() },
             families_explicit: !self.family.is_empty(),
             names: self.names.names(),
-        }
+        })
     }
 }
 
@@ -157,10 +174,16 @@ pub enum EbpfCommand {
         /// Cgroup to attach at (default: the cgroup v2 root, i.e. every pod).
         #[arg(long)]
         cgroup: Option<PathBuf>,
-        /// Concurrent redirected/accepted connections tracked per node (kernel memory is
-        /// preallocated, ~100 bytes each; default 131072).
+        /// Redirected connections being handed over to a sidecar at once on the node (from
+        /// the application's SYN until the kernel has created the sidecar's end); more
+        /// connect()s are refused with EPERM and counted. Preallocated: ~140 bytes each.
+        /// Established connections are not limited (their records live with the sockets).
+        /// [default: 65536]
         #[arg(long)]
         max_tracked_connections: Option<u32>,
+        /// The same limit per pod, so that one pod cannot take the node's. [default: 8192]
+        #[arg(long)]
+        max_tracked_connections_per_pod: Option<u32>,
         #[command(flatten)]
         pins: PinArg,
     },
@@ -174,6 +197,10 @@ pub enum EbpfCommand {
         /// The pod's address(es) for PodIP mode (default: the namespace's global addresses).
         #[arg(long = "pod-ip", value_delimiter = ',')]
         pod_ip: Vec<IpAddr>,
+        /// Accept the host's own network namespace (that of PID 1): the node's traffic
+        /// would be intercepted.
+        #[arg(long)]
+        allow_host_netns: bool,
         #[command(flatten)]
         policy: PolicyArgs,
         #[command(flatten)]
@@ -198,8 +225,17 @@ pub enum EbpfCommand {
         #[command(flatten)]
         pins: PinArg,
     },
-    /// Remove every program, link, map and pin.
+    /// Remove every program, link, map and pin (refuses a directory that is not an
+    /// interceptor installation; leaves entries it did not create).
     Unload {
+        #[command(flatten)]
+        pins: PinArg,
+    },
+    /// Remove what interrupted commands and departed pods left: pods whose network
+    /// namespace is gone, policy generations no pod references, stale staging pins.
+    Gc {
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         pins: PinArg,
     },
@@ -422,7 +458,7 @@ fn run_iptables(cmd: IptablesCommand) -> Result<ExitCode> {
         }
         IptablesCommand::Apply { policy, target, dry_run } => {
             let p = policy.build()?;
-            let opts = target.options();
+            let opts = target.options()?;
             if dry_run {
                 for plan in iptables::apply::plan(&p, &opts)? {
                     println!("# {} payload for {}", plan.family, opts.netns.describe());
@@ -437,13 +473,13 @@ fn run_iptables(cmd: IptablesCommand) -> Result<ExitCode> {
             }
         }
         IptablesCommand::Cleanup { target } => {
-            let opts = target.options();
+            let opts = target.options()?;
             let n = iptables::cleanup(&opts)?;
             eprintln!("removed {n} rules and chains from {}", opts.netns.describe());
         }
         IptablesCommand::Verify { policy, target } => {
             let p = policy.build()?;
-            let opts = target.options();
+            let opts = target.options()?;
             let problems = iptables::verify(&p, &opts)?;
             if problems.is_empty() {
                 eprintln!("the live rules match the policy");
@@ -461,26 +497,42 @@ fn run_iptables(cmd: IptablesCommand) -> Result<ExitCode> {
 
 fn run_ebpf(cmd: EbpfCommand) -> Result<ExitCode> {
     match cmd {
-        EbpfCommand::Load { cgroup, max_tracked_connections, pins } => {
-            match ebpf::load(&LoadOptions { cgroup, pin_dir: pins.pins(), max_tracked_connections })? {
+        EbpfCommand::Load { cgroup, max_tracked_connections, max_tracked_connections_per_pod, pins } => {
+            let opts =
+                LoadOptions { cgroup, pin_dir: pins.pins(), max_tracked_connections, max_tracked_connections_per_pod };
+            let r = ebpf::load_report(&opts)?;
+            for w in &r.warnings {
+                eprintln!("warning: {w}");
+            }
+            for line in r.gc.lines() {
+                eprintln!("{line}");
+            }
+            match r.outcome {
                 LoadOutcome::Loaded { cgroup } => eprintln!("loaded and attached at cgroup {}", cgroup.display()),
                 LoadOutcome::AlreadyLoaded => eprintln!("already loaded (this build); nothing changed"),
                 LoadOutcome::Upgraded { pods } => eprintln!("upgraded in place ({pods} pods kept)"),
             }
         }
-        EbpfCommand::Enroll { netns, pod_ip, policy, pins } => {
+        EbpfCommand::Enroll { netns, pod_ip, allow_host_netns, policy, pins } => {
             let p = policy.build()?;
             let pod_name = match &policy.pod {
                 Some(path) => read_manifest(path).ok().and_then(|d| manifest_name(&d)),
                 None => None,
             };
             let opts = EnrollOptions {
-                netns: Netns::at(netns::resolve(&netns)),
+                netns: open_netns(&netns, allow_host_netns)?,
                 pod_ips: pod_ip,
                 pin_dir: pins.pins(),
                 pod_name,
+                allow_host_netns,
             };
             let r = ebpf::enroll(&p, &opts)?;
+            for w in &r.warnings {
+                eprintln!("warning: {w}");
+            }
+            for line in r.gc.lines() {
+                eprintln!("{line}");
+            }
             match r.replaced_policy {
                 Some(old) => eprintln!(
                     "re-enrolled {netns} (cookie {}): policy {} replaced {old}, {} entries, switched in {:?}",
@@ -508,7 +560,7 @@ fn run_ebpf(cmd: EbpfCommand) -> Result<ExitCode> {
         }
         EbpfCommand::Unenroll { netns, netns_cookie, pins } => {
             let (done, what) = match (netns, netns_cookie) {
-                (Some(n), _) => (ebpf::unenroll(&Netns::at(netns::resolve(&n)), &pins.pins())?, n),
+                (Some(n), _) => (ebpf::unenroll(&open_netns(&n, true)?, &pins.pins())?, n),
                 (None, Some(c)) => (ebpf::enroll::unenroll_cookie(&pins.pins(), c)?, format!("netns cookie {c}")),
                 (None, None) => unreachable!("clap requires one"),
             };
@@ -526,11 +578,33 @@ fn run_ebpf(cmd: EbpfCommand) -> Result<ExitCode> {
                 print!("{s}");
             }
         }
-        EbpfCommand::Unload { pins } => {
-            if ebpf::unload(&pins.pins())? {
-                eprintln!("unloaded: every program, link, map and pin removed");
+        EbpfCommand::Unload { pins } => match ebpf::unload_report(&pins.pins())? {
+            ebpf::Unloaded::Removed { left } if left.is_empty() => {
+                eprintln!("unloaded: every program, link, map and pin removed")
+            }
+            ebpf::Unloaded::Removed { left } => {
+                eprintln!("unloaded: every program, link, map and pin of interceptor removed");
+                eprintln!(
+                    "warning: {} entries interceptor did not create are left in {} (not removed):",
+                    left.len(),
+                    pins.pin_dir.display()
+                );
+                for p in left {
+                    eprintln!("  {}", p.display());
+                }
+            }
+            ebpf::Unloaded::Nothing => eprintln!("nothing was loaded at {}", pins.pin_dir.display()),
+        },
+        EbpfCommand::Gc { json, pins } => {
+            let r = ebpf::gc(&pins.pins())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else if r.is_empty() {
+                eprintln!("nothing to collect");
             } else {
-                eprintln!("nothing was loaded at {}", pins.pin_dir.display());
+                for line in r.lines() {
+                    eprintln!("{line}");
+                }
             }
         }
         EbpfCommand::Debug { state, pins } => {

@@ -6,6 +6,7 @@
 //! * [`explain`]: why a flow is redirected or not;
 //! * [`daemon`], [`api`], [`cni`]: the node daemon, its local API and the chained CNI plugin.
 pub mod api;
+pub mod cells;
 pub mod cli;
 pub mod cni;
 pub mod daemon;
@@ -15,3 +16,4 @@ pub mod iptables;
 pub mod netns;
 pub mod policy;
 pub mod routes;
+pub mod userns;

@@ -1,28 +1,88 @@
 //! Network namespaces: run code or commands inside one, read its cookie.
+//!
+//! A namespace given by path is opened once (`O_RDONLY|O_NONBLOCK|O_NOCTTY|O_CLOEXEC`, so a
+//! FIFO or a device never blocks), checked to be a network namespace (`fstatfs`: nsfs;
+//! `ioctl(NS_GET_NSTYPE)`: `CLONE_NEWNET`), and that one descriptor is used for everything
+//! afterwards — the cookie, the routes snapshot, the sk_lookup attachment, listener adoption,
+//! iptables — so a `/proc/PID/ns/net` path cannot change meaning between two uses.
 use std::{
-    fs::File,
-    os::fd::{AsFd, AsRawFd},
+    fs::{self, File, OpenOptions},
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
+    os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
     process::Command,
+    sync::{Arc, OnceLock},
 };
 
 use anyhow::{Context, Result, bail};
 use nix::sched::{CloneFlags, setns, unshare};
 
+/// `NS_GET_NSTYPE` = `_IO(0xb7, 0x3)` (linux/nsfs.h, Linux 4.11+).
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+/// `PF_KTHREAD` (linux/sched.h): the task is a kernel thread.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// (device, inode) of the host's network namespace, by two witnesses: PID 1's namespace,
+/// and that of kthreadd (PID 2 when it is a kernel thread: kernel threads live in the
+/// initial namespace, and unlike PID 1 they can be inspected without being allowed to
+/// ptrace them — e.g. when PID 1 holds capabilities this process lacks). In a container
+/// with its own PID namespace only its PID 1 is seen (the host's namespace when the
+/// container shares it, hostNetwork).
+fn host_netns_ids() -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    if let Ok(m) = fs::metadata("/proc/1/ns/net") {
+        out.push((m.dev(), m.ino()));
+    }
+    let kthread = fs::read_to_string("/proc/2/stat")
+        .ok()
+        .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(6)?.parse::<u64>().ok()))
+        .is_some_and(|flags| flags & PF_KTHREAD != 0);
+    if kthread && let Ok(m) = fs::metadata("/proc/2/ns/net") {
+        out.push((m.dev(), m.ino()));
+    }
+    out
+}
+
 /// A network namespace given by a path (`/var/run/netns/NAME`, `/proc/PID/ns/net`), or the
-/// caller's own when `None`.
+/// caller's own (`Netns::current()`).
+///
+/// `Netns::open` opens and checks the path at once; `Netns::at` does so at first use. Either
+/// way the path is opened once per value (clones share the descriptor).
 #[derive(Clone, Debug, Default)]
 pub struct Netns {
-    pub path: Option<PathBuf>,
+    path: Option<PathBuf>,
+    handle: Arc<OnceLock<Arc<Handle>>>,
+}
+
+/// The opened namespace.
+#[derive(Debug)]
+struct Handle {
+    file: File,
+    dev: u64,
+    ino: u64,
+    host: bool,
 }
 
 impl Netns {
     pub fn current() -> Netns {
-        Netns { path: None }
+        Netns::default()
     }
 
+    /// Opens `path` now and checks that it is a network namespace.
+    pub fn open(path: impl Into<PathBuf>) -> Result<Netns> {
+        let ns = Netns::at(path);
+        ns.handle()?;
+        Ok(ns)
+    }
+
+    /// A namespace opened (and checked) at its first use.
     pub fn at(path: impl Into<PathBuf>) -> Netns {
-        Netns { path: Some(path.into()) }
+        Netns { path: Some(path.into()), handle: Arc::default() }
+    }
+
+    /// The path it was given by (`None`: the caller's own namespace).
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
 
     pub fn describe(&self) -> String {
@@ -32,24 +92,52 @@ impl Netns {
         }
     }
 
-    fn open(&self) -> Result<Option<File>> {
-        match &self.path {
-            None => Ok(None),
-            Some(p) => {
-                let f = File::open(p).with_context(|| format!("cannot open network namespace {}", p.display()))?;
-                Ok(Some(f))
+    fn handle(&self) -> Result<Option<Arc<Handle>>> {
+        let Some(path) = &self.path else { return Ok(None) };
+        if let Some(h) = self.handle.get() {
+            return Ok(Some(h.clone()));
+        }
+        let opened = Arc::new(open_checked(path)?);
+        // Two threads racing here both opened the same path; the first one stored wins.
+        let _ = self.handle.set(opened);
+        Ok(self.handle.get().cloned())
+    }
+
+    /// The opened namespace's descriptor (`None` for the current namespace).
+    pub fn fd(&self) -> Result<Option<BorrowedFd<'_>>> {
+        self.handle()?;
+        Ok(self.handle.get().map(|h| h.file.as_fd()))
+    }
+
+    /// (device, inode) of the namespace: what `/proc/PID/ns/net` of its processes stat to.
+    pub fn id(&self) -> Result<(u64, u64)> {
+        match self.handle()? {
+            Some(h) => Ok((h.dev, h.ino)),
+            None => {
+                let m =
+                    fs::metadata("/proc/thread-self/ns/net").context("cannot stat the current network namespace")?;
+                Ok((m.dev(), m.ino()))
             }
+        }
+    }
+
+    /// Whether this is the host's network namespace (that of PID 1 and of the kernel's
+    /// threads).
+    pub fn is_host(&self) -> Result<bool> {
+        match self.handle()? {
+            Some(h) => Ok(h.host),
+            None => Ok(host_netns_ids().contains(&self.id()?)),
         }
     }
 
     /// Runs `f` on a thread that has joined this namespace (threads switch namespaces
     /// independently, so the caller's own stays untouched).
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-        let file = self.open()?;
+        let handle = self.handle()?;
         let shown = self.describe();
         std::thread::spawn(move || {
-            if let Some(file) = file {
-                setns(file.as_fd(), CloneFlags::CLONE_NEWNET)
+            if let Some(h) = handle {
+                setns(h.file.as_fd(), CloneFlags::CLONE_NEWNET)
                     .with_context(|| format!("cannot enter network namespace {shown}"))?;
             }
             f()
@@ -59,15 +147,30 @@ impl Netns {
     }
 
     /// A command that will run inside this namespace.
+    ///
+    /// A namespace owned by another user namespace (a pod with `hostUsers: false`) is
+    /// entered through it, as the pod's own init container would run: netfilter only accepts
+    /// owner-match rules written from the user namespace that owns the network namespace.
     pub fn command(&self, program: &str) -> Result<Command> {
         let mut cmd = Command::new(program);
-        if let Some(file) = self.open()? {
+        if let Some(h) = self.handle()? {
             use std::os::unix::process::CommandExt;
-            // SAFETY: setns is async-signal-safe; the fd outlives the fork because the
-            // closure owns the File.
+            let userns = owning_userns(&h.file)?;
+            // SAFETY: setns is async-signal-safe; the descriptors outlive the fork because
+            // the closure owns them; the forked child is single-threaded, as entering a user
+            // namespace requires.
             unsafe {
                 cmd.pre_exec(move || {
-                    if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    // Root inside it (as the init container is): exec keeps the capabilities
+                    // only for UID 0 of the namespace.
+                    if let Some(u) = &userns
+                        && (libc::setns(u.as_raw_fd(), libc::CLONE_NEWUSER) != 0
+                            || libc::setresgid(0, 0, 0) != 0
+                            || libc::setresuid(0, 0, 0) != 0)
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    if libc::setns(h.file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                     Ok(())
@@ -77,10 +180,96 @@ impl Netns {
         Ok(cmd)
     }
 
+    /// The user namespace owning this network namespace, if it is not the caller's own.
+    pub fn owning_userns(&self) -> Result<Option<File>> {
+        match self.handle()? {
+            Some(h) => owning_userns(&h.file),
+            None => Ok(None),
+        }
+    }
+
     /// The namespace's cookie (SO_NETNS_COOKIE, Linux 5.14+): the key the eBPF programs use.
     pub fn cookie(&self) -> Result<u64> {
         self.run(current_cookie)
     }
+}
+
+/// `ioctl(NS_GET_USERNS)`: the user namespace that owns a namespace.
+const NS_GET_USERNS: libc::c_ulong = 0xb701;
+
+/// The user namespace owning `netns`, if it is not the caller's own.
+pub fn owning_userns(netns: &File) -> Result<Option<File>> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a valid namespace descriptor; the kernel returns a new descriptor.
+    let fd = unsafe { libc::ioctl(netns.as_raw_fd(), NS_GET_USERNS) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("ioctl(NS_GET_USERNS) on the network namespace");
+    }
+    // SAFETY: the kernel just returned this descriptor to us.
+    let owner = unsafe { File::from_raw_fd(fd) };
+    let ours = fs::metadata("/proc/self/ns/user").context("read /proc/self/ns/user")?;
+    let theirs = owner.metadata()?;
+    Ok((theirs.ino() != ours.ino() || theirs.dev() != ours.dev()).then_some(owner))
+}
+
+/// What a path that is not a namespace is, for the error message.
+fn kind(m: &fs::Metadata) -> &'static str {
+    let t = m.file_type();
+    if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_file() {
+        "a regular file"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else {
+        "not a namespace file"
+    }
+}
+
+fn ns_type_name(t: libc::c_int) -> &'static str {
+    match t {
+        libc::CLONE_NEWNS => "mount",
+        libc::CLONE_NEWUTS => "UTS",
+        libc::CLONE_NEWIPC => "IPC",
+        libc::CLONE_NEWUSER => "user",
+        libc::CLONE_NEWPID => "PID",
+        libc::CLONE_NEWCGROUP => "cgroup",
+        0x80 => "time",
+        _ => "non-network",
+    }
+}
+
+fn open_checked(path: &Path) -> Result<Handle> {
+    let shown = path.display();
+    // O_NONBLOCK: opening a FIFO would otherwise wait for a writer forever. (std adds O_CLOEXEC.)
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .with_context(|| format!("cannot open network namespace {shown}"))?;
+    let meta = file.metadata().with_context(|| format!("cannot stat {shown}"))?;
+    let fs = nix::sys::statfs::fstatfs(file.as_fd()).with_context(|| format!("cannot statfs {shown}"))?;
+    // nsfs: the filesystem of /proc/PID/ns/* and of their bind mounts.
+    if fs.filesystem_type() != nix::sys::statfs::NSFS_MAGIC {
+        bail!(
+            "{shown} is not a network namespace: it is {} (expected /var/run/netns/NAME or /proc/PID/ns/net)",
+            kind(&meta)
+        );
+    }
+    // SAFETY: an ioctl without argument on a descriptor we own.
+    let t = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
+    if t < 0 {
+        bail!("{shown}: cannot tell the namespace's type: {}", std::io::Error::last_os_error());
+    }
+    if t != libc::CLONE_NEWNET {
+        bail!("{shown} is a {} namespace, not a network namespace", ns_type_name(t));
+    }
+    let host = host_netns_ids().contains(&(meta.dev(), meta.ino()));
+    Ok(Handle { dev: meta.dev(), ino: meta.ino(), host, file })
 }
 
 /// The cookie of the calling thread's network namespace.
@@ -122,4 +311,47 @@ pub fn in_scratch_netns<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send 
 pub fn resolve(arg: &str) -> PathBuf {
     let p = Path::new(arg);
     if arg.contains('/') { p.to_path_buf() } else { Path::new("/var/run/netns").join(arg) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_what_is_not_a_network_namespace_without_blocking() {
+        let dir = std::env::temp_dir().join(format!("interceptor-netns-unit-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        let file = dir.join("file");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        fs::write(&file, "x").unwrap();
+        for (path, want) in [
+            (fifo.as_path(), "is not a network namespace: it is a FIFO"),
+            (file.as_path(), "it is a regular file"),
+            (dir.as_path(), "it is a directory"),
+            (Path::new("/proc/self/ns/mnt"), "is a mount namespace, not a network namespace"),
+        ] {
+            let e = format!("{:#}", Netns::open(path).unwrap_err());
+            assert!(e.contains(want), "{}: {e}", path.display());
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn one_descriptor_per_value() {
+        let ns = Netns::at("/proc/self/ns/net");
+        let a = ns.fd().unwrap().unwrap().as_raw_fd();
+        let b = ns.clone().fd().unwrap().unwrap().as_raw_fd();
+        assert_eq!(a, b, "clones share the descriptor opened once");
+        assert_eq!(ns.id().unwrap(), Netns::current().id().unwrap());
+    }
+
+    #[test]
+    fn the_host_namespace_is_recognised_and_a_scratch_one_is_not() {
+        // The tests run in the host's network namespace.
+        assert!(Netns::open("/proc/self/ns/net").unwrap().is_host().unwrap());
+        assert!(Netns::current().is_host().unwrap());
+        let scratch = in_scratch_netns(|| Netns::open("/proc/thread-self/ns/net")?.is_host()).unwrap();
+        assert!(!scratch);
+    }
 }

@@ -43,7 +43,25 @@ pub struct RouteEntry {
 pub struct AddrEntry {
     pub ifindex: u32,
     pub addr: IpAddr,
+    pub prefix_len: u8,
     pub global: bool,
+}
+
+/// What the kernel answers for a destination (RTM_GETROUTE, as `ip route get` shows it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteAnswer {
+    pub kind: RouteKind,
+    pub oif: Option<u32>,
+    /// The source address a connection to it gets.
+    pub prefsrc: Option<IpAddr>,
+}
+
+/// A cell of the destination space (see `cells`): the kernel's answer holds for all of it.
+/// `answer` is None where there is no route (a connect() fails before any packet).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cell {
+    pub net: IpNet,
+    pub answer: Option<RouteAnswer>,
 }
 
 /// A network namespace's links, addresses and routes at one moment.
@@ -52,6 +70,8 @@ pub struct NetSnapshot {
     pub routes: Vec<RouteEntry>,
     pub links: Vec<(u32, String)>,
     pub addrs: Vec<AddrEntry>,
+    /// The kernel's routing decision for every cell of the destination space.
+    pub cells: Vec<Cell>,
 }
 
 impl NetSnapshot {
@@ -111,6 +131,7 @@ async fn read_snapshot() -> Result<NetSnapshot> {
             snap.addrs.push(AddrEntry {
                 ifindex: msg.header.index,
                 addr,
+                prefix_len: msg.header.prefix_len,
                 global: msg.header.scope == AddressScope::Universe,
             });
         }
@@ -146,16 +167,49 @@ async fn read_snapshot() -> Result<NetSnapshot> {
             let unspecified: IpAddr =
                 if v6 { std::net::Ipv6Addr::UNSPECIFIED.into() } else { std::net::Ipv4Addr::UNSPECIFIED.into() };
             let Ok(dst) = IpNet::new(dst.unwrap_or(unspecified), len) else { continue };
-            let kind = match msg.header.kind {
-                RouteType::Local => RouteKind::Local,
-                RouteType::Unicast => RouteKind::Unicast,
-                _ => RouteKind::Other,
-            };
+            let kind = route_kind(msg.header.kind);
             snap.routes.push(RouteEntry { dst: dst.trunc(), table, kind, oif, prefsrc, priority });
         }
     }
+    snap.cells = ask_cells(&handle, &snap).await?;
     task.abort();
     Ok(snap)
+}
+
+/// Asks the kernel about one destination of every cell (all at once on the connection).
+async fn ask_cells(handle: &rtnetlink::Handle, snap: &NetSnapshot) -> Result<Vec<Cell>> {
+    let routes: Vec<IpNet> = snap.routes.iter().map(|r| r.dst).collect();
+    let addrs: Vec<(IpAddr, u8)> = snap.addrs.iter().filter(|a| a.global).map(|a| (a.addr, a.prefix_len)).collect();
+    let cells = crate::cells::cells(&routes, &addrs);
+    let answers = futures::future::join_all(cells.iter().map(|(_, d)| route_get(handle, *d))).await;
+    Ok(cells.into_iter().zip(answers).map(|((net, _), answer)| Cell { net, answer }).collect())
+}
+
+/// `ip route get DST`: None when the kernel has no usable route (unreachable, blackhole,
+/// prohibit: the lookup itself fails).
+async fn route_get(handle: &rtnetlink::Handle, dst: IpAddr) -> Option<RouteAnswer> {
+    let request = match dst {
+        IpAddr::V4(a) => RouteMessageBuilder::<std::net::Ipv4Addr>::new().destination_prefix(a, 32).build(),
+        IpAddr::V6(a) => RouteMessageBuilder::<std::net::Ipv6Addr>::new().destination_prefix(a, 128).build(),
+    };
+    let msg = handle.route().get(request).execute().try_next().await.ok()??;
+    let mut answer = RouteAnswer { kind: route_kind(msg.header.kind), oif: None, prefsrc: None };
+    for attr in &msg.attributes {
+        match attr {
+            RouteAttribute::Oif(i) => answer.oif = Some(*i),
+            RouteAttribute::PrefSource(a) => answer.prefsrc = route_ip(a),
+            _ => {}
+        }
+    }
+    Some(answer)
+}
+
+fn route_kind(t: RouteType) -> RouteKind {
+    match t {
+        RouteType::Local => RouteKind::Local,
+        RouteType::Unicast => RouteKind::Unicast,
+        _ => RouteKind::Other,
+    }
 }
 
 fn route_ip(a: &RouteAddress) -> Option<IpAddr> {

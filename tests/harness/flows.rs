@@ -153,12 +153,23 @@ pub fn normalize(a: SocketAddr) -> SocketAddr {
     }
 }
 
+/// Whether two printed socket addresses are the same endpoint (v4-mapped = IPv4).
+pub fn same_endpoint(a: &str, b: &str) -> bool {
+    match (a.parse::<SocketAddr>(), b.parse::<SocketAddr>()) {
+        (Ok(a), Ok(b)) => normalize(a) == normalize(b),
+        _ => false,
+    }
+}
+
 /// What the oracle says about a flow, and the listener that should answer.
 #[derive(Clone, Debug, Serialize)]
 pub struct Expected {
     pub decision: Decision,
     pub server: String,
     pub orig: Option<String>,
+    /// The destination the kernel connects to (the dialled one, but loopback for an
+    /// unspecified one): what getpeername() answers.
+    pub dst: SocketAddr,
 }
 
 impl Sandbox {
@@ -169,6 +180,11 @@ impl Sandbox {
         let mut flow = match c.actor {
             Actor::App | Actor::Proxy => {
                 let uid = if c.actor == Actor::App { APP_UID } else { PROXY_UID };
+                // 0.0.0.0, :: and ::ffff:0.0.0.0: the kernel connects to the loopback address.
+                let dst = match interceptor::policy::decide::unspecified_to_loopback(dst.ip()) {
+                    Some(lo) => SocketAddr::new(lo, dst.port()),
+                    None => dst,
+                };
                 let (dev, local) = self.pod_route(&dst.ip().to_string())?;
                 let f = Flow::outbound(dst, uid);
                 if local { f.local() } else { f.via(&dev) }
@@ -188,11 +204,16 @@ impl Sandbox {
     pub fn expected(&self, policy: &Policy, c: &FlowCase) -> Result<Expected> {
         let flow = self.oracle_flow(c)?;
         let decision = decide(policy, &flow);
-        let dst = normalize(c.dst);
+        let dst = normalize(flow.dst);
         let server = match decision.verdict {
             Verdict::RedirectOutbound { .. } => "sidecar-out".to_string(),
             Verdict::RedirectInbound { .. } => "sidecar-in".to_string(),
-            Verdict::DnatPodIp { .. } => "app".to_string(),
+            // To the pod's own address, same port: whoever listens there.
+            Verdict::DnatPodIp { .. } => match dst.port() {
+                15001 => "sidecar-out".to_string(),
+                15003 => "sidecar-in".to_string(),
+                _ => "app".to_string(),
+            },
             Verdict::DnatDnsProxy { .. } => "dns-proxy".to_string(),
             Verdict::Pass => {
                 let local = flow.dst_is_local || c.actor == Actor::Peer;
@@ -207,7 +228,7 @@ impl Sandbox {
         // Whatever the path, a listener of the pod reads the dialled destination. (The
         // world is not intercepted: what it reads is not the pod's business.)
         let orig = if c.udp || server == "world" { None } else { Some(dst.to_string()) };
-        Ok(Expected { decision, server, orig })
+        Ok(Expected { decision, server, orig, dst })
     }
 
     /// Opens the connection for real and reports where it landed.
@@ -246,9 +267,10 @@ impl Sandbox {
             );
         }
         if c.actor != Actor::Peer && !c.udp {
-            // The application's view is unchanged: getpeername() is what it dialled.
-            let want = c.dst.to_string();
-            if landing.peername.as_deref() != Some(want.as_str()) {
+            // The application's view is unchanged: getpeername() is what it dialled (what the
+            // kernel connected it to).
+            let want = expected.dst.to_string();
+            if !landing.peername.as_deref().is_some_and(|p| same_endpoint(p, &want)) {
                 bail!("flow {:?}: getpeername() returned {:?}, expected {want}", c.name, landing.peername);
             }
         }

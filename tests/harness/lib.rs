@@ -8,9 +8,11 @@
 //! all (also when a test fails).
 pub mod dns;
 pub mod flows;
+pub mod modes;
 pub mod podman;
 pub mod procs;
 pub mod sandbox;
 
 pub use flows::{Actor, FlowCase, Landing};
+pub use modes::Mode;
 pub use sandbox::{Sandbox, require_root};

@@ -126,7 +126,7 @@ impl Node {
 
     /// Where the node's own processes run (root, no pod cgroup).
     pub fn in_node(&self) -> Identity {
-        Identity { netns: self.netns_path(), cgroup_procs: None, uid: 0 }
+        Identity { netns: self.netns_path(), cgroup_procs: None, userns: None, uid: 0 }
     }
 
     fn build(&self) -> Result<()> {

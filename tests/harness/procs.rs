@@ -16,6 +16,9 @@ pub struct Identity {
     pub netns: PathBuf,
     /// `cgroup.procs` of the cgroup to join (the pod's), if any.
     pub cgroup_procs: Option<PathBuf>,
+    /// The user namespace to join before the network namespace (a pod with `hostUsers:
+    /// false`); `uid` is then a UID inside it.
+    pub userns: Option<PathBuf>,
     pub uid: u32,
 }
 
@@ -58,6 +61,10 @@ fn command_in(program: &Path, who: &Identity, resolv_conf: Option<&Path>) -> Res
         Some(p) => Some(File::options().write(true).open(p).with_context(|| format!("open {}", p.display()))?),
         None => None,
     };
+    let userns = match &who.userns {
+        Some(p) => Some(File::open(p).with_context(|| format!("open {}", p.display()))?),
+        None => None,
+    };
     let uid = who.uid;
     let bind = match resolv_conf {
         Some(p) => Some((
@@ -87,6 +94,13 @@ fn command_in(program: &Path, who: &Identity, resolv_conf: Option<&Path>) -> Res
                     return Err(std::io::Error::last_os_error());
                 }
             }
+            // The user namespace first: it owns the network namespace, and inside it UIDs
+            // are its own (the forked child is single-threaded, as setns requires).
+            if let Some(u) = &userns
+                && libc::setns(u.as_raw_fd(), libc::CLONE_NEWUSER) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -103,7 +117,7 @@ fn command_in(program: &Path, who: &Identity, resolv_conf: Option<&Path>) -> Res
             {
                 return Err(std::io::Error::last_os_error());
             }
-            if uid != 0
+            if (uid != 0 || userns.is_some())
                 && (libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(uid) != 0 || libc::setuid(uid) != 0)
             {
                 return Err(std::io::Error::last_os_error());
@@ -223,6 +237,65 @@ impl Held {
 }
 
 impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A long-running process whose whole output is collected: started after it prints
+/// `ready`, finished with [`Collecting::finish`].
+pub struct Collecting {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Collecting {
+    pub fn start(mut cmd: Command, what: &str) -> Result<Collecting> {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).stdin(Stdio::null());
+        let what = short(what);
+        let mut child = cmd.spawn().with_context(|| format!("spawn {what}"))?;
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) if line.trim() == "ready" => Ok(Collecting { child, lines: rx }),
+            other => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("{what} did not start: {other:?}")
+            }
+        }
+    }
+
+    /// Waits (at most `timeout`) for the process to exit and returns the lines it printed.
+    pub fn finish(mut self, timeout: Duration) -> Result<Vec<String>> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut out = Vec::new();
+        loop {
+            match self.lines.recv_timeout(Duration::from_millis(50)) {
+                Ok(l) => out.push(l),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if std::time::Instant::now() > deadline {
+                        bail!("process did not finish within {timeout:?}");
+                    }
+                }
+            }
+        }
+        let _ = self.child.wait();
+        Ok(out)
+    }
+}
+
+impl Drop for Collecting {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -28,6 +28,8 @@ pub const POD_IP6: &str = "2001:db8:1::2";
 pub const WORLD_IP: &str = "198.51.100.1";
 pub const APP_UID: u32 = 1000;
 pub const PROXY_UID: u32 = 1500;
+/// Where a user-namespaced pod's UIDs start outside (inside 0 = outside this).
+pub const USERNS_BASE: u32 = 100_000;
 /// Ports the application listens on in the pod.
 pub const APP_PORTS: [u16; 8] = [8080, 9090, 15010, 15901, 15902, 15903, 15904, 6379];
 /// Ports the world listens on.
@@ -60,6 +62,9 @@ pub struct Sandbox {
     pub pins: PinDir,
     /// The cgroup the pod's processes join (this sandbox's own unless it shares another's).
     pod_cgroup: Mutex<PathBuf>,
+    /// A pod with its own user namespace (Kubernetes `hostUsers: false`): the process that
+    /// holds it, and the UID range it maps (inside 0 = outside `USERNS_BASE`).
+    userns: Option<Mutex<Child>>,
     procs: Mutex<Vec<(String, Child)>>,
 }
 
@@ -71,6 +76,16 @@ impl Sandbox {
 
     /// A sandbox whose pod has host number `host` (2..=126).
     pub fn with_host(host: u8) -> Result<Sandbox> {
+        Self::create(host, false)
+    }
+
+    /// A pod whose network namespace is owned by its own user namespace, which maps UIDs
+    /// and GIDs 0..65536 inside to `USERNS_BASE`.. outside (as `hostUsers: false` does).
+    pub fn with_userns() -> Result<Sandbox> {
+        Self::create(2, true)
+    }
+
+    fn create(host: u8, with_userns: bool) -> Result<Sandbox> {
         require_root();
         assert!((2..=126).contains(&host), "host number {host} outside 2..=126");
         let id = next_id();
@@ -85,7 +100,12 @@ impl Sandbox {
             pins: PinDir::new(format!("/sys/fs/bpf/interceptor-test-{id}")),
             id,
             procs: Mutex::new(Vec::new()),
+            userns: None,
         };
+        let mut sb = sb;
+        if with_userns {
+            sb.userns = Some(Mutex::new(sb.make_userns_pod()?));
+        }
         sb.build().with_context(|| format!("building sandbox {}", sb.id))?;
         Ok(sb)
     }
@@ -98,12 +118,54 @@ impl Sandbox {
         format!("2001:db8:1::{:x}", self.host)
     }
 
+    /// Creates the pod's network namespace inside a new user namespace, held by a process
+    /// that lives as long as the sandbox (`ip netns attach` pins the network namespace).
+    fn make_userns_pod(&self) -> Result<Child> {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("infinity").stdin(std::process::Stdio::null());
+        // SAFETY: unshare is async-signal-safe; the forked child is single-threaded, as a new
+        // user namespace requires. (Not util-linux's unshare: busybox's, in the kernel
+        // matrix's guests, has no way to write the maps.)
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        // spawn() returns once the child has exec'd: its namespaces exist.
+        let mut child = cmd.spawn().context("spawn a process in a new user and network namespace")?;
+        let pid = child.id();
+        let result = (|| -> Result<()> {
+            // Written from the parent user namespace, as a container runtime does.
+            let map = format!("0 {USERNS_BASE} 65536\n");
+            fs::write(format!("/proc/{pid}/uid_map"), &map).context("write uid_map")?;
+            fs::write(format!("/proc/{pid}/gid_map"), &map).context("write gid_map")?;
+            ip(&["netns", "attach", &self.pod, &pid.to_string()])
+        })();
+        if let Err(e) = result {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+        Ok(child)
+    }
+
+    /// The pod's user namespace, if it has its own.
+    pub fn pod_userns(&self) -> Option<PathBuf> {
+        self.userns.as_ref().map(|c| PathBuf::from(format!("/proc/{}/ns/user", c.lock().unwrap().id())))
+    }
+
     fn build(&self) -> Result<()> {
         let (p, w) = (self.pod.as_str(), self.world.as_str());
         let eth0 = format!("{}/25", self.pod_ip());
         let eth1 = format!("198.51.100.{}/25", 128 + self.host as u16);
         let eth0_6 = format!("{}/64", self.pod_ip6());
-        ip(&["netns", "add", p])?;
+        if self.userns.is_none() {
+            ip(&["netns", "add", p])?;
+        }
         ip(&["netns", "add", w])?;
         // Created directly inside the namespaces: nothing ever exists in the root one.
         ip(&["-n", p, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", w])?;
@@ -150,7 +212,7 @@ impl Sandbox {
     /// A process of the pod (in its cgroup), as `uid`.
     pub fn in_pod(&self, uid: u32) -> Identity {
         let cg = self.pod_cgroup.lock().unwrap().join("cgroup.procs");
-        Identity { netns: self.pod_netns(), cgroup_procs: Some(cg), uid }
+        Identity { netns: self.pod_netns(), cgroup_procs: Some(cg), userns: self.pod_userns(), uid }
     }
 
     /// From now on this pod's processes run in `other`'s cgroup: a second pod on the same
@@ -161,7 +223,7 @@ impl Sandbox {
 
     /// A process of the world (outside the pod's cgroup), as root.
     pub fn in_world(&self) -> Identity {
-        Identity { netns: self.netns_path(&self.world), cgroup_procs: None, uid: 0 }
+        Identity { netns: self.netns_path(&self.world), cgroup_procs: None, userns: None, uid: 0 }
     }
 
     /// Starts a netprobe server and keeps it until the sandbox is dropped.
@@ -254,10 +316,16 @@ impl Sandbox {
 
     /// Loads eBPF mode attached to this sandbox's cgroup, pinned in its own directory.
     pub fn load_ebpf(&self) -> Result<()> {
+        self.load_ebpf_with(None, None)
+    }
+
+    /// Loads eBPF mode with tracking limits (node, per pod).
+    pub fn load_ebpf_with(&self, node: Option<u32>, per_pod: Option<u32>) -> Result<()> {
         interceptor::ebpf::load(&LoadOptions {
             cgroup: Some(self.cgroup.clone()),
             pin_dir: self.pins.clone(),
-            max_tracked_connections: None,
+            max_tracked_connections: node,
+            max_tracked_connections_per_pod: per_pod,
         })?;
         Ok(())
     }
@@ -275,6 +343,7 @@ impl Sandbox {
                 pod_ips: vec![],
                 pin_dir: pins.clone(),
                 pod_name: Some(format!("test/{}", self.id)),
+                allow_host_netns: false,
             },
         )
     }
@@ -300,6 +369,38 @@ impl Sandbox {
         self.counters_in(&self.pins)
     }
 
+    /// The local (address, port) of every TCP socket in the pod's namespace, in any state
+    /// (/proc/net/tcp and tcp6, read from inside it: no `ss` needed in the kernel matrix).
+    pub fn pod_sockets(&self) -> Result<Vec<(std::net::IpAddr, u16)>> {
+        interceptor::netns::Netns::at(self.pod_netns()).run(|| {
+            let mut out = Vec::new();
+            for file in ["tcp", "tcp6"] {
+                let text = fs::read_to_string(Path::new("/proc/thread-self/net").join(file))?;
+                for line in text.lines().skip(1) {
+                    let Some(local) = line.split_whitespace().nth(1) else { continue };
+                    let Some((addr, port)) = local.split_once(':') else { continue };
+                    // The address is the kernel's u32 words printed in hex (host order).
+                    let words: Vec<u32> = (0..addr.len() / 8)
+                        .filter_map(|i| u32::from_str_radix(&addr[i * 8..i * 8 + 8], 16).ok())
+                        .collect();
+                    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+                    let ip = match bytes.len() {
+                        4 => std::net::IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]]),
+                        16 => {
+                            let v6 = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&bytes[..]).expect("16 bytes"));
+                            v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(std::net::IpAddr::V6(v6))
+                        }
+                        _ => continue,
+                    };
+                    if let Ok(port) = u16::from_str_radix(port, 16) {
+                        out.push((ip, port));
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// The pod's route to `ip`, as the kernel answers `ip route get`: (device, is local).
     pub fn pod_route(&self, ip: &str) -> Result<(String, bool)> {
         let out = std::process::Command::new("ip").args(["-n", &self.pod, "-j", "route", "get", ip]).output()?;
@@ -320,6 +421,11 @@ impl Drop for Sandbox {
         let _ = interceptor::ebpf::unload(&self.pins);
         for ns in [&self.pod, &self.world] {
             let _ = ip(&["netns", "del", ns]);
+        }
+        if let Some(holder) = &self.userns {
+            let mut c = holder.lock().unwrap();
+            let _ = c.kill();
+            let _ = c.wait();
         }
         // The cgroup can only go once its processes are gone.
         for _ in 0..50 {

@@ -173,6 +173,8 @@ impl Target {
                         pod_ips: vec![],
                         pin_dir: self.pins.clone(),
                         pod_name: Some(self.pod_name.clone()),
+                        // A pod's namespace, never the node's: the check stays on.
+                        allow_host_netns: false,
                     },
                 )?;
                 Ok(Applied { cookie: Some(report.netns_cookie), routes_fingerprint: Some(fp) })

@@ -86,9 +86,13 @@ pub struct DaemonArgs {
     /// How often to reconcile (e.g. 10s, 500ms).
     #[arg(long = "reconcile-interval", default_value = "10s", value_parser = parse_duration)]
     pub reconcile_interval: Duration,
-    /// eBPF mode: concurrent connections tracked per node (see `ebpf load`).
+    /// eBPF mode: redirected connections being handed over at once on the node (see
+    /// `ebpf load`).
     #[arg(long)]
     pub max_tracked_connections: Option<u32>,
+    /// eBPF mode: the same limit per pod (see `ebpf load`).
+    #[arg(long)]
+    pub max_tracked_connections_per_pod: Option<u32>,
     #[command(flatten)]
     pub names: NamesArg,
     /// Remove everything the daemon installed (every pod's interception, the pinned eBPF
@@ -204,6 +208,7 @@ async fn run_async(args: DaemonArgs) -> Result<ExitCode> {
         cgroup: args.cgroup.clone(),
         pin_dir: pins.clone(),
         max_tracked_connections: args.max_tracked_connections,
+        max_tracked_connections_per_pod: args.max_tracked_connections_per_pod,
     });
     if let Some(load) = load.clone() {
         let outcome = tokio::task::spawn_blocking(move || ebpf::load(&load)).await??;

@@ -11,7 +11,7 @@ use ipnet::IpNet;
 
 use crate::{
     policy::{Family, LocalProxyMode, Policy, interface_matches},
-    routes::{NetSnapshot, RouteKind, TABLE_LOCAL, TABLE_MAIN},
+    routes::{NetSnapshot, RouteKind},
 };
 
 /// An LPM key: prefix length (in bits of `CidrData`) and data.
@@ -177,48 +177,33 @@ pub fn compile(policy: &Policy, snap: &NetSnapshot, policy_id: u32, given_pod_ip
     Ok(out)
 }
 
-/// The routes the programs look up: local addresses (`-o lo`) from the local table, the
-/// main table's unicast routes (with whether their interface is excluded and their
-/// source address). A main route inside a local prefix is dropped: the local table wins.
+/// The routes the programs look up: one entry per cell of the destination space (see
+/// `cells`), with the kernel's own answer for it: local to the pod (`-o lo`), leaving through
+/// an excluded interface, the source address a connection gets, or no route at all.
 fn routes(policy_id: u32, snap: &NetSnapshot, excluded_iface: &dyn Fn(Option<u32>) -> bool) -> Vec<(Lpm, RouteValue)> {
-    let mut out: Vec<(Lpm, RouteValue)> = Vec::new();
-    let mut seen: Vec<IpNet> = Vec::new();
-    let lo_excluded =
-        snap.links.iter().find(|(_, n)| n == "lo").map(|(i, _)| excluded_iface(Some(*i))).unwrap_or(false);
-    let locals: Vec<&crate::routes::RouteEntry> =
-        snap.routes.iter().filter(|r| r.table == TABLE_LOCAL && r.kind == RouteKind::Local).collect();
-    for r in &locals {
-        if seen.contains(&r.dst) {
-            continue;
-        }
-        seen.push(r.dst);
-        let src = r.prefsrc.unwrap_or(r.dst.addr());
-        let mut flags = route_flags::LOCAL | route_flags::HAS_SRC;
-        if lo_excluded {
-            flags |= route_flags::EXCLUDED_INTERFACE;
-        }
-        out.push((lpm(policy_id, &r.dst), RouteValue { flags, ifindex: r.oif.unwrap_or(0), src: addr_bytes(&src) }));
-    }
-    let mut main: Vec<&crate::routes::RouteEntry> =
-        snap.routes.iter().filter(|r| r.table == TABLE_MAIN && r.kind == RouteKind::Unicast).collect();
-    main.sort_by_key(|r| r.priority);
-    for r in main {
-        if seen.contains(&r.dst) || locals.iter().any(|l| l.dst.contains(&r.dst)) {
-            continue;
-        }
-        seen.push(r.dst);
-        let src = r.prefsrc.or_else(|| r.oif.and_then(|i| snap.primary_addr(i, r.dst.addr().is_ipv6())));
-        let mut flags = 0;
-        if src.is_some() {
-            flags |= route_flags::HAS_SRC;
-        }
-        if excluded_iface(r.oif) {
-            flags |= route_flags::EXCLUDED_INTERFACE;
-        }
-        let src = src.map(|s| addr_bytes(&s)).unwrap_or_default();
-        out.push((lpm(policy_id, &r.dst), RouteValue { flags, ifindex: r.oif.unwrap_or(0), src }));
-    }
-    out
+    snap.cells
+        .iter()
+        .map(|cell| {
+            let value = match cell.answer {
+                Some(a) if a.kind != RouteKind::Other => {
+                    let mut flags = 0;
+                    if a.kind == RouteKind::Local {
+                        flags |= route_flags::LOCAL;
+                    }
+                    if excluded_iface(a.oif) {
+                        flags |= route_flags::EXCLUDED_INTERFACE;
+                    }
+                    if a.prefsrc.is_some() {
+                        flags |= route_flags::HAS_SRC;
+                    }
+                    let src = a.prefsrc.map(|s| addr_bytes(&s)).unwrap_or_default();
+                    RouteValue { flags, ifindex: a.oif.unwrap_or(0), src }
+                }
+                _ => RouteValue { flags: route_flags::UNREACHABLE, ifindex: 0, src: [0; 16] },
+            };
+            (lpm(policy_id, &cell.net), value)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -226,7 +211,7 @@ mod tests {
     use super::*;
     use crate::{
         policy::{Cidr, Ports},
-        routes::{AddrEntry, RouteEntry},
+        routes::{AddrEntry, Cell, RouteAnswer},
     };
 
     fn net(s: &str) -> IpNet {
@@ -234,24 +219,22 @@ mod tests {
     }
 
     fn snap() -> NetSnapshot {
-        let route = |dst: &str, table, kind, oif, src: Option<&str>| RouteEntry {
-            dst: net(dst),
-            table,
-            kind,
-            oif: Some(oif),
-            prefsrc: src.map(|s| s.parse().unwrap()),
-            priority: 0,
+        // What the kernel answered for each cell of the destination space.
+        let cell = |dst: &str, kind: Option<RouteKind>, oif: u32, src: Option<&str>| Cell {
+            net: net(dst),
+            answer: kind.map(|kind| RouteAnswer { kind, oif: Some(oif), prefsrc: src.map(|s| s.parse().unwrap()) }),
         };
         NetSnapshot {
             links: vec![(1, "lo".into()), (2, "eth0".into()), (3, "eth1".into())],
-            addrs: vec![AddrEntry { ifindex: 2, addr: "198.51.100.2".parse().unwrap(), global: true }],
-            routes: vec![
-                route("127.0.0.0/8", TABLE_LOCAL, RouteKind::Local, 1, Some("127.0.0.1")),
-                route("198.51.100.2/32", TABLE_LOCAL, RouteKind::Local, 2, Some("198.51.100.2")),
-                route("198.51.100.0/24", TABLE_MAIN, RouteKind::Unicast, 2, Some("198.51.100.2")),
-                route("203.0.113.0/24", TABLE_MAIN, RouteKind::Unicast, 3, None),
-                route("127.1.0.0/16", TABLE_MAIN, RouteKind::Unicast, 3, None),
-                route("0.0.0.0/0", TABLE_MAIN, RouteKind::Other, 2, None),
+            addrs: vec![AddrEntry { ifindex: 2, addr: "198.51.100.2".parse().unwrap(), prefix_len: 24, global: true }],
+            routes: vec![],
+            cells: vec![
+                cell("127.0.0.0/8", Some(RouteKind::Local), 1, Some("127.0.0.1")),
+                cell("198.51.100.2/32", Some(RouteKind::Local), 1, Some("198.51.100.2")),
+                cell("198.51.100.0/24", Some(RouteKind::Unicast), 2, Some("198.51.100.2")),
+                cell("203.0.113.0/24", Some(RouteKind::Unicast), 3, None),
+                cell("224.0.0.0/4", Some(RouteKind::Other), 2, None),
+                cell("0.0.0.0/0", None, 0, None),
             ],
         }
     }
@@ -290,7 +273,8 @@ mod tests {
             ]
         );
         assert_eq!(c.ifaces, vec![IfaceKey { policy_id: 7, ifindex: 3 }]);
-        // Local routes, then main unicast routes not inside a local prefix; no blackhole default.
+        // One entry per cell, as the kernel answered: local, via an interface (excluded or
+        // not, with its source), or no route.
         let routes: Vec<(u32, [u8; 4], u32)> = c
             .routes
             .iter()
@@ -303,6 +287,8 @@ mod tests {
                 (32, [198, 51, 100, 2], route_flags::LOCAL | route_flags::HAS_SRC),
                 (24, [198, 51, 100, 0], route_flags::HAS_SRC),
                 (24, [203, 0, 113, 0], route_flags::EXCLUDED_INTERFACE),
+                (4, [224, 0, 0, 0], route_flags::UNREACHABLE),
+                (0, [0, 0, 0, 0], route_flags::UNREACHABLE),
             ]
         );
     }

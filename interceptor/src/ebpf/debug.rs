@@ -9,6 +9,8 @@ use aya_log::EbpfLogger;
 use super::{PinDir, maps::PinnedMaps, object::CGROUP_PROGRAMS};
 
 pub fn set_debug(pins: &PinDir, on: bool) -> Result<()> {
+    let _lock = super::enroll::lock_installation(pins, super::lock::Mode::Exclusive)?;
+    super::enroll::require_loaded(pins)?;
     let maps = PinnedMaps::open(pins)?;
     let mut s = maps.settings()?;
     s.debug = on as u32;
@@ -30,13 +32,18 @@ impl log::Log for Stdout {
     fn flush(&self) {}
 }
 
-/// Prints the programs' log records until interrupted (or for `duration`).
+/// Prints the programs' log records until interrupted (or for `duration`). The shared lock
+/// is held while the log buffer is opened, not while following it (that would keep every
+/// mutating command waiting for as long as the log is read).
 pub fn follow(pins: &PinDir, duration: Option<Duration>) -> Result<()> {
+    let lock = super::enroll::lock_installation(pins, super::lock::Mode::Shared)?;
+    super::enroll::require_loaded(pins)?;
     let (name, _) = CGROUP_PROGRAMS[0];
     let id = ProgramInfo::from_pin(pins.prog(name)).context("eBPF mode is not loaded")?.id();
     // Kept alive for the whole loop: dropping it closes the ring buffer.
     let mut logger =
         EbpfLogger::init_from_id_with_logger(id, Stdout).context("cannot open the programs' log buffer")?;
+    drop(lock);
     let started = std::time::Instant::now();
     loop {
         let mut fds = [nix::poll::PollFd::new(logger.as_fd(), nix::poll::PollFlags::POLLIN)];

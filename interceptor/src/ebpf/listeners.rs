@@ -1,4 +1,5 @@
-//! Adopting an inbound listener that existed before the pod was enrolled.
+//! Adopting the inbound listeners that existed before the pod was enrolled, or before its
+//! inbound port changed.
 //!
 //! The sock_ops program registers the sidecar's 15003 listener when the sidecar calls
 //! listen(); a sidecar already listening when its pod is enrolled (e.g. eBPF mode loaded on
@@ -15,24 +16,28 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{Map, MapData, SockHash};
-use interceptor_common::{AF_INET, AF_INET6, ListenerKey, map_names};
+use interceptor_common::{AF_INET, AF_INET6, ListenerKey, capacity::LISTENER_SLOTS, map_names};
 
 use super::PinDir;
 use crate::netns::Netns;
 
-/// A listening TCP socket of the namespace: (socket inode, family).
-fn listeners_on(port: u16) -> Vec<(u64, u16)> {
+/// The listening TCP sockets of the namespace on `port` owned by `uid` (the kernel's UID,
+/// as /proc shows it to the initial user namespace): (socket inode, family).
+fn listeners_on(port: u16, uid: u32) -> Vec<(u64, u16)> {
     let mut out = Vec::new();
     for (file, family) in [("tcp", AF_INET), ("tcp6", AF_INET6)] {
         // thread-self: the namespace this thread has joined, not the process's.
         let Ok(text) = fs::read_to_string(Path::new("/proc/thread-self/net").join(file)) else { continue };
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
-            // sl local_address rem_address st ... inode (field 9)
-            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else { continue };
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let (Some(local), Some(state), Some(owner), Some(inode)) = (f.get(1), f.get(3), f.get(7), f.get(9)) else {
+                continue;
+            };
             let local_port = local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
             if *state == "0A"
                 && local_port == Some(port)
+                && owner.parse::<u32>() == Ok(uid)
                 && let Ok(inode) = inode.parse()
             {
                 out.push((inode, family));
@@ -42,12 +47,12 @@ fn listeners_on(port: u16) -> Vec<(u64, u16)> {
     out
 }
 
-/// A process of the namespace holding socket `inode`, and its fd number.
-fn holder(netns_inode: u64, inode: u64) -> Option<(i32, i32)> {
+/// A process of the namespace (device, inode) holding socket `inode`, and its fd number.
+fn holder(netns: (u64, u64), inode: u64) -> Option<(i32, i32)> {
     let want = format!("socket:[{inode}]");
     for entry in fs::read_dir("/proc").ok()?.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let in_ns = fs::metadata(entry.path().join("ns/net")).map(|m| m.ino() == netns_inode).unwrap_or(false);
+        let in_ns = fs::metadata(entry.path().join("ns/net")).map(|m| (m.dev(), m.ino()) == netns).unwrap_or(false);
         if !in_ns {
             continue;
         }
@@ -80,24 +85,45 @@ fn take_fd(pid: i32, fd: i32) -> Result<OwnedFd> {
     }
 }
 
-/// Registers the namespace's current listener(s) on `port`; returns how many.
-pub fn adopt(netns: &Netns, pins: &PinDir, cookie: u64, port: u16) -> Result<usize> {
-    let Some(path) = &netns.path else { return Ok(0) };
-    let netns_inode = fs::metadata(path)?.ino();
-    let found = netns.run(move || Ok(listeners_on(port)))?;
+fn open_listeners(pins: &PinDir) -> Result<SockHash<MapData, ListenerKey>> {
+    let data = MapData::from_pin(pins.map(map_names::LISTENERS)).context("open LISTENERS")?;
+    Ok(SockHash::try_from(Map::SockHash(data))?)
+}
+
+/// Forgets every listener registered for the pod (a changed inbound port, or unenroll).
+pub fn forget(pins: &PinDir, cookie: u64) -> Result<()> {
+    let mut map = open_listeners(pins)?;
+    for family in [AF_INET, AF_INET6] {
+        for slot in 0..LISTENER_SLOTS {
+            let _ = map.remove(&ListenerKey { netns_cookie: cookie, family: family as u32, slot });
+        }
+    }
+    Ok(())
+}
+
+/// Registers the namespace's current listeners on `port` owned by the proxy (kernel UID
+/// `uid`), replacing what was registered; returns how many.
+pub fn adopt(netns: &Netns, pins: &PinDir, cookie: u64, port: u16, uid: u32) -> Result<usize> {
+    forget(pins, cookie)?;
+    if netns.path().is_none() {
+        return Ok(0);
+    }
+    let netns_id = netns.id()?;
+    let found = netns.run(move || Ok(listeners_on(port, uid)))?;
     if found.is_empty() {
         return Ok(0);
     }
-    let data = MapData::from_pin(pins.map(map_names::LISTENERS)).context("open LISTENERS")?;
-    let mut map: SockHash<MapData, ListenerKey> = SockHash::try_from(Map::SockHash(data))?;
+    let mut map = open_listeners(pins)?;
     let mut n = 0;
     for (inode, family) in found {
-        let Some((pid, fd)) = holder(netns_inode, inode) else { continue };
+        let Some((pid, fd)) = holder(netns_id, inode) else { continue };
         let Ok(sock) = take_fd(pid, fd) else { continue };
-        let key = ListenerKey { netns_cookie: cookie, family: family as u32, _pad: 0 };
-        if map.insert(key, sock.as_raw_fd(), 0).is_ok() {
-            n += 1;
-        }
+        // A free slot (BPF_NOEXIST): the program may be registering a new listener as well.
+        let registered = (0..LISTENER_SLOTS).any(|slot| {
+            let key = ListenerKey { netns_cookie: cookie, family: family as u32, slot };
+            map.insert(key, sock.as_raw_fd(), 1).is_ok()
+        });
+        n += registered as usize;
     }
     Ok(n)
 }

@@ -1,30 +1,73 @@
 //! load / upgrade / unload of the node-wide programs.
+//!
+//! All three lock the pin directory's parent, then the installation (see `lock`), and touch
+//! only an interceptor installation on a bpf filesystem (see `marker`).
+//!
+//! Crash safety:
+//! * A first load builds everything — cgroup links included — in `<dir>-staging-<pid>` and
+//!   renames it into place. Killed before the rename, the staging directory (and with it its
+//!   links) is removed by the next load, unload or gc.
+//! * An upgrade first sets the fingerprint in SETTINGS to 0 ("upgrade in progress"), pins
+//!   every new program as `progs/<name>-next`, replaces the program behind every link
+//!   (BPF_LINK_UPDATE, atomic per link: every hook always has a program), renames each
+//!   `-next` pin over the old one (an atomic replace on bpffs: the installation never looks
+//!   absent or "not loaded"), and writes the new fingerprint last. Killed anywhere, the
+//!   fingerprint is 0 or the old one, so the next `load` (of either build) upgrades again to
+//!   its own programs. Old and new programs of one layout version share the maps, so a mix
+//!   of them keeps intercepting meanwhile.
+//! * A pod whose network namespace is gone has a dead sk_lookup link (updating it fails with
+//!   ENOLINK): the upgrade unenrolls it and reports it instead of stopping half-way.
 use std::{
     fs::{self, File},
-    os::fd::AsFd,
+    os::fd::{AsFd, BorrowedFd},
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context, Result, anyhow, bail};
-use aya::{Ebpf, EbpfLoader, programs::Program};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{Program, ProgramInfo},
+};
 use interceptor_common::{GenerationChunk, GenerationKey, LAYOUT_VERSION, PodInfo, Settings, capacity, map_names};
 
+pub use super::cgroup::cgroup2_root;
 use super::{
     PinDir,
+    cgroup::{attach_cgroup, cgroup_id},
+    crash,
+    enroll::unenroll_locked,
+    gc::{self, GcReport, remove_known, remove_stale_staging},
+    lock::InstallLock,
     maps::PinnedMaps,
+    marker::{Marker, require_installation},
     object::{self, CGROUP_PROGRAMS, SK_LOOKUP_PROGRAM},
+    pins::require_bpffs_parent,
     probe, raw,
 };
 
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
-    /// Where to attach; default: the cgroup v2 root (every pod on the node).
+    /// Where to attach; default: the cgroup v2 root (every pod on the node), which must be
+    /// the host's (not a private cgroup namespace's).
     pub cgroup: Option<PathBuf>,
     pub pin_dir: PinDir,
-    /// Capacity of the connection-tracking LRU maps (default `capacity::TRACKED_CONNECTIONS`):
-    /// the most concurrent redirected (or accepted) connections per node whose original
-    /// destination is remembered; the kernel preallocates them (~100 bytes each).
+    /// Redirected connections being handed over to a sidecar at once, node-wide (default
+    /// `capacity::TRACKED_CONNECTIONS`): from the application's SYN until the kernel has
+    /// created the sidecar's end. More connect()s are refused (EPERM) and counted. The
+    /// table is preallocated: about 140 bytes per entry.
     pub max_tracked_connections: Option<u32>,
+    /// The same limit per pod (default `capacity::TRACKED_CONNECTIONS_PER_POD`), so that
+    /// one pod cannot take the node's.
+    pub max_tracked_connections_per_pod: Option<u32>,
+}
+
+impl LoadOptions {
+    fn limits(&self) -> (u64, u64) {
+        let node = self.max_tracked_connections.map(u64::from).unwrap_or(capacity::TRACKED_CONNECTIONS as u64);
+        let pod =
+            self.max_tracked_connections_per_pod.map(u64::from).unwrap_or(capacity::TRACKED_CONNECTIONS_PER_POD as u64);
+        (node, pod.min(node))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,63 +83,37 @@ pub enum LoadOutcome {
     },
 }
 
-/// The cgroup v2 mount point, from /proc/mounts (/sys/fs/cgroup on most nodes,
-/// /sys/fs/cgroup/unified on hybrid hierarchies).
-pub fn cgroup2_root() -> Result<PathBuf> {
-    let mounts = fs::read_to_string("/proc/mounts").context("cannot read /proc/mounts")?;
-    mounts
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (_dev, dir, fstype) = (f.next()?, f.next()?, f.next()?);
-            (fstype == "cgroup2").then(|| PathBuf::from(dir))
-        })
-        .next()
-        .ok_or_else(|| anyhow!("no cgroup v2 filesystem is mounted (eBPF mode needs cgroup v2); use iptables mode"))
-}
-
-fn bpffs_mounts() -> Result<Vec<PathBuf>> {
-    let mounts = fs::read_to_string("/proc/mounts").context("cannot read /proc/mounts")?;
-    Ok(mounts
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (_dev, dir, fstype) = (f.next()?, f.next()?, f.next()?);
-            (fstype == "bpf").then(|| PathBuf::from(dir))
-        })
-        .collect())
-}
-
-/// Makes sure the pin directory is on a bpf filesystem, mounting /sys/fs/bpf if needed.
-pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
-    let on_bpffs = |mounts: &[PathBuf]| mounts.iter().any(|m| pin_dir.starts_with(m));
-    if on_bpffs(&bpffs_mounts()?) {
-        return Ok(());
-    }
-    let default = Path::new("/sys/fs/bpf");
-    if pin_dir.starts_with(default) {
-        fs::create_dir_all(default).ok();
-        nix::mount::mount(Some("bpf"), default, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-            .context("cannot mount the bpf filesystem at /sys/fs/bpf")?;
-        return Ok(());
-    }
-    bail!(
-        "{} is not on a bpf filesystem; mount one (mount -t bpf bpf DIR) or use --pin-dir under /sys/fs/bpf",
-        pin_dir.display()
-    )
+/// What a load did, with what it collected on the way.
+#[derive(Clone, Debug)]
+pub struct LoadReport {
+    pub outcome: LoadOutcome,
+    /// Pods whose namespace was gone (unenrolled), interrupted commands' leftovers removed.
+    pub gc: GcReport,
+    pub warnings: Vec<String>,
 }
 
 /// Loads and attaches everything, or does nothing if this build is already loaded.
 pub fn load(opts: &LoadOptions) -> Result<LoadOutcome> {
+    Ok(load_report(opts)?.outcome)
+}
+
+/// `load`, reporting what it collected (dead pods, leftovers of interrupted commands).
+pub fn load_report(opts: &LoadOptions) -> Result<LoadReport> {
     let pins = &opts.pin_dir;
-    ensure_bpffs(pins.path())?;
+    require_bpffs_parent(pins)?;
     probe::check()?;
-    remove_stale_staging(pins);
-    if pins.path().exists() {
+    let lock = InstallLock::with_parent(pins)?;
+    let mut report = LoadReport { outcome: LoadOutcome::AlreadyLoaded, gc: GcReport::default(), warnings: vec![] };
+    if lock.dir_locked() && pins.is_empty_dir_on_bpffs() {
+        fs::remove_dir(pins.path()).with_context(|| format!("cannot remove {}", pins.path().display()))?;
+    }
+    if fs::symlink_metadata(pins.path()).is_ok() {
+        let marker = require_installation(pins)
+            .map_err(|e| anyhow!("{e:#}; refusing to load there (nothing was changed): choose another --pin-dir"))?;
+        report.gc.stale_pins = remove_stale_staging(pins);
         // Checked first: an installation of another layout may lack programs this build
         // attaches, and is then not "incomplete" but older.
-        let settings = PinnedMaps::open(pins).and_then(|m| m.settings());
-        if let Ok(settings) = &settings
+        if let Ok(settings) = PinnedMaps::open(pins).and_then(|m| m.settings())
             && settings.layout_version != LAYOUT_VERSION
         {
             bail!(
@@ -113,49 +130,65 @@ pub fn load(opts: &LoadOptions) -> Result<LoadOutcome> {
                 pins.path().display()
             );
         }
-        let settings = settings?;
-        if settings.fingerprint == object::fingerprint() {
-            return Ok(LoadOutcome::AlreadyLoaded);
+        let mut maps = PinnedMaps::open(pins)?;
+        let settings = maps.settings()?;
+        if let Some(c) = &opts.cgroup
+            && cgroup_id(c).ok() != Some(marker.cgroup_id)
+        {
+            report.warnings.push(format!(
+                "already attached at cgroup {}; --cgroup {} is ignored (unload first to move the attach point)",
+                marker.cgroup_path(),
+                c.display()
+            ));
         }
-        let pods = upgrade(pins)?;
-        return Ok(LoadOutcome::Upgraded { pods });
+        if settings.fingerprint == object::fingerprint() && links_consistent(pins) {
+            report.gc.merge(gc::collect(pins, &mut maps, false)?);
+            return Ok(report);
+        }
+        let (pods, dead) = upgrade(pins, &mut maps)?;
+        report.outcome = LoadOutcome::Upgraded { pods };
+        report.gc.dead_pods.extend(dead);
+        report.gc.merge(gc::collect(pins, &mut maps, false)?);
+        return Ok(report);
     }
-    let cgroup = match &opts.cgroup {
-        Some(c) => c.clone(),
-        None => cgroup2_root()?,
-    };
+    report.gc.stale_pins = remove_stale_staging(pins);
+    let cgroup = attach_cgroup(opts.cgroup.as_deref())?;
     let staging = pins.staging();
-    let result = install(&staging, &cgroup, opts.max_tracked_connections).and_then(|()| {
-        if let Some(parent) = pins.path().parent() {
-            fs::create_dir_all(parent)?;
-        }
+    let result = install(&staging, &cgroup, opts.limits()).and_then(|()| {
+        crash::point("load-staging-complete");
         fs::rename(staging.path(), pins.path())
             .with_context(|| format!("cannot move {} into place", staging.path().display()))
     });
     if let Err(e) = result {
-        let _ = fs::remove_dir_all(staging.path());
+        remove_known(&staging, &staging.pod_dirs());
+        let _ = fs::remove_dir(staging.path());
         return Err(e);
     }
-    Ok(LoadOutcome::Loaded { cgroup })
+    report.outcome = LoadOutcome::Loaded { cgroup };
+    Ok(report)
 }
 
-fn remove_stale_staging(pins: &PinDir) {
-    let (Some(parent), Some(name)) = (pins.path().parent(), pins.path().file_name()) else { return };
-    let prefix = format!("{}-staging-", name.to_string_lossy());
-    let Ok(entries) = fs::read_dir(parent) else { return };
-    for e in entries.flatten() {
-        let n = e.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = n.strip_prefix(&prefix) {
-            let alive = Path::new("/proc").join(pid).exists();
-            if !alive {
-                let _ = fs::remove_dir_all(e.path());
-            }
+/// Whether every link runs the program pinned under its name (false after an interrupted
+/// upgrade: some links may run another build's program).
+fn links_consistent(pins: &PinDir) -> bool {
+    let pinned_id = |name: &str| ProgramInfo::from_pin(pins.prog(name)).map(|i| i.id()).ok();
+    let linked_id =
+        |path: &Path| raw::obj_get(path).ok().and_then(|l| raw::link_info(l.as_fd()).ok()).map(|i| i.prog_id);
+    for (name, _) in CGROUP_PROGRAMS {
+        if pinned_id(name).is_none() || pinned_id(name) != linked_id(&pins.link(name)) {
+            return false;
         }
     }
+    // Every pod's own program tail-calls the steering program in STEER_PROGRAM[0].
+    let steering =
+        raw::obj_get(&pins.map(map_names::STEER_PROGRAM)).ok().and_then(|m| raw::prog_array_get(m.as_fd(), 0).ok());
+    pinned_id(SK_LOOKUP_PROGRAM).is_some() && steering == pinned_id(SK_LOOKUP_PROGRAM)
 }
 
-/// Loads the object with every map pinned (or reused) under `pins`.
-fn open_object(pins: &PinDir, max_tracked: Option<u32>) -> Result<Ebpf> {
+/// Loads the object with every map pinned (or reused) under `pins`. `node_limit` sizes the
+/// hand-over table of a new installation (the limit plus headroom for connect()s admitted
+/// at the same moment on several CPUs).
+fn open_object(pins: &PinDir, node_limit: Option<u64>) -> Result<Ebpf> {
     let paths: Vec<(&str, PathBuf)> = map_names::ALL.iter().map(|n| (*n, pins.map(n))).collect();
     let mut loader = EbpfLoader::new();
     // The programs use no CO-RE relocations.
@@ -163,10 +196,9 @@ fn open_object(pins: &PinDir, max_tracked: Option<u32>) -> Result<Ebpf> {
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
-    if let Some(n) = max_tracked {
-        for name in [map_names::PENDING, map_names::ORIG_BY_COOKIE, map_names::ACCEPTED] {
-            loader.map_max_entries(name, n);
-        }
+    if let Some(n) = node_limit {
+        let entries = n.saturating_add(capacity::HANDOFF_HEADROOM as u64).min(u32::MAX as u64) as u32;
+        loader.map_max_entries(map_names::HANDOFF, entries);
     }
     loader.load(object::bytes()?).context("cannot load the eBPF object")
 }
@@ -177,6 +209,7 @@ fn load_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Program> {
         Program::CgroupSockAddr(p) => p.load(),
         Program::SockOps(p) => p.load(),
         Program::CgroupSockopt(p) => p.load(),
+        Program::CgroupSock(p) => p.load(),
         Program::SkLookup(p) => p.load(),
         other => bail!("unexpected program type for {name}: {:?}", other.prog_type()),
     };
@@ -184,11 +217,16 @@ fn load_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Program> {
     Ok(prog)
 }
 
-fn install(staging: &PinDir, cgroup: &Path, max_tracked: Option<u32>) -> Result<()> {
+fn program_fd<'a>(ebpf: &'a Ebpf, name: &str) -> Result<BorrowedFd<'a>> {
+    let prog = ebpf.program(name).ok_or_else(|| anyhow!("program {name} is missing from the eBPF object"))?;
+    Ok(prog.fd()?.as_fd())
+}
+
+fn install(staging: &PinDir, cgroup: &Path, (node_limit, pod_limit): (u64, u64)) -> Result<()> {
     for dir in ["maps", "progs", "links", "pods"] {
         fs::create_dir_all(staging.path().join(dir))?;
     }
-    let mut ebpf = open_object(staging, max_tracked)?;
+    let mut ebpf = open_object(staging, Some(node_limit))?;
     // Maps only user space uses: created here, pinned with the rest.
     let info = raw::hash_map_create(map_names::POD_INFO, 8, size_of::<PodInfo>() as u32, capacity::PODS as u32)
         .context("cannot create the POD_INFO map")?;
@@ -203,110 +241,222 @@ fn install(staging: &PinDir, cgroup: &Path, max_tracked: Option<u32>) -> Result<
     raw::obj_pin(generations.as_fd(), &staging.map(map_names::GENERATIONS))?;
 
     let cg = File::open(cgroup).with_context(|| format!("cannot open cgroup {}", cgroup.display()))?;
-    for (name, attach_type) in CGROUP_PROGRAMS {
+    for (i, (name, attach_type)) in CGROUP_PROGRAMS.iter().enumerate() {
         let prog = load_program(&mut ebpf, name)?;
         prog.pin(staging.prog(name)).with_context(|| format!("cannot pin program {name}"))?;
-        let link = raw::link_create(prog.fd()?.as_fd(), cg.as_fd(), attach_type)
+        let link = raw::link_create(prog.fd()?.as_fd(), cg.as_fd(), *attach_type)
             .with_context(|| format!("cannot attach {name} to cgroup {}", cgroup.display()))?;
         raw::obj_pin(link.as_fd(), &staging.link(name)).with_context(|| format!("cannot pin the link of {name}"))?;
+        if i == 0 {
+            crash::point("load-first-link-attached");
+        }
     }
-    // Linked to each pod's network namespace at enroll; loaded now, so that a kernel
-    // without it fails here, before anything is installed.
+    // Tail-called by each pod's own sk_lookup program (`trampoline`); loaded now, so that a
+    // kernel without it fails here, before anything is installed.
     let prog = load_program(&mut ebpf, SK_LOOKUP_PROGRAM).context(
         "the sk_lookup program was refused (it reads the sk_lookup field ingress_ifindex, Linux 5.17+); use iptables mode on this kernel",
     )?;
     prog.pin(staging.prog(SK_LOOKUP_PROGRAM))?;
+    set_steering_program(staging, prog.fd()?.as_fd())?;
     let maps = PinnedMaps::open(staging)?;
     let mut settings_map = maps.settings;
     settings_map.set(
         0,
-        Settings { debug: 0, layout_version: LAYOUT_VERSION, fingerprint: object::fingerprint() },
+        Settings {
+            debug: 0,
+            layout_version: LAYOUT_VERSION,
+            fingerprint: object::fingerprint(),
+            max_in_flight_node: node_limit,
+            max_in_flight_pod: pod_limit,
+        },
         0,
     )?;
+    // Last: a directory with a marker is complete.
+    Marker::new(cgroup, cgroup_id(cgroup)?).pin(staging)?;
     Ok(())
 }
 
-/// Replaces every program behind its existing link (BPF_LINK_UPDATE is atomic: no moment
-/// without interception), keeping maps and pods.
-fn upgrade(pins: &PinDir) -> Result<usize> {
-    let mut ebpf = open_object(pins, None)?;
-    for (name, _) in CGROUP_PROGRAMS {
-        let prog = load_program(&mut ebpf, name)?;
-        let link = raw::obj_get(&pins.link(name)).with_context(|| format!("cannot open the link of {name}"))?;
-        raw::link_update(link.as_fd(), prog.fd()?.as_fd()).with_context(|| format!("cannot replace {name}"))?;
-        let _ = fs::remove_file(pins.prog(name));
-        prog.pin(pins.prog(name))?;
-    }
-    let prog = load_program(&mut ebpf, SK_LOOKUP_PROGRAM)?;
-    let mut pods = 0;
-    for cookie in pinned_pods(pins)? {
-        let link = raw::obj_get(&pins.pod_link(cookie))?;
-        raw::link_update(link.as_fd(), prog.fd()?.as_fd())
-            .with_context(|| format!("cannot replace the sk_lookup program of pod {cookie}"))?;
-        pods += 1;
-    }
-    let _ = fs::remove_file(pins.prog(SK_LOOKUP_PROGRAM));
-    prog.pin(pins.prog(SK_LOOKUP_PROGRAM))?;
-    let maps = PinnedMaps::open(pins)?;
+/// Makes `prog` the steering program every pod's sk_lookup program tail-calls: one atomic
+/// map update switches every pod.
+fn set_steering_program(pins: &PinDir, prog: BorrowedFd<'_>) -> Result<()> {
+    let slots = raw::obj_get(&pins.map(map_names::STEER_PROGRAM)).context("open STEER_PROGRAM")?;
+    raw::prog_array_set(slots.as_fd(), 0, prog).context("installing the steering program")?;
+    Ok(())
+}
+
+/// Replaces every program behind its existing link (see the module's comment), keeping maps
+/// and pods. Returns the number of pods kept and the pods found dead.
+fn upgrade(pins: &PinDir, maps: &mut PinnedMaps) -> Result<(usize, Vec<u64>)> {
     let mut settings = maps.settings()?;
+    settings.fingerprint = 0;
+    maps.settings.set(0, settings, 0)?;
+    crash::point("upgrade-started");
+
+    let mut ebpf = open_object(pins, None)?;
+    let names: Vec<&str> = CGROUP_PROGRAMS.iter().map(|(n, _)| *n).chain([SK_LOOKUP_PROGRAM]).collect();
+    for name in &names {
+        let next = pins.prog_next(name);
+        let _ = fs::remove_file(&next);
+        load_program(&mut ebpf, name)?.pin(&next).with_context(|| format!("cannot pin {}", next.display()))?;
+    }
+    crash::point("upgrade-programs-pinned");
+
+    for (i, (name, _)) in CGROUP_PROGRAMS.iter().enumerate() {
+        let link = raw::obj_get(&pins.link(name)).with_context(|| format!("cannot open the link of {name}"))?;
+        raw::link_update(link.as_fd(), program_fd(&ebpf, name)?).with_context(|| {
+            format!("cannot replace {name} (upgrade interrupted: run `interceptor ebpf load` again to complete it)")
+        })?;
+        if i == 0 {
+            crash::point("upgrade-first-cgroup-link-updated");
+        }
+    }
+    crash::point("upgrade-cgroup-links-updated");
+
+    // Every pod's own sk_lookup program tail-calls the steering program: replacing it in the
+    // program array switches every pod at once (pods' links stay as they are).
+    set_steering_program(pins, program_fd(&ebpf, SK_LOOKUP_PROGRAM)?)?;
+    let mut pods = 0;
+    let mut dead = Vec::new();
+    for cookie in pinned_pods(pins)? {
+        if super::gc::netns_gone(pins, cookie) {
+            dead.push(cookie);
+        } else {
+            pods += 1;
+        }
+    }
+    crash::point("upgrade-pod-links-updated");
+    for cookie in &dead {
+        tracing::warn!("pod with netns cookie {cookie}: its network namespace is gone; unenrolling it");
+        unenroll_locked(pins, maps, *cookie, false)?;
+    }
+
+    for (i, name) in names.iter().enumerate() {
+        fs::rename(pins.prog_next(name), pins.prog(name))
+            .with_context(|| format!("cannot rename the new {name} into place"))?;
+        if i == 0 {
+            crash::point("upgrade-first-program-renamed");
+        }
+    }
+    crash::point("upgrade-programs-renamed");
     settings.fingerprint = object::fingerprint();
-    let mut settings_map = maps.settings;
-    settings_map.set(0, settings, 0)?;
-    Ok(pods)
+    maps.settings.set(0, settings, 0)?;
+    Ok((pods, dead))
 }
 
 /// Network namespace cookies that have a pinned sk_lookup link.
 pub fn pinned_pods(pins: &PinDir) -> Result<Vec<u64>> {
-    let mut out = Vec::new();
-    let Ok(entries) = fs::read_dir(pins.pods()) else { return Ok(out) };
-    for e in entries.flatten() {
-        if let Ok(c) = e.file_name().to_string_lossy().parse() {
-            out.push(c);
-        }
-    }
-    out.sort_unstable();
-    Ok(out)
+    Ok(pins.pod_dirs().into_iter().filter(|c| pins.pod_link(*c).exists()).collect())
 }
 
-/// Links the pinned sk_lookup program to one pod's network namespace (no-op if linked).
-pub fn attach_sk_lookup(pins: &PinDir, cookie: u64, netns: &File) -> Result<()> {
+/// Links the pod's own sk_lookup program (see `trampoline`) to its network namespace (no-op
+/// if linked).
+pub fn attach_sk_lookup(pins: &PinDir, cookie: u64, netns: BorrowedFd<'_>) -> Result<()> {
     if pins.pod_link(cookie).exists() {
         return Ok(());
     }
     let dir = pins.pod(cookie);
     fs::create_dir_all(&dir)?;
     let result = (|| -> Result<()> {
-        let prog = raw::obj_get(&pins.prog(SK_LOOKUP_PROGRAM)).context("cannot open the pinned sk_lookup program")?;
-        let link = raw::link_create(prog.as_fd(), netns.as_fd(), raw::attach_type::SK_LOOKUP)
+        let steer_netns = raw::obj_get(&pins.map(map_names::STEER_NETNS)).context("open STEER_NETNS")?;
+        let steer_program = raw::obj_get(&pins.map(map_names::STEER_PROGRAM)).context("open STEER_PROGRAM")?;
+        let prog = super::trampoline::load(cookie, &steer_netns, &steer_program)?;
+        let link = raw::link_create(prog.as_fd(), netns, raw::attach_type::SK_LOOKUP)
             .context("cannot attach sk_lookup to the pod's network namespace")?;
         raw::obj_pin(link.as_fd(), &pins.pod_link(cookie))?;
         Ok(())
     })();
     if result.is_err() {
-        let _ = fs::remove_dir_all(&dir);
+        let _ = fs::remove_dir(&dir);
     }
     result
 }
 
-/// Removes one pod's sk_lookup link.
+/// Removes one pod's sk_lookup link (and its directory, unless something else is in it).
 pub fn detach_sk_lookup(pins: &PinDir, cookie: u64) -> Result<()> {
+    let link = pins.pod_link(cookie);
+    if fs::symlink_metadata(&link).is_ok() {
+        fs::remove_file(&link).with_context(|| format!("cannot remove {}", link.display()))?;
+    }
     let dir = pins.pod(cookie);
-    if dir.exists() {
-        fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+    if dir.exists()
+        && let Err(e) = fs::remove_dir(&dir)
+    {
+        tracing::warn!("{} is left: {e} (it holds something interceptor did not put there)", dir.display());
     }
     Ok(())
 }
 
+/// What `unload` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unloaded {
+    /// Nothing was loaded there.
+    Nothing,
+    /// Every program, link, map and pin of the installation removed; `left`: entries
+    /// interceptor did not create, left in place (and with them the directory).
+    Removed { left: Vec<PathBuf> },
+}
+
 /// Removes every program, link, map and pin. Returns whether anything was loaded.
 pub fn unload(pins: &PinDir) -> Result<bool> {
+    Ok(matches!(unload_report(pins)?, Unloaded::Removed { .. }))
+}
+
+/// `unload`, reporting what it left. Refuses (removing nothing) a directory that is not an
+/// interceptor installation on a bpf filesystem.
+pub fn unload_report(pins: &PinDir) -> Result<Unloaded> {
+    let refuse = |e: anyhow::Error| anyhow!("refusing to unload {}: {e:#}; nothing was removed", pins.path().display());
+    let parent_on_bpffs = pins.path().parent().is_some_and(super::pins::on_bpffs);
+    if fs::symlink_metadata(pins.path()).is_err() {
+        if parent_on_bpffs {
+            let _lock = InstallLock::with_parent(pins)?;
+            remove_stale_staging(pins);
+        }
+        return Ok(Unloaded::Nothing);
+    }
+    // Checked before taking any lock or touching anything, and again once locked.
+    if !pins.is_empty_dir_on_bpffs() {
+        require_installation(pins).map_err(refuse)?;
+    }
+    let lock = InstallLock::with_parent(pins)?;
+    if !lock.dir_locked() {
+        // Removed by another unload while we waited.
+        return Ok(Unloaded::Nothing);
+    }
+    if pins.is_empty_dir_on_bpffs() {
+        fs::remove_dir(pins.path()).with_context(|| format!("cannot remove {}", pins.path().display()))?;
+        remove_stale_staging(pins);
+        return Ok(Unloaded::Nothing);
+    }
+    require_installation(pins).map_err(refuse)?;
     remove_stale_staging(pins);
-    if !pins.path().exists() {
-        return Ok(false);
+    // Pod links first: they stop steering before anything they read goes away; then the
+    // cgroup links, programs, maps, and the marker last.
+    let pods = pins.pod_dirs();
+    for c in &pods {
+        detach_sk_lookup(pins, *c)?;
     }
-    // Pod links first: they stop steering before the maps they read go away.
-    for cookie in pinned_pods(pins)? {
-        detach_sk_lookup(pins, cookie)?;
+    remove_known(pins, &pods);
+    let left = remaining(pins.path());
+    if left.is_empty() {
+        fs::remove_dir(pins.path()).with_context(|| format!("cannot remove {}", pins.path().display()))?;
     }
-    fs::remove_dir_all(pins.path()).with_context(|| format!("cannot remove {}", pins.path().display()))?;
-    Ok(true)
+    // Our own directories stay only because of what is in them: report the foreign entries.
+    let ours = pins.known_entries(&pods);
+    let left = left.into_iter().filter(|p| !ours.contains(p)).collect();
+    Ok(Unloaded::Removed { left })
+}
+
+/// Every path still under `dir` (depth first).
+fn remaining(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else { return out };
+    for e in entries.flatten() {
+        let p = e.path();
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            out.extend(remaining(&p));
+        }
+        out.push(p);
+    }
+    out.sort();
+    out
 }

@@ -4,8 +4,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuHashMap};
 use interceptor_common::{
-    CidrData, CounterKey, GenerationChunk, GenerationKey, IfaceKey, PodAddrKey, PodConfig, PodInfo, PortKey,
-    RouteValue, Settings, map_names,
+    CidrData, ConnKey, CounterKey, GenerationChunk, GenerationKey, IfaceKey, OrigDst, PodAddrKey, PodConfig, PodInfo,
+    PortKey, RouteValue, Settings, Tracking, map_names,
 };
 
 use super::PinDir;
@@ -22,6 +22,9 @@ pub struct PinnedMaps {
     pub counters: PerCpuHashMap<MapData, CounterKey, u64>,
     pub settings: Array<MapData, Settings>,
     pub pod_info: HashMap<MapData, u64, PodInfo>,
+    pub handoff: HashMap<MapData, ConnKey, OrigDst>,
+    pub node_tracking: Array<MapData, Tracking>,
+    pub pod_tracking: HashMap<MapData, u64, Tracking>,
 }
 
 fn open(path: &Path) -> Result<MapData> {
@@ -44,6 +47,9 @@ impl PinnedMaps {
             counters: PerCpuHashMap::try_from(Map::PerCpuHashMap(m(COUNTERS)?))?,
             settings: Array::try_from(Map::Array(m(SETTINGS)?))?,
             pod_info: HashMap::try_from(Map::HashMap(m(POD_INFO)?))?,
+            handoff: HashMap::try_from(Map::HashMap(m(HANDOFF)?))?,
+            node_tracking: Array::try_from(Map::Array(m(NODE_TRACKING)?))?,
+            pod_tracking: HashMap::try_from(Map::HashMap(m(POD_TRACKING)?))?,
         })
     }
 

@@ -14,19 +14,33 @@
 //! The local DNS proxy rule also uses the UDP branch of connect4/6 (connected sockets) and
 //! of getpeername4/6. Minimum kernel: 5.17 (see `probe`); the DNS hooks alone need 5.3
 //! (sendmsg4 4.18, recvmsg4/6 5.2, socket storage in cgroup sock_addr programs 5.3).
+//!
+//! Lifecycle: every command locks the installation (`lock`), touches only a directory
+//! marked as an installation (`marker`), survives being killed at any step (`loader`,
+//! `enroll`, tested through `crash`), and collects what interrupted commands and departed
+//! pods leave (`gc`).
+pub mod cgroup;
 pub mod compile;
+pub mod crash;
 pub mod debug;
 pub mod enroll;
+pub mod gc;
+pub mod insn;
 pub mod listeners;
 pub mod loader;
+pub mod lock;
 pub mod maps;
+pub mod marker;
 pub mod object;
 pub mod pins;
 pub mod probe;
 pub mod raw;
 pub mod status;
+pub mod trampoline;
 
 pub use enroll::{EnrollOptions, enroll, unenroll};
-pub use loader::{LoadOptions, LoadOutcome, load, unload};
+pub use gc::{GcReport, gc};
+pub use loader::{LoadOptions, LoadOutcome, LoadReport, Unloaded, load, load_report, unload, unload_report};
+pub use lock::InstallLock;
 pub use pins::PinDir;
 pub use status::{Status, status};

@@ -21,13 +21,15 @@ pub fn fingerprint() -> u64 {
 }
 
 /// Cgroup programs: (name in the object, attach type).
-pub const CGROUP_PROGRAMS: [(&str, u32); 9] = [
+pub const CGROUP_PROGRAMS: [(&str, u32); 11] = [
     ("intercept_connect4", super::raw::attach_type::CGROUP_INET4_CONNECT),
     ("intercept_connect6", super::raw::attach_type::CGROUP_INET6_CONNECT),
     ("dialled_peer4", super::raw::attach_type::CGROUP_INET4_GETPEERNAME),
     ("dialled_peer6", super::raw::attach_type::CGROUP_INET6_GETPEERNAME),
     ("track_connections", super::raw::attach_type::CGROUP_SOCK_OPS),
     ("original_dst", super::raw::attach_type::CGROUP_GETSOCKOPT),
+    ("mark_proxy_listener4", super::raw::attach_type::CGROUP_INET4_POST_BIND),
+    ("mark_proxy_listener6", super::raw::attach_type::CGROUP_INET6_POST_BIND),
     // osm-edge's local DNS proxy rule (UDP 127.0.0.153:53 → :5300); connect4/6 and
     // getpeername4/6 above handle its connected sockets.
     ("dns_proxy_sendmsg4", super::raw::attach_type::CGROUP_UDP4_SENDMSG),

@@ -4,14 +4,15 @@
 //!
 //! | feature                                   | minimum kernel |
 //! |-------------------------------------------|----------------|
-//! | cgroup sock_addr (connect4/6)             | 4.17           |
+//! | cgroup sock_addr (connect4/6), cgroup sock (post_bind4/6) | 4.17 |
 //! | cgroup/sendmsg4 hook (DNS proxy rule)     | 4.18           |
 //! | cgroup/recvmsg4/6 hooks, sk_storage maps  | 5.2            |
-//! | bpf_sk_storage_get in cgroup sock_addr    | 5.3            |
+//! | bpf_sk_storage_get in cgroup sock_addr, sock_ops, getsockopt | 5.3 |
 //! | cgroup sockopt (getsockopt)               | 5.3            |
 //! | bpf_get_netns_cookie in connect4/6        | 5.7            |
 //! | getpeername4/6 hooks, ring buffers        | 5.8            |
-//! | sk_lookup, sockhash from TCP_LISTEN_CB    | 5.9            |
+//! | sk_lookup (with tail calls), sockhash from TCP_LISTEN_CB | 5.9 |
+//! | bpf_sk_storage_get, bpf_get_current_uid_gid in post_bind4/6 | 5.10 |
 //! | SO_NETNS_COOKIE                           | 5.14           |
 //! | bpf_get_netns_cookie in sock_ops, sockopt | 5.15           |
 //! | sk_lookup `ingress_ifindex`               | 5.17           |
@@ -48,6 +49,7 @@ pub fn missing_features() -> Vec<Missing> {
         (ProgramType::SockOps, "program type sock_ops", "4.13"),
         (ProgramType::CgroupSockopt, "program type cgroup_sockopt (cgroup/getsockopt)", "5.3"),
         (ProgramType::SkLookup, "program type sk_lookup", "5.9"),
+        (ProgramType::CgroupSock, "program type cgroup_sock (cgroup/post_bind4, post_bind6)", "4.17"),
     ];
     for (t, name, since) in programs {
         if !is_program_supported(t).unwrap_or(false) {
@@ -70,8 +72,9 @@ pub fn missing_features() -> Vec<Missing> {
         (MapType::Hash, "map type hash", "3.19"),
         (MapType::Array, "map type array", "3.19"),
         (MapType::LpmTrie, "map type lpm_trie", "4.11"),
-        (MapType::LruHash, "map type lru_hash", "4.10"),
         (MapType::PerCpuHash, "map type percpu_hash", "4.6"),
+        (MapType::PerCpuArray, "map type percpu_array", "4.6"),
+        (MapType::ProgramArray, "map type prog_array", "4.2"),
         (MapType::SockHash, "map type sockhash", "4.18"),
         (MapType::RingBuf, "map type ringbuf", "5.8"),
         (MapType::SkStorage, "map type sk_storage", "5.2"),
@@ -109,6 +112,32 @@ pub fn missing_features() -> Vec<Missing> {
             "5.10",
         ),
         (ProgramType::SockOps, BpfHelper::BPF_FUNC_sock_hash_update, "helper bpf_sock_hash_update in sock_ops", "4.18"),
+        (ProgramType::SockOps, BpfHelper::BPF_FUNC_sk_storage_get, "helper bpf_sk_storage_get in sock_ops", "5.3"),
+        (
+            ProgramType::SockOps,
+            BpfHelper::BPF_FUNC_sock_ops_cb_flags_set,
+            "helper bpf_sock_ops_cb_flags_set in sock_ops",
+            "4.16",
+        ),
+        (
+            ProgramType::CgroupSockopt,
+            BpfHelper::BPF_FUNC_sk_storage_get,
+            "helper bpf_sk_storage_get in cgroup/getsockopt",
+            "5.3",
+        ),
+        (
+            ProgramType::CgroupSock,
+            BpfHelper::BPF_FUNC_sk_storage_get,
+            "helper bpf_sk_storage_get in cgroup/post_bind4, post_bind6",
+            "5.10",
+        ),
+        (
+            ProgramType::CgroupSock,
+            BpfHelper::BPF_FUNC_get_current_uid_gid,
+            "helper bpf_get_current_uid_gid in cgroup/post_bind4, post_bind6",
+            "5.10",
+        ),
+        (ProgramType::SkLookup, BpfHelper::BPF_FUNC_tail_call, "helper bpf_tail_call in sk_lookup", "5.9"),
         (
             ProgramType::CgroupSockopt,
             BpfHelper::BPF_FUNC_get_netns_cookie,

@@ -1,6 +1,7 @@
 //! The few bpf(2) commands aya 0.14 does not expose the way we need them: links created on
 //! any program and pinned (aya cannot pin a CgroupSockopt link), link updates for in-place
-//! upgrades, and an RCU barrier.
+//! upgrades, an RCU barrier, link and map information (is a pod's namespace gone, how full
+//! is a map).
 use std::{
     ffi::CString,
     io,
@@ -11,8 +12,10 @@ use std::{
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 
@@ -24,6 +27,8 @@ pub mod attach_type {
     pub const CGROUP_SOCK_OPS: u32 = 3;
     pub const CGROUP_INET4_CONNECT: u32 = 10;
     pub const CGROUP_INET6_CONNECT: u32 = 11;
+    pub const CGROUP_INET4_POST_BIND: u32 = 12;
+    pub const CGROUP_INET6_POST_BIND: u32 = 13;
     pub const CGROUP_UDP4_SENDMSG: u32 = 14;
     pub const CGROUP_UDP4_RECVMSG: u32 = 19;
     pub const CGROUP_UDP6_RECVMSG: u32 = 20;
@@ -129,16 +134,105 @@ pub fn rcu_barrier() -> io::Result<()> {
 pub fn hash_map_create(name: &str, key_size: u32, value_size: u32, max_entries: u32) -> io::Result<OwnedFd> {
     const BPF_MAP_TYPE_HASH: u32 = 1;
     const BPF_F_NO_PREALLOC: u32 = 1;
+    map_create(BPF_MAP_TYPE_HASH, name, key_size, value_size, max_entries, BPF_F_NO_PREALLOC)
+}
+
+/// BPF_MAP_CREATE of an array map (u32 keys).
+pub fn array_map_create(name: &str, value_size: u32, max_entries: u32) -> io::Result<OwnedFd> {
+    map_create(BPF_MAP_TYPE_ARRAY, name, 4, value_size, max_entries, 0)
+}
+
+fn map_create(
+    map_type: u32,
+    name: &str,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    flags: u32,
+) -> io::Result<OwnedFd> {
     let mut attr = Attr::new();
-    attr.put_u32(0, BPF_MAP_TYPE_HASH)
-        .put_u32(4, key_size)
-        .put_u32(8, value_size)
-        .put_u32(12, max_entries)
-        .put_u32(16, BPF_F_NO_PREALLOC);
+    attr.put_u32(0, map_type).put_u32(4, key_size).put_u32(8, value_size).put_u32(12, max_entries).put_u32(16, flags);
     let bytes = name.as_bytes();
     let n = bytes.len().min(15);
     attr.0[28..28 + n].copy_from_slice(&bytes[..n]);
     sys_bpf(BPF_MAP_CREATE, &mut attr).map(owned)
+}
+
+/// BPF_OBJ_GET_INFO_BY_FD into a zeroed buffer (the kernel fills what it knows).
+fn obj_info(fd: BorrowedFd<'_>) -> io::Result<[u8; 256]> {
+    let mut info = [0u64; 32];
+    let mut attr = Attr::new();
+    attr.put_u32(0, fd.as_raw_fd() as u32).put_u32(4, 256).put_u64(8, info.as_mut_ptr() as u64);
+    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(bytemuck::cast(info))
+}
+
+fn u32_at(b: &[u8], offset: usize) -> u32 {
+    u32::from_ne_bytes(b[offset..offset + 4].try_into().expect("4 bytes"))
+}
+
+/// What the kernel says about a link (`struct bpf_link_info`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub link_type: u32,
+    pub id: u32,
+    pub prog_id: u32,
+    /// Netns links: the inode of the namespace, 0 once it is gone (the kernel detaches a
+    /// namespace's links when it is destroyed; updating them then fails with ENOLINK).
+    pub netns_ino: u32,
+}
+
+pub const BPF_LINK_TYPE_NETNS: u32 = 5;
+
+pub fn link_info(link: BorrowedFd<'_>) -> io::Result<LinkInfo> {
+    let b = obj_info(link)?;
+    // type, id, prog_id, then the union (8-byte aligned) at 16; netns: { netns_ino, attach_type }.
+    Ok(LinkInfo { link_type: u32_at(&b, 0), id: u32_at(&b, 4), prog_id: u32_at(&b, 8), netns_ino: u32_at(&b, 16) })
+}
+
+/// What the kernel says about a map (`struct bpf_map_info`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapInfo {
+    pub map_type: u32,
+    pub id: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+pub const BPF_MAP_TYPE_RINGBUF: u32 = 27;
+
+pub fn map_info(map: BorrowedFd<'_>) -> io::Result<MapInfo> {
+    let b = obj_info(map)?;
+    Ok(MapInfo {
+        map_type: u32_at(&b, 0),
+        id: u32_at(&b, 4),
+        key_size: u32_at(&b, 8),
+        value_size: u32_at(&b, 12),
+        max_entries: u32_at(&b, 16),
+    })
+}
+
+/// The number of entries of a map, by walking its keys (BPF_MAP_GET_NEXT_KEY).
+pub fn count_entries(map: BorrowedFd<'_>, key_size: u32) -> io::Result<u64> {
+    let mut key = vec![0u8; key_size as usize];
+    let mut next = vec![0u8; key_size as usize];
+    let mut n = 0u64;
+    let mut first = true;
+    loop {
+        let mut attr = Attr::new();
+        attr.put_u32(0, map.as_raw_fd() as u32)
+            .put_u64(8, if first { 0 } else { key.as_ptr() as u64 })
+            .put_u64(16, next.as_mut_ptr() as u64);
+        match sys_bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(n),
+            Err(e) => return Err(e),
+        }
+        n += 1;
+        first = false;
+        std::mem::swap(&mut key, &mut next);
+    }
 }
 
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
@@ -187,32 +281,115 @@ pub fn delete_batch(map: BorrowedFd<'_>, keys: &[u8], count: usize) -> io::Resul
     sys_bpf(BPF_MAP_DELETE_BATCH, &mut attr).map(|_| ())
 }
 
+/// Program types the loader writes itself (UAPI `enum bpf_prog_type`).
+#[derive(Clone, Copy, Debug)]
+pub enum ProgType {
+    SockOps,
+    SkLookup,
+}
+
+/// BPF_PROG_LOAD of hand-written instructions (`insn`). On a verifier refusal the error
+/// carries the verifier's log.
+pub fn prog_load(prog_type: ProgType, insns: &[super::insn::Insn], name: &str) -> io::Result<OwnedFd> {
+    use aya_obj::generated::{bpf_attach_type, bpf_prog_type};
+    let (ty, attach) = match prog_type {
+        ProgType::SockOps => (bpf_prog_type::BPF_PROG_TYPE_SOCK_OPS, bpf_attach_type::BPF_CGROUP_SOCK_OPS),
+        ProgType::SkLookup => (bpf_prog_type::BPF_PROG_TYPE_SK_LOOKUP, bpf_attach_type::BPF_SK_LOOKUP),
+    };
+    prog_load_raw(ty as u32, attach as u32, insns, name)
+}
+
 /// Whether the kernel accepts a program of `prog_type` for `expected_attach_type`: loads
 /// `r0 = 1; exit` (a valid return for every cgroup sock_addr hook) and closes it. A kernel
 /// that does not know the attach type refuses the load (EINVAL), so this tells which hooks
 /// exist without attaching anything.
 pub fn prog_load_probe(prog_type: u32, expected_attach_type: u32) -> bool {
-    const BPF_PROG_LOAD: libc::c_long = 5;
-    // mov r0, 1 (BPF_ALU64 | BPF_MOV | BPF_K); exit (BPF_JMP | BPF_EXIT).
-    let insns: [u64; 2] =
-        [u64::from_le_bytes([0xb7, 0, 0, 0, 1, 0, 0, 0]), u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0])];
+    use super::insn::{R0, exit, mov_imm};
+    prog_load_raw(prog_type, expected_attach_type, &[mov_imm(R0, 1), exit()], "probe").is_ok()
+}
+
+/// BPF_PROG_LOAD with the UAPI numbers of the program type and attach type.
+fn prog_load_raw(ty: u32, attach: u32, insns: &[super::insn::Insn], name: &str) -> io::Result<OwnedFd> {
+    use aya_obj::generated::{bpf_attr, bpf_cmd};
+    let code = super::insn::bytes(insns);
     let license = c"GPL";
-    // BPF_PROG_LOAD's expected_attach_type is at offset 68: past the 64 bytes of `Attr`.
-    #[repr(C, align(8))]
-    struct LoadAttr([u8; 128]);
-    let mut attr = LoadAttr([0; 128]);
-    let mut put = |offset: usize, bytes: &[u8]| attr.0[offset..offset + bytes.len()].copy_from_slice(bytes);
-    put(0, &prog_type.to_ne_bytes());
-    put(4, &(insns.len() as u32).to_ne_bytes());
-    put(8, &(insns.as_ptr() as u64).to_ne_bytes());
-    put(16, &(license.as_ptr() as u64).to_ne_bytes());
-    put(68, &expected_attach_type.to_ne_bytes());
-    // SAFETY: attr is a valid, initialised buffer of the size passed; the pointers in it
-    // outlive the call.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.0.as_mut_ptr(), attr.0.len()) };
-    if rc < 0 {
-        return false;
+    let mut log = vec![0u8; 64 * 1024];
+    let mut load = |log_level: u32| {
+        // SAFETY: an all-zero bpf_attr is valid; only the fields set here are read.
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: writing the fields of the BPF_PROG_LOAD member of the union.
+        let u = unsafe { &mut attr.__bindgen_anon_3 };
+        u.prog_type = ty;
+        u.expected_attach_type = attach;
+        u.insn_cnt = insns.len() as u32;
+        u.insns = code.as_ptr() as u64;
+        u.license = license.as_ptr() as u64;
+        if log_level > 0 {
+            u.log_level = log_level;
+            u.log_buf = log.as_mut_ptr() as u64;
+            u.log_size = log.len() as u32;
+        }
+        for (d, s) in u.prog_name.iter_mut().zip(name.bytes().take(15)) {
+            *d = s as std::ffi::c_char;
+        }
+        // SAFETY: a valid attribute of the size passed; the buffers outlive the call.
+        let rc = unsafe {
+            libc::syscall(libc::SYS_bpf, bpf_cmd::BPF_PROG_LOAD as libc::c_long, &mut attr, size_of::<bpf_attr>())
+        };
+        if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(owned(rc)) }
+    };
+    match load(0) {
+        Ok(fd) => Ok(fd),
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) || e.raw_os_error() == Some(libc::EINVAL) => {
+            // Again with the verifier's log, to say why.
+            match load(1) {
+                Ok(fd) => Ok(fd),
+                Err(e) => {
+                    let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+                    Err(io::Error::new(
+                        e.kind(),
+                        format!("{e}; verifier: {}", String::from_utf8_lossy(&log[..end]).trim()),
+                    ))
+                }
+            }
+        }
+        Err(e) => Err(e),
     }
-    drop(owned(rc));
-    true
+}
+
+/// BPF_MAP_UPDATE_ELEM of a program array: slot `index` runs `prog` (atomically replacing
+/// what was there).
+pub fn prog_array_set(map: BorrowedFd<'_>, index: u32, prog: BorrowedFd<'_>) -> io::Result<()> {
+    use aya_obj::generated::{bpf_attr, bpf_cmd};
+    let value = prog.as_raw_fd() as u32;
+    // SAFETY: an all-zero bpf_attr is valid; only the fields set here are read.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing the fields of the map element member of the union.
+    let u = unsafe { &mut attr.__bindgen_anon_2 };
+    u.map_fd = map.as_raw_fd() as u32;
+    u.key = &index as *const u32 as u64;
+    u.__bindgen_anon_1.value = &value as *const u32 as u64;
+    // SAFETY: a valid attribute of the size passed; key and value outlive the call.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_bpf, bpf_cmd::BPF_MAP_UPDATE_ELEM as libc::c_long, &mut attr, size_of::<bpf_attr>())
+    };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// BPF_MAP_LOOKUP_ELEM of a program array: the id of the program in slot `index`.
+pub fn prog_array_get(map: BorrowedFd<'_>, index: u32) -> io::Result<u32> {
+    use aya_obj::generated::{bpf_attr, bpf_cmd};
+    let mut value: u32 = 0;
+    // SAFETY: an all-zero bpf_attr is valid; only the fields set here are read.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing the fields of the map element member of the union.
+    let u = unsafe { &mut attr.__bindgen_anon_2 };
+    u.map_fd = map.as_raw_fd() as u32;
+    u.key = &index as *const u32 as u64;
+    u.__bindgen_anon_1.value = &mut value as *mut u32 as u64;
+    // SAFETY: a valid attribute of the size passed; key and value outlive the call.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_bpf, bpf_cmd::BPF_MAP_LOOKUP_ELEM as libc::c_long, &mut attr, size_of::<bpf_attr>())
+    };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(value) }
 }

@@ -5,16 +5,21 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
+use std::os::fd::AsFd;
+
 use anyhow::Result;
 use aya::programs::ProgramInfo;
-use interceptor_common::{AF_INET, CidrData, PodConfig, Reason, pod_flags, port_flags};
+use interceptor_common::{AF_INET, CidrData, PodConfig, Reason, map_names, pod_flags, port_flags};
 use serde::Serialize;
 
 use super::{
-    PinDir,
+    PinDir, gc,
     loader::pinned_pods,
+    lock::{InstallLock, Mode},
     maps::{PinnedMaps, c_str},
+    marker::require_installation,
     object::{CGROUP_PROGRAMS, SK_LOOKUP_PROGRAM},
+    raw,
 };
 
 #[derive(Debug, Serialize)]
@@ -24,8 +29,37 @@ pub struct Status {
     pub debug: bool,
     pub layout_version: u32,
     pub fingerprint: String,
+    /// The cgroup the programs are attached to (from the installation marker).
+    pub cgroup: String,
+    /// An upgrade was interrupted (the next `ebpf load` completes it).
+    pub upgrade_interrupted: bool,
+    /// Policy generations present in the maps (referenced by a pod or not).
+    pub generations: usize,
+    /// Generations no pod references (left by interrupted commands; `ebpf gc` deletes them).
+    pub orphaned_generations: usize,
+    /// Enrolled pods whose network namespace is gone (`ebpf gc` unenrolls them).
+    pub dead_pods: usize,
+    /// Every pinned map: entries in use and capacity.
+    pub maps: BTreeMap<String, MapUsage>,
     pub programs: Vec<ProgramStatus>,
+    /// Redirected connections being handed over to a sidecar, node-wide.
+    pub tracking: Tracking,
     pub pods: Vec<PodStatus>,
+}
+
+/// Redirected connections being handed over (from the application's SYN until the kernel
+/// has created the sidecar's end) and the limits beyond which connect() is refused.
+#[derive(Debug, Default, Serialize)]
+pub struct Tracking {
+    pub in_flight: u64,
+    pub limit: u64,
+}
+
+#[derive(Debug, Serialize, Clone, Copy, PartialEq, Eq)]
+pub struct MapUsage {
+    /// `null` for a ring buffer (no entries to count).
+    pub entries: Option<u64>,
+    pub max_entries: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -64,8 +98,13 @@ pub struct PodStatus {
     pub inbound_port_exclusions: Vec<u16>,
     pub interface_exclusion_ifindexes: Vec<u32>,
     pub inbound_steering: bool,
+    pub tracking: Tracking,
+    /// The pod's network namespace no longer exists (its sk_lookup link is detached).
+    pub netns_gone: bool,
     pub outbound: Counters,
     pub inbound: Counters,
+    /// What an operator must look at: refused connections, unknown answers.
+    pub problems: Vec<String>,
 }
 
 /// A pod address key as text.
@@ -87,17 +126,43 @@ fn cidr_text(len: u32, d: &CidrData) -> String {
     }
 }
 
+/// Entries and capacity of every pinned map.
+pub fn map_usage(pins: &PinDir) -> BTreeMap<String, MapUsage> {
+    let mut out = BTreeMap::new();
+    for name in map_names::ALL.iter().chain(&[map_names::POD_INFO, map_names::GENERATIONS]) {
+        let Ok(fd) = raw::obj_get(&pins.map(name)) else { continue };
+        let Ok(info) = raw::map_info(fd.as_fd()) else { continue };
+        let entries = if info.map_type == raw::BPF_MAP_TYPE_RINGBUF {
+            None
+        } else {
+            raw::count_entries(fd.as_fd(), info.key_size).ok()
+        };
+        out.insert(name.to_string(), MapUsage { entries, max_entries: info.max_entries });
+    }
+    out
+}
+
 pub fn status(pins: &PinDir) -> Result<Status> {
+    let not_loaded = || Status {
+        pin_dir: pins.path().display().to_string(),
+        loaded: false,
+        debug: false,
+        layout_version: 0,
+        fingerprint: String::new(),
+        cgroup: String::new(),
+        upgrade_interrupted: false,
+        generations: 0,
+        orphaned_generations: 0,
+        dead_pods: 0,
+        maps: BTreeMap::new(),
+        programs: vec![],
+        tracking: Tracking::default(),
+        pods: vec![],
+    };
+    let Some(_lock) = InstallLock::acquire(pins, Mode::Shared)? else { return Ok(not_loaded()) };
+    let marker = require_installation(pins)?;
     if !pins.is_loaded() {
-        return Ok(Status {
-            pin_dir: pins.path().display().to_string(),
-            loaded: false,
-            debug: false,
-            layout_version: 0,
-            fingerprint: String::new(),
-            programs: vec![],
-            pods: vec![],
-        });
+        return Ok(not_loaded());
     }
     let maps = PinnedMaps::open(pins)?;
     let settings = maps.settings()?;
@@ -122,15 +187,7 @@ pub fn status(pins: &PinDir) -> Result<Status> {
         let Some(reason) = Reason::from_u32(key.reason) else { continue };
         let entry = counters.entry(key.netns_cookie).or_default();
         let c = if reason.is_inbound() { &mut entry.1 } else { &mut entry.0 };
-        let redirected = matches!(
-            reason,
-            Reason::OutProxyToLocal
-                | Reason::OutIncluded
-                | Reason::OutDefault
-                | Reason::OutPodIpDnat
-                | Reason::OutDnsProxy
-                | Reason::InRedirect
-        );
+        let redirected = reason.is_redirect();
         if redirected {
             c.redirected += total;
             *c.redirected_by_reason.entry(reason.name().into()).or_default() += total;
@@ -179,6 +236,11 @@ pub fn status(pins: &PinDir) -> Result<Status> {
             pod_ips.push(IpAddr::from(cfg.pod_ip6));
         }
         let (outbound, inbound) = counters.remove(&cookie).unwrap_or_default();
+        let problems = problems(&outbound, &inbound);
+        let tracking = Tracking {
+            in_flight: maps.pod_tracking.get(&cookie, 0).map(|t| t.in_flight).unwrap_or(0),
+            limit: settings.max_in_flight_pod,
+        };
         let mut addresses: Vec<String> = maps
             .pod_addrs
             .iter()
@@ -206,20 +268,62 @@ pub fn status(pins: &PinDir) -> Result<Status> {
             inbound_port_exclusions: in_ports,
             interface_exclusion_ifindexes: ifaces,
             inbound_steering: steering.contains(&cookie),
+            tracking,
+            netns_gone: gc::netns_gone(pins, cookie),
             outbound,
             inbound,
+            problems,
         });
     }
     pods.sort_by_key(|p| p.netns_cookie);
+    let referenced: std::collections::BTreeSet<u32> = pods.iter().map(|p| p.policy_id).collect();
+    let present = gc::present_generations(&maps);
+    let next_pins =
+        CGROUP_PROGRAMS.iter().map(|(n, _)| *n).chain([SK_LOOKUP_PROGRAM]).any(|n| pins.prog_next(n).exists());
     Ok(Status {
         pin_dir: pins.path().display().to_string(),
         loaded: true,
         debug: settings.debug != 0,
         layout_version: settings.layout_version,
         fingerprint: format!("{:016x}", settings.fingerprint),
+        cgroup: marker.cgroup_path(),
+        upgrade_interrupted: settings.fingerprint == 0 || next_pins,
+        generations: present.union(&referenced).count(),
+        orphaned_generations: present.difference(&referenced).count(),
+        dead_pods: pods.iter().filter(|p| p.netns_gone).count(),
+        maps: map_usage(pins),
         programs,
+        tracking: Tracking {
+            in_flight: maps.node_tracking.get(&0, 0).map(|t| t.in_flight).unwrap_or(0),
+            limit: settings.max_in_flight_node,
+        },
         pods,
     })
+}
+
+/// The failures among a pod's counters, as sentences.
+fn problems(outbound: &Counters, inbound: &Counters) -> Vec<String> {
+    let mut out = Vec::new();
+    for (direction, c) in [("outbound", outbound), ("inbound", inbound)] {
+        for r in Reason::ALL.iter().filter(|r| r.is_failure()) {
+            let Some(&n) = c.passed.get(r.name()) else { continue };
+            if n == 0 || r.is_inbound() != (direction == "inbound") {
+                continue;
+            }
+            let what = match r {
+                Reason::InNoListener => "inbound connections refused: no sidecar listener",
+                Reason::OutRefusedPodLimit => "connect()s refused: the pod's tracking limit",
+                Reason::OutRefusedNodeLimit => "connect()s refused: the node's tracking limit",
+                Reason::OutRefusedNoMemory => "connect()s refused: no memory for the connection's record",
+                Reason::OutTrackingLost => "redirected connections whose original destination was lost",
+                Reason::OrigDstUnknown => "SO_ORIGINAL_DST answered ENOENT (original destination unknown)",
+                Reason::OutDnsProxyRefused => "DNS queries refused (see dns_proxy_refused)",
+                _ => r.name(),
+            };
+            out.push(format!("{n} {what} ({})", r.name()));
+        }
+    }
+    out
 }
 
 impl std::fmt::Display for Status {
@@ -229,24 +333,45 @@ impl std::fmt::Display for Status {
         }
         writeln!(
             f,
-            "eBPF mode: loaded at {} (build {}, debug {})",
+            "eBPF mode: loaded at {} (build {}, debug {}), attached at cgroup {}",
             self.pin_dir,
             self.fingerprint,
-            if self.debug { "on" } else { "off" }
+            if self.debug { "on" } else { "off" },
+            self.cgroup
         )?;
+        if self.upgrade_interrupted {
+            writeln!(f, "an upgrade was interrupted: run `interceptor ebpf load` to complete it")?;
+        }
+        writeln!(
+            f,
+            "policy generations: {} ({} orphaned); pods whose namespace is gone: {}{}",
+            self.generations,
+            self.orphaned_generations,
+            self.dead_pods,
+            if self.orphaned_generations + self.dead_pods > 0 { " (run `interceptor ebpf gc`)" } else { "" }
+        )?;
+        writeln!(f, "maps:")?;
+        for (name, m) in &self.maps {
+            match m.entries {
+                Some(n) => writeln!(f, "  {name:<16} {n:>9} / {}", m.max_entries)?,
+                None => writeln!(f, "  {name:<16} {:>9} / {} bytes", "-", m.max_entries)?,
+            }
+        }
         writeln!(f, "programs:")?;
         for p in &self.programs {
             writeln!(f, "  {:<20} id {:<6} {}", p.name, p.id, p.attached)?;
         }
+        writeln!(f, "connections being handed over: {} of {} (node)", self.tracking.in_flight, self.tracking.limit)?;
         writeln!(f, "pods: {}", self.pods.len())?;
         for p in &self.pods {
             writeln!(
                 f,
-                "- netns {} (cookie {}){} addresses {}",
+                "- netns {} (cookie {}){} addresses {}{}",
                 p.netns,
                 p.netns_cookie,
                 if p.pod.is_empty() { String::new() } else { format!(" pod {}", p.pod) },
-                p.addresses.join(",")
+                p.addresses.join(","),
+                if p.netns_gone { " — NAMESPACE GONE" } else { "" }
             )?;
             writeln!(
                 f,
@@ -278,6 +403,10 @@ impl std::fmt::Display for Status {
                 p.outbound.redirected, p.outbound.redirected_by_reason, p.outbound.passed
             )?;
             writeln!(f, "    inbound:  redirected {} passed {:?}", p.inbound.redirected, p.inbound.passed)?;
+            writeln!(f, "    being handed over: {} of {}", p.tracking.in_flight, p.tracking.limit)?;
+            for problem in &p.problems {
+                writeln!(f, "    PROBLEM: {problem}")?;
+            }
         }
         Ok(())
     }

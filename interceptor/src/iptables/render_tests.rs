@@ -1,5 +1,8 @@
 //! Golden tests: the three examples of the reference (osm-edge's own test cases), in the
 //! documented and in osm-edge's current chain names, and the cases where we must differ.
+//! The constants are osm-edge's shell form verbatim (an unquoted heredoc); ours quotes the
+//! heredoc (`osm_shell_quoted`) and, in PodIP mode, prints the one line holding `$POD_IP`
+//! separately (`POD_IP_SHELL`): the payload between the markers is the same bytes.
 use super::*;
 use crate::policy::{Cidr, LocalProxyMode, Policy, error::Origin, validate::parse_cidr};
 
@@ -114,6 +117,50 @@ fn pod_ip() -> Policy {
     Policy { local_proxy_mode: LocalProxyMode::PodIp, ..Policy::default() }
 }
 
+/// Our shell form of a reference example without `$POD_IP`: the same, with the heredoc quoted.
+fn osm_shell_quoted(text: &str) -> String {
+    text.replacen("--noflush <<EOF\n", "--noflush <<'EOF'\n", 1)
+}
+
+/// The payload of a reference example: the text between its heredoc markers.
+fn reference_payload(text: &str) -> &str {
+    text.strip_prefix("iptables-restore --noflush <<EOF\n").and_then(|s| s.strip_suffix("EOF\n")).unwrap()
+}
+
+/// Our shell form of the PodIP example: osm-edge's payload, with the `$POD_IP` line printed
+/// apart (the variable in double quotes, the rest in single quotes).
+const POD_IP_SHELL: &str = r#"{
+cat <<'EOF'
+# OSM sidecar interception rules
+*nat
+:PROXY_INBOUND - [0:0]
+:PROXY_IN_REDIRECT - [0:0]
+:PROXY_OUTPUT - [0:0]
+:PROXY_REDIRECT - [0:0]
+-A PROXY_IN_REDIRECT -p tcp -j REDIRECT --to-port 15003
+-A PREROUTING -p tcp -j PROXY_INBOUND
+-A PROXY_INBOUND -p tcp --dport 15010 -j RETURN
+-A PROXY_INBOUND -p tcp --dport 15901 -j RETURN
+-A PROXY_INBOUND -p tcp --dport 15902 -j RETURN
+-A PROXY_INBOUND -p tcp --dport 15903 -j RETURN
+-A PROXY_INBOUND -p tcp --dport 15904 -j RETURN
+-A PROXY_INBOUND -p tcp -j PROXY_IN_REDIRECT
+-A PROXY_REDIRECT -p tcp -j REDIRECT --to-port 15001
+-A PROXY_REDIRECT -p tcp --dport 15000 -j ACCEPT
+-A OUTPUT -p tcp -j PROXY_OUTPUT
+-A PROXY_OUTPUT -o lo ! -d 127.0.0.1/32 -m owner --uid-owner 1500 -j PROXY_IN_REDIRECT
+-A PROXY_OUTPUT -o lo -m owner ! --uid-owner 1500 -j RETURN
+-A PROXY_OUTPUT -m owner --uid-owner 1500 -j RETURN
+-A PROXY_OUTPUT -d 127.0.0.1/32 -j RETURN
+EOF
+printf '%s\n' '-I OUTPUT -p tcp -o lo -d 127.0.0.1/32 -m owner --uid-owner 1500 -j DNAT --to-destination '"${POD_IP}"
+cat <<'EOF'
+-A PROXY_OUTPUT -j PROXY_REDIRECT
+COMMIT
+EOF
+} | iptables-restore --noflush
+"#;
+
 /// osm-edge's current names, as its own tests expect them.
 fn osm_names(text: &str) -> String {
     text.replace("PROXY_INBOUND", "OSM_PROXY_INBOUND")
@@ -125,27 +172,32 @@ fn osm_names(text: &str) -> String {
 #[test]
 fn golden_examples_documented_names() {
     let names = ChainNames::DOCUMENTED;
-    assert_eq!(shell(&Policy::default(), Family::Ipv4, &names), NO_EXCLUSIONS);
-    assert_eq!(shell(&with_exclusions(), Family::Ipv4, &names), WITH_EXCLUSIONS);
-    assert_eq!(shell(&pod_ip(), Family::Ipv4, &names), POD_IP);
+    assert_eq!(shell(&Policy::default(), Family::Ipv4, &names), osm_shell_quoted(NO_EXCLUSIONS));
+    assert_eq!(shell(&with_exclusions(), Family::Ipv4, &names), osm_shell_quoted(WITH_EXCLUSIONS));
+    assert_eq!(shell(&pod_ip(), Family::Ipv4, &names), POD_IP_SHELL);
+    for (policy, reference) in
+        [(Policy::default(), NO_EXCLUSIONS), (with_exclusions(), WITH_EXCLUSIONS), (pod_ip(), POD_IP)]
+    {
+        assert_eq!(payload(&policy, Family::Ipv4, &names), reference_payload(reference));
+    }
 }
 
 #[test]
 fn golden_examples_osm_names() {
     let names = ChainNames::OSM;
-    assert_eq!(shell(&Policy::default(), Family::Ipv4, &names), osm_names(NO_EXCLUSIONS));
-    assert_eq!(shell(&with_exclusions(), Family::Ipv4, &names), osm_names(WITH_EXCLUSIONS));
-    assert_eq!(shell(&pod_ip(), Family::Ipv4, &names), osm_names(POD_IP));
+    assert_eq!(shell(&Policy::default(), Family::Ipv4, &names), osm_shell_quoted(&osm_names(NO_EXCLUSIONS)));
+    assert_eq!(shell(&with_exclusions(), Family::Ipv4, &names), osm_shell_quoted(&osm_names(WITH_EXCLUSIONS)));
+    assert_eq!(shell(&pod_ip(), Family::Ipv4, &names), osm_names(POD_IP_SHELL));
+    assert_eq!(payload(&pod_ip(), Family::Ipv4, &names), reference_payload(&osm_names(POD_IP)));
     assert!(osm_names(WITH_EXCLUSIONS).contains("-A OSM_PROXY_OUTBOUND -d 3.3.3.3/32 -j OSM_PROXY_OUT_REDIRECT"));
 }
 
 #[test]
 fn payload_is_the_text_between_the_heredoc_markers() {
     let text = payload(&with_exclusions(), Family::Ipv4, &ChainNames::DOCUMENTED);
-    let inner = WITH_EXCLUSIONS
-        .strip_prefix("iptables-restore --noflush <<EOF\n")
-        .and_then(|s| s.strip_suffix("EOF\n"))
-        .unwrap();
+    let ours = shell(&with_exclusions(), Family::Ipv4, &ChainNames::DOCUMENTED);
+    let inner =
+        ours.strip_prefix("iptables-restore --noflush <<'EOF'\n").and_then(|s| s.strip_suffix("EOF\n")).unwrap();
     assert_eq!(text, inner);
 }
 
@@ -198,7 +250,11 @@ fn ipv6_ranges_go_to_the_ipv6_payload_only() {
     ] {
         assert!(v6.lines().any(|l| l == line), "missing {line:?} in\n{v6}");
     }
-    assert!(shell(&policy, Family::Ipv6, &ChainNames::DOCUMENTED).starts_with("ip6tables-restore --noflush <<EOF\n"));
+    let sh = shell(&policy, Family::Ipv6, &ChainNames::DOCUMENTED);
+    assert!(sh.ends_with("} | ip6tables-restore --noflush\n"), "{sh}");
+    assert!(sh.contains("--to-destination '\"${POD_IPV6}\"\n"), "{sh}");
+    let plain = Policy { local_proxy_mode: LocalProxyMode::Localhost, ..policy };
+    assert!(shell(&plain, Family::Ipv6, &ChainNames::DOCUMENTED).starts_with("ip6tables-restore --noflush <<'EOF'\n"));
 }
 
 #[test]
@@ -234,4 +290,59 @@ fn dns_proxy_rule_follows_the_outbound_static_rules() {
     assert_eq!(lines[dns - 1], "-A PROXY_OUTPUT -d 127.0.0.1/32 -j RETURN");
     assert!(lines[dns + 1].starts_with("-I OUTPUT -p tcp -o lo"));
     assert!(!payload(&policy, Family::Ipv6, &ChainNames::DOCUMENTED).contains("127.0.0.153"));
+}
+
+/// Runs a shell form with `sh`, a fake iptables-restore on PATH capturing its input.
+fn run_shell(script: &str, pod_ip: &str, tag: &str) -> (String, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("interceptor-render-unit-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for cmd in ["iptables-restore", "ip6tables-restore"] {
+        let fake = dir.join(cmd);
+        std::fs::write(&fake, "#!/bin/sh\ncat > \"$CAPTURE\"\n").unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let capture = dir.join("stdin");
+    let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
+    let st = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(&dir)
+        .env("PATH", path)
+        .env("CAPTURE", &capture)
+        .env("POD_IP", pod_ip)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    (std::fs::read_to_string(&capture).unwrap(), dir)
+}
+
+#[test]
+fn the_shell_form_never_expands_what_the_payload_holds() {
+    // Validation rejects such a name; the renderer must be safe even without it.
+    let evil = "e$(touch pwned)`touch pwned2`";
+    let policy = Policy {
+        network_interface_exclusions: vec![evil.into()],
+        local_proxy_mode: LocalProxyMode::PodIp,
+        ..Policy::default()
+    };
+    let script = shell(&policy, Family::Ipv4, &ChainNames::DOCUMENTED);
+    let (got, dir) = run_shell(&script, "198.51.100.2", "a");
+    let want =
+        substitute_pod_ip(&payload(&policy, Family::Ipv4, &ChainNames::DOCUMENTED), Family::Ipv4, Some("198.51.100.2"));
+    assert_eq!(got, want);
+    assert!(got.contains(&format!("-o {evil} -j RETURN")), "{got}");
+    assert!(!dir.join("pwned").exists() && !dir.join("pwned2").exists(), "the shell ran a command from the payload");
+    // A hostile pod address is one argument, never code.
+    let (got, dir2) = run_shell(&script, "$(touch pwned3)", "b");
+    assert!(got.contains("--to-destination $(touch pwned3)\n"), "{got}");
+    assert!(!dir2.join("pwned3").exists());
+    // Without PodIP: one quoted heredoc.
+    let plain = Policy { local_proxy_mode: LocalProxyMode::Localhost, ..policy };
+    let (got, dir3) = run_shell(&shell(&plain, Family::Ipv4, &ChainNames::DOCUMENTED), "", "c");
+    assert_eq!(got, payload(&plain, Family::Ipv4, &ChainNames::DOCUMENTED));
+    assert!(!dir3.join("pwned").exists());
+    for d in [dir, dir2, dir3] {
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 }

@@ -38,8 +38,11 @@ pub struct Flow {
 }
 
 impl Flow {
+    /// A connection the pod opens. A destination of 0.0.0.0, `::` or ::ffff:0.0.0.0 is the
+    /// loopback address (the kernel connects an unbound socket there before any rule sees
+    /// a packet; a socket bound to an address connects to that address instead).
     pub fn outbound(dst: SocketAddr, uid: u32) -> Flow {
-        Flow {
+        let flow = Flow {
             direction: Direction::Outbound,
             proto: Proto::Tcp,
             dst,
@@ -47,6 +50,10 @@ impl Flow {
             iface: None,
             dst_is_local: false,
             src_is_local: false,
+        };
+        match unspecified_to_loopback(dst.ip()) {
+            Some(lo) => Flow { dst: SocketAddr::new(lo, dst.port()), ..flow }.local(),
+            None => flow,
         }
     }
 
@@ -126,6 +133,18 @@ fn reason_name<S: serde::Serializer>(r: &Option<Reason>, s: S) -> Result<S::Ok, 
     match r {
         Some(r) => s.serialize_str(r.name()),
         None => s.serialize_none(),
+    }
+}
+
+/// Where the kernel connects an unbound socket dialling an unspecified address.
+pub fn unspecified_to_loopback(ip: IpAddr) -> Option<IpAddr> {
+    match ip {
+        IpAddr::V4(v4) if v4.is_unspecified() => Some(std::net::Ipv4Addr::LOCALHOST.into()),
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_unspecified()) => {
+            Some(std::net::Ipv4Addr::LOCALHOST.into())
+        }
+        IpAddr::V6(v6) if v6.is_unspecified() => Some(std::net::Ipv6Addr::LOCALHOST.into()),
+        _ => None,
     }
 }
 

@@ -174,6 +174,10 @@ fn decision_table() {
             Some(OutProxyToLocal),
         ),
         (Flow::outbound(sa("10.9.9.9:8080"), 1000).local(), Verdict::Pass, Some(OutLocalNotProxy)),
+        // The unspecified address is the loopback one: the kernel connects there.
+        (Flow::outbound(sa("0.0.0.0:8080"), 1000), Verdict::Pass, Some(OutLocalNotProxy)),
+        (Flow::outbound(sa("[::ffff:0.0.0.0]:8080"), 1000), Verdict::Pass, Some(OutLocalNotProxy)),
+        (Flow::outbound(sa("[::]:8080"), 1500), Verdict::Pass, Some(OutProxyUid)),
         // Rule 4 only decides when 127.0.0.1 is not routed through lo.
         (out("127.0.0.1:80", 1000), Verdict::Pass, Some(OutLoopback)),
         (out("1.1.1.1:53", 1000).udp(), Verdict::Pass, None),

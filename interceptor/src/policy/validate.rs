@@ -50,8 +50,11 @@ pub fn parse_port(origin: &Origin, raw: &str) -> Result<u16, PolicyError> {
     }
 }
 
-/// The kernel's rules for interface names (dev_valid_name), plus iptables' trailing `+`
-/// wildcard (`eth+` matches every interface whose name starts with `eth`).
+/// Interface names: what the kernel accepts and iptables can match — at most 15 characters
+/// (IFNAMSIZ - 1) of `[A-Za-z0-9_.@-]`, optionally ending with iptables' `+` wildcard
+/// (`eth+` matches every interface whose name starts with `eth`). The kernel itself allows
+/// more (anything but `/`, `:` and whitespace), but such names have no place in a policy:
+/// they end up in iptables rules and in the shell form the init container runs.
 pub fn parse_interface(origin: &Origin, raw: &str) -> Result<String, PolicyError> {
     let text = raw.trim();
     let err = |reason: &str| PolicyError::InvalidInterface {
@@ -62,20 +65,23 @@ pub fn parse_interface(origin: &Origin, raw: &str) -> Result<String, PolicyError
     if text.is_empty() {
         return Err(err("empty item (stray comma?)"));
     }
-    if text.len() > 15 {
-        return Err(err("longer than 15 bytes (IFNAMSIZ)"));
-    }
-    if text == "." || text == ".." {
-        return Err(err("reserved name"));
-    }
-    if let Some(c) = text.chars().find(|c| *c == '/' || *c == ':' || c.is_whitespace() || c.is_control()) {
-        return Err(err(&format!("contains {c:?}")));
-    }
-    if text.trim_end_matches('+').contains('+') {
-        return Err(err("'+' is only allowed at the end (wildcard)"));
-    }
     if text == "+" {
         return Err(err("'+' alone would match every interface"));
+    }
+    let name = text.strip_suffix('+').unwrap_or(text);
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '@' | '-'))) {
+        let why = if c == '+' {
+            "'+' is only allowed at the end (wildcard)".to_string()
+        } else {
+            format!("contains {c:?} (allowed: letters, digits, '_', '.', '@', '-', and a trailing '+')")
+        };
+        return Err(err(&why));
+    }
+    if text.len() > 15 {
+        return Err(err("longer than 15 characters (IFNAMSIZ)"));
+    }
+    if name == "." || name == ".." {
+        return Err(err("reserved name"));
     }
     Ok(text.to_string())
 }
@@ -173,8 +179,27 @@ mod tests {
     fn interfaces() {
         assert_eq!(parse_interface(&flag(), "eth0").unwrap(), "eth0");
         assert_eq!(parse_interface(&flag(), "veth+").unwrap(), "veth+");
-        for bad in ["", "a/b", "a b", "sixteen-chars-xx", "..", "e+th", "+", "eth0:1"] {
-            assert!(parse_interface(&flag(), bad).is_err(), "{bad}");
+        assert_eq!(parse_interface(&flag(), "br-1a2b.100@x_").unwrap(), "br-1a2b.100@x_");
+        assert_eq!(parse_interface(&flag(), "fifteen-chars-+").unwrap(), "fifteen-chars-+");
+        for bad in [
+            "",
+            "a/b",
+            "a b",
+            "sixteen-chars-xx",
+            "..",
+            "e+th",
+            "+",
+            "eth0:1",
+            "eth$(reboot)",
+            "e`id`",
+            "e;x",
+            "ëth0",
+            "e'",
+        ] {
+            let e = parse_interface(&flag(), bad).unwrap_err().to_string();
+            assert!(e.contains("flag --x: invalid interface name"), "{bad}: {e}");
         }
+        let e = parse_interface(&flag(), "eth0$(reboot)").unwrap_err().to_string();
+        assert!(e.contains("contains '$'"), "{e}");
     }
 }

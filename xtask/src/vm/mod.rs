@@ -31,8 +31,10 @@ const SUITE: &[Suite] = &[
     Suite { name: "differential", iptables: NeedsIptables::All },
     Suite { name: "ebpf_outbound", iptables: NeedsIptables::No },
     Suite { name: "ebpf_inbound", iptables: NeedsIptables::No },
+    Suite { name: "ebpf_fidelity", iptables: NeedsIptables::All },
     Suite { name: "iptables_mode", iptables: NeedsIptables::All },
     Suite { name: "cli", iptables: NeedsIptables::Only(&["a_bad_policy_leaves_the_tables_untouched"]) },
+    Suite { name: "lifecycle", iptables: NeedsIptables::No },
 ];
 
 /// `all`: the supported guest kernels and the host (5.10 is asked for by name).

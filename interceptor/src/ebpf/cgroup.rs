@@ -1,0 +1,91 @@
+//! The cgroup the programs attach to, and whether a pod's processes are under it.
+//!
+//! By default eBPF mode attaches at the cgroup v2 root, so that every pod of the node is
+//! under the programs. Inside a container with a private cgroup namespace (or with a
+//! subtree bind-mounted as its cgroup2 filesystem) the "root" it sees is its own cgroup:
+//! attaching there would intercept nothing of the pods while `load` reported success. The
+//! real root cgroup is the only one without a `cgroup.type` file, so a default attach point
+//! that has one is refused; `--cgroup` chooses another attach point explicitly.
+use std::{
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use crate::netns::Netns;
+
+/// The cgroup v2 mount point, from /proc/mounts (/sys/fs/cgroup on most nodes,
+/// /sys/fs/cgroup/unified on hybrid hierarchies).
+pub fn cgroup2_root() -> Result<PathBuf> {
+    let mounts = fs::read_to_string("/proc/mounts").context("cannot read /proc/mounts")?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_dev, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+            (fstype == "cgroup2").then(|| PathBuf::from(dir))
+        })
+        .next()
+        .ok_or_else(|| anyhow!("no cgroup v2 filesystem is mounted (eBPF mode needs cgroup v2); use iptables mode"))
+}
+
+/// Whether a cgroup2 directory is the root cgroup of the whole hierarchy (the kernel gives
+/// every other cgroup a `cgroup.type` file).
+pub fn is_root_cgroup(dir: &Path) -> bool {
+    !dir.join("cgroup.type").exists()
+}
+
+/// The cgroup id (the inode of its cgroup2 directory).
+pub fn cgroup_id(dir: &Path) -> Result<u64> {
+    Ok(fs::metadata(dir).with_context(|| format!("cannot stat cgroup {}", dir.display()))?.ino())
+}
+
+/// The attach point: `--cgroup` as given (it must be a cgroup v2 directory), else the cgroup
+/// v2 root, which must be the host's.
+pub fn attach_cgroup(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(c) = explicit {
+        let fs = nix::sys::statfs::statfs(c).with_context(|| format!("cannot open cgroup {}", c.display()))?;
+        if fs.filesystem_type() != nix::sys::statfs::CGROUP2_SUPER_MAGIC {
+            bail!("{} is not a cgroup v2 directory (eBPF mode attaches to cgroup v2)", c.display());
+        }
+        return fs::canonicalize(c).with_context(|| format!("cannot resolve cgroup {}", c.display()));
+    }
+    let root = cgroup2_root()?;
+    if !is_root_cgroup(&root) {
+        bail!(
+            "the cgroup v2 filesystem at {} is not the host's root cgroup (this process runs in a private cgroup \
+             namespace, or a subtree is mounted there): programs attached there would intercept only that subtree \
+             while every pod outside it goes untouched. Run in the host's cgroup namespace (e.g. a daemon with \
+             hostPID/--cgroupns=host), or pass --cgroup to choose the attach point explicitly",
+            root.display()
+        );
+    }
+    Ok(root)
+}
+
+/// The processes in `netns` whose cgroup is not `attach_id` or below it: (pid, cgroup path).
+pub fn processes_outside(netns: &Netns, attach_id: u64) -> Result<Vec<(u32, String)>> {
+    let root = cgroup2_root()?;
+    if cgroup_id(&root)? == attach_id {
+        return Ok(vec![]);
+    }
+    let want = netns.id()?;
+    let mut out = Vec::new();
+    for entry in fs::read_dir("/proc")?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(m) = fs::metadata(entry.path().join("ns/net")) else { continue };
+        if (m.dev(), m.ino()) != want {
+            continue;
+        }
+        let Ok(text) = fs::read_to_string(entry.path().join("cgroup")) else { continue };
+        let Some(rel) = text.lines().find_map(|l| l.strip_prefix("0::")) else { continue };
+        let dir = root.join(rel.trim_start_matches('/'));
+        let under = dir.ancestors().take_while(|a| a.starts_with(&root)).any(|a| cgroup_id(a).ok() == Some(attach_id));
+        if !under {
+            out.push((pid, rel.to_string()));
+        }
+    }
+    Ok(out)
+}
