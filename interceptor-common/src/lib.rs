@@ -469,6 +469,19 @@ pub struct Tracking {
     pub in_flight: u64,
 }
 
+/// Value of `STEER_NETNS` (per CPU): which pod the running sk_lookup is for, written by the
+/// pod's own program just before it tail-calls the shared one, with the lookup context it
+/// ran for. The shared program uses the cookie only if the context is its own: two lookups
+/// interleaved on one CPU (possible where softirqs are preemptible, PREEMPT_RT) are refused
+/// instead of steered with another pod's cookie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq, Default)]
+pub struct SteerNetns {
+    pub netns_cookie: u64,
+    /// The address of the sk_lookup context (a kernel pointer, compared, never read).
+    pub ctx: u64,
+}
+
 /// Key of `LISTENERS`: the pod's inbound listeners, per family, one slot per socket (one
 /// per SO_REUSEPORT worker), registered when the proxy calls listen().
 #[repr(C)]
@@ -512,7 +525,7 @@ pub mod dns_mark {
 
 /// Version of the map layout. Bump it whenever a map's type, key or value changes: a load
 /// over pinned state of another layout refuses to reuse it.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Value of `SETTINGS[0]`: run-time switches of the programs and what is loaded.
 #[repr(C)]
@@ -589,6 +602,7 @@ mod user {
     unsafe impl aya::Pod for OrigDst {}
     unsafe impl aya::Pod for SockRecord {}
     unsafe impl aya::Pod for Tracking {}
+    unsafe impl aya::Pod for SteerNetns {}
     unsafe impl aya::Pod for ConnKey {}
     unsafe impl aya::Pod for ListenerKey {}
     unsafe impl aya::Pod for CounterKey {}

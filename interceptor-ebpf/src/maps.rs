@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use interceptor_common::{
     CidrData, ConnKey, CounterKey, DnsMark, IfaceKey, ListenerKey, OrigDst, PodAddrKey, PodConfig, PortKey, RouteValue,
-    Settings, SockRecord, Tracking, capacity,
+    Settings, SockRecord, SteerNetns, Tracking, capacity,
 };
 
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
@@ -74,7 +74,7 @@ pub static LISTENERS: SockHash<ListenerKey, { capacity::LISTENERS }> = SockHash:
 /// The network namespace the running `sk_lookup` is for: each pod's own small program
 /// writes its cookie here and tail-calls the shared one (softirq, one CPU: no interleaving).
 #[btf_map]
-pub static STEER_NETNS: PerCpuArray<u64, 1> = PerCpuArray::new();
+pub static STEER_NETNS: PerCpuArray<SteerNetns, 1> = PerCpuArray::new();
 
 /// Slot 0: the shared inbound steering program, tail-called by every pod's program.
 /// Replacing it upgrades every pod at once.
