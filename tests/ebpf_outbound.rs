@@ -141,6 +141,7 @@ fn interception_continues_after_the_loader_exits_and_load_is_idempotent() -> Res
         pin_dir: sb.pins.clone(),
         max_tracked_connections: None,
         max_tracked_connections_per_pod: None,
+        accelerate: false,
     })?;
     assert_eq!(outcome, LoadOutcome::Upgraded { pods: 1 });
     let new_ids = program_ids(&sb)?;
@@ -275,6 +276,7 @@ fn a_load_over_an_older_layout_names_the_layout_not_an_incomplete_installation()
         pin_dir: sb.pins.clone(),
         max_tracked_connections: None,
         max_tracked_connections_per_pod: None,
+        accelerate: false,
     })
     .unwrap_err()
     .to_string();

@@ -18,7 +18,7 @@ use super::{
     lock::{InstallLock, Mode},
     maps::{PinnedMaps, c_str},
     marker::require_installation,
-    object::{CGROUP_PROGRAMS, SK_LOOKUP_PROGRAM},
+    object::{CGROUP_PROGRAMS, SK_LOOKUP_PROGRAM, program_names},
     raw,
 };
 
@@ -278,8 +278,7 @@ pub fn status(pins: &PinDir) -> Result<Status> {
     pods.sort_by_key(|p| p.netns_cookie);
     let referenced: std::collections::BTreeSet<u32> = pods.iter().map(|p| p.policy_id).collect();
     let present = gc::present_generations(&maps);
-    let next_pins =
-        CGROUP_PROGRAMS.iter().map(|(n, _)| *n).chain([SK_LOOKUP_PROGRAM]).any(|n| pins.prog_next(n).exists());
+    let next_pins = program_names().any(|n| pins.prog_next(n).exists());
     Ok(Status {
         pin_dir: pins.path().display().to_string(),
         loaded: true,
