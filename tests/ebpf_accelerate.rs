@@ -215,3 +215,41 @@ fn unload_keeps_live_accelerated_connections_whole_and_frees_everything_after_th
     }
     Ok(())
 }
+
+/// Issue 9's edge with acceleration: the application connects, sends a line and closes
+/// (FIN, or a reset with SO_LINGER 0) before the sidecar accepts; the sidecar still reads
+/// the line and the original destination, in both modes.
+#[test]
+fn bytes_sent_before_a_close_or_reset_reach_a_sidecar_that_accepts_late() -> Result<()> {
+    use interceptor_tests::procs::{Collecting, command, netprobe};
+    for accelerate in [false, true] {
+        let sb = sandbox(accelerate)?;
+        let mut cmd = command(&netprobe(), &sb.in_pod(PROXY_UID))?;
+        cmd.args(["hold-accept", "--listen", "0.0.0.0:15001", "--wait-ms", "1000", "--idle-ms", "1500"]);
+        let held = Collecting::start(cmd, "slow sidecar")?;
+        let mut sent = Vec::new();
+        for linger0 in [false, true] {
+            let mut args = vec!["send-close", "--to", DST, "--count", "3"];
+            if linger0 {
+                args.push("--linger0");
+            }
+            let out = sb.probe(&sb.in_pod(APP_UID), &args, Duration::from_secs(20))?;
+            for line in out.lines() {
+                let v: Value = serde_json::from_str(line)?;
+                ensure!(v["ok"] == true, "accelerate {accelerate}: {v}");
+                sent.push(v["sockname"].as_str().unwrap_or_default().to_string());
+            }
+        }
+        let got: Vec<Value> =
+            held.finish(Duration::from_secs(20))?.iter().map(|l| serde_json::from_str(l)).collect::<Result<_, _>>()?;
+        ensure!(got.len() == sent.len(), "accelerate {accelerate}: {} accepted, {} sent: {got:?}", got.len(), sent.len());
+        for v in &got {
+            let data = v["data"].as_str().unwrap_or_default();
+            ensure!(
+                sent.iter().any(|s| data.ends_with(s.as_str())) && v["orig"] == DST,
+                "accelerate {accelerate}: the sidecar read {v}"
+            );
+        }
+    }
+    Ok(())
+}

@@ -126,7 +126,11 @@ fn interception_continues_after_the_loader_exits_and_load_is_idempotent() -> Res
     assert_eq!(landed(&sb, "203.0.113.20:6379")?.as_deref(), Some("world"));
 
     let ids = program_ids(&sb)?;
-    assert_eq!(ids.len(), ebpf::object::CGROUP_PROGRAMS.len() + 1, "every cgroup program and steer_inbound");
+    assert_eq!(
+        ids.len(),
+        ebpf::object::CGROUP_PROGRAMS.len() + 2,
+        "every cgroup program, steer_inbound and accelerate"
+    );
     assert!(run(&["ebpf", "load", "--cgroup", &cg, "--pin-dir", &pin])?.contains("already loaded"));
     assert_eq!(program_ids(&sb)?, ids, "loading twice changes nothing");
 
