@@ -242,7 +242,12 @@ fn bytes_sent_before_a_close_or_reset_reach_a_sidecar_that_accepts_late() -> Res
         }
         let got: Vec<Value> =
             held.finish(Duration::from_secs(20))?.iter().map(|l| serde_json::from_str(l)).collect::<Result<_, _>>()?;
-        ensure!(got.len() == sent.len(), "accelerate {accelerate}: {} accepted, {} sent: {got:?}", got.len(), sent.len());
+        ensure!(
+            got.len() == sent.len(),
+            "accelerate {accelerate}: {} accepted, {} sent: {got:?}",
+            got.len(),
+            sent.len()
+        );
         for v in &got {
             let data = v["data"].as_str().unwrap_or_default();
             ensure!(
