@@ -91,6 +91,22 @@ pub static DNS_SOCKETS: SkStorage<DnsMark> = SkStorage::new();
 #[btf_map]
 pub static COUNTERS: PerCpuHashMap<CounterKey, u64, { capacity::COUNTERS }, NO_PREALLOC> = PerCpuHashMap::new();
 
+/// Accelerated connections (`ebpf load --accelerate`): both ends of a redirected app ↔
+/// sidecar connection, each under the tuple as it sees it (`ConnKey`, local first). The
+/// `accelerate` sk_msg program is attached to this map; the kernel drops a socket from it
+/// when the socket closes.
+#[btf_map]
+pub static ACCEL_SOCKETS: SockHash<ConnKey, { capacity::ACCEL_SOCKETS }> = SockHash::new();
+
+/// Index 0: non-zero when new redirected connections are accelerated (set at load).
+#[btf_map]
+pub static ACCELERATION: Array<u32, 1> = Array::new();
+
+#[inline(always)]
+pub fn acceleration_enabled() -> bool {
+    matches!(ACCELERATION.get(0), Some(v) if *v != 0)
+}
+
 /// Run-time switches (`ebpf debug on|off`) and limits.
 #[btf_map]
 pub static SETTINGS: Array<Settings, 1> = Array::new();
