@@ -68,10 +68,11 @@ fn run() -> Result<bool> {
         sb.load_ebpf()?;
         let r = sb.enroll(&policy)?;
         println!(
-            "loaded at {}; pod enrolled (netns cookie {}, policy {})",
+            "loaded at {}; pod enrolled (netns cookie {}, generation {}: {})",
             sb.pins.path().display(),
             r.netns_cookie,
-            r.policy_id
+            r.generation,
+            r.objects
         );
     } else {
         iptables::apply(

@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use interceptor::policy::Policy;
 use interceptor_tests::{
     Actor, FlowCase, Mode, Sandbox,
-    flows::{Landing, policy_from, same_endpoint},
+    flows::{Landing, policy_from_pod, same_endpoint},
     sandbox::{APP_UID, PROXY_UID},
 };
 
@@ -81,6 +81,33 @@ fn random_policy(rng: &mut Rng) -> Vec<(&'static str, String)> {
         flags.push(("local-proxy-mode", "PodIP".to_string()));
     }
     flags
+}
+
+/// Moves about half of the IP range items to the pod's annotations (same lists).
+#[allow(clippy::type_complexity)]
+fn split_annotations(
+    flags: Vec<(&'static str, String)>,
+    rng: &mut Rng,
+) -> (Vec<(&'static str, String)>, Vec<(&'static str, String)>) {
+    let mut global = Vec::new();
+    let mut pod = Vec::new();
+    for (key, value) in flags {
+        if !key.starts_with("outbound-ip-range-") {
+            global.push((key, value));
+            continue;
+        }
+        let (mut g, mut p) = (Vec::new(), Vec::new());
+        for item in value.split(',') {
+            if rng.chance(50) { p.push(item) } else { g.push(item) }
+        }
+        if !g.is_empty() {
+            global.push((key, g.join(",")));
+        }
+        if !p.is_empty() {
+            pod.push((key, p.join(",")));
+        }
+    }
+    (global, pod)
 }
 
 /// A random flow with a listener behind it in the sandbox (so that "where did it land" is
@@ -196,6 +223,7 @@ fn main() {
 
 fn run(a: &Args) -> Result<usize> {
     let mut rng = Rng(a.seed);
+    let mut split = Rng((a.seed ^ 0x5eed_a11e_d0d0_cafe) | 1);
     let sandboxes: BTreeMap<&str, Sandbox> = [("iptables", Sandbox::new()?), ("ebpf", Sandbox::new()?)].into();
     sandboxes["ebpf"].load_ebpf()?;
     for sb in sandboxes.values() {
@@ -205,8 +233,13 @@ fn run(a: &Args) -> Result<usize> {
     let mut failures = Vec::new();
     for round in 0..a.policies {
         let flags = random_policy(&mut rng);
+        // Some ranges come from the pod's annotations instead (eBPF mode folds a pod's own
+        // ranges into its route table, the global ones are a shared list): drawn from a
+        // generator of their own, so that a seed gives the same flags and flows as before.
+        let (flags, annotations) = split_annotations(flags, &mut split);
         let borrowed: Vec<(&str, &str)> = flags.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let policy: Policy = policy_from(&borrowed);
+        let own: Vec<(&str, &str)> = annotations.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let policy: Policy = policy_from_pod(&borrowed, &own);
         sandboxes["iptables"].intercept(Mode::Iptables, &policy)?;
         sandboxes["ebpf"].enroll(&policy)?;
         let flows: Vec<FlowCase> = (0..a.flows).map(|_| random_flow(&mut rng)).collect();
@@ -215,7 +248,7 @@ fn run(a: &Args) -> Result<usize> {
         for (i, c) in flows.iter().enumerate() {
             pairs += 1;
             let (x, y) = (&ipt[i], &ebpf[i]);
-            let what = format!("round {round} policy {flags:?}: {:?} → {}", c.actor, c.dst);
+            let what = format!("round {round} policy {flags:?} pod {annotations:?}: {:?} → {}", c.actor, c.dst);
             if (&x.server, &x.orig, &x.peer_ip) != (&y.server, &y.orig, &y.peer_ip) {
                 failures.push(format!("{what}: iptables {x:?} ≠ eBPF {y:?}"));
                 continue;

@@ -10,7 +10,7 @@ use interceptor::{
 };
 use interceptor_tests::{
     Actor, FlowCase, Sandbox,
-    flows::{matrix_policy, policy_from},
+    flows::{matrix_policy, policy_from, policy_from_pod},
     procs::{Held, netprobe, sibling_binary},
     sandbox::APP_UID,
 };
@@ -73,6 +73,85 @@ fn two_pods_with_different_policies_and_a_pod_that_is_not_enrolled() -> Result<(
 }
 
 #[test]
+fn identical_lists_are_stored_once_and_a_pods_own_ranges_stay_its_own() -> Result<()> {
+    let a = Sandbox::new()?;
+    a.load_ebpf()?;
+    let b = Sandbox::with_host(3)?;
+    b.share_cgroup_of(&a);
+    a.start_servers()?;
+    b.start_servers()?;
+    // A MeshConfig list of 1 000 ranges that are never targets, then an excluded target; a
+    // also excludes a range of its own (an annotation).
+    let list = |last: &str| -> String {
+        (0..1000)
+            .map(|i| format!("10.{}.{}.0/24", i / 256, i % 256))
+            .chain([last.to_string()])
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let global = list("203.0.113.10/32");
+    let for_a = |g: &str| {
+        policy_from_pod(
+            &[("outbound-ip-range-exclusion-list", g)],
+            &[("outbound-ip-range-exclusion-list", "203.0.113.20/32")],
+        )
+    };
+    let for_b = |g: &str| policy_from(&[("outbound-ip-range-exclusion-list", g)]);
+    let ra = a.enroll(&for_a(&global))?;
+    let rb = b.enroll_in(&a.pins, &for_b(&global))?;
+    assert_eq!(ra.objects.excluded, rb.objects.excluded, "one list for both");
+    assert_eq!(ra.objects.excluded.1, 1001);
+    assert!(!rb.written.contains(&rb.objects.excluded.0), "b found the list stored: {rb:?}");
+    let s = ebpf::status(&a.pins)?;
+    assert_eq!(s.maps["EXCLUDED_CIDRS"].entries, Some(1001), "stored once");
+    let shared = s.objects.iter().find(|o| o.id == ra.objects.excluded.0).expect("registered");
+    assert_eq!((shared.kind, shared.entries, shared.pods), ("excluded_ranges", 1001, 2));
+    let pa = s.pods.iter().find(|p| p.netns_cookie == ra.netns_cookie).unwrap();
+    assert_eq!(pa.own_ip_range_exclusions, ["203.0.113.20/32"]);
+    assert!(s.pods.iter().find(|p| p.netns_cookie == rb.netns_cookie).unwrap().own_ip_range_exclusions.is_empty());
+    let full = ebpf::status::pod_status(&a.pins, ra.netns_cookie)?.unwrap().outbound_ip_range_exclusions.unwrap();
+    assert_eq!(full.len(), 1002);
+    assert!(full.contains(&"203.0.113.20/32".to_string()) && full.contains(&"10.3.231.0/24".to_string()));
+    // Decisions: the shared list for both, a's own range for a only.
+    let want = |sb: &Sandbox, dst: &str, server: &str| -> Result<()> {
+        assert_eq!(landed(sb, dst)?.as_deref(), Some(server), "{} → {dst}", sb.id);
+        Ok(())
+    };
+    want(&a, "203.0.113.10:80", "world")?;
+    want(&a, "203.0.113.20:80", "world")?;
+    want(&a, "198.51.100.1:80", "sidecar-out")?;
+    want(&b, "203.0.113.10:80", "world")?;
+    want(&b, "203.0.113.20:80", "sidecar-out")?;
+
+    // The MeshConfig changes: each pod switches on its re-enroll; the old list stays while
+    // one pod still refers to it and goes with the last.
+    let changed = list("203.0.113.200/32");
+    let ra2 = a.enroll(&for_a(&changed))?;
+    // (The pods' tables may change too: IPv6 addresses of fresh namespaces add their routes
+    // a moment after they appear.)
+    assert!(ra2.written.contains(&ra2.objects.excluded.0), "{ra2:?}");
+    assert!(!ra2.deleted.contains(&ra.objects.excluded.0), "b still refers to the old list: {ra2:?}");
+    want(&a, "203.0.113.10:80", "sidecar-out")?;
+    want(&b, "203.0.113.10:80", "world")?;
+    let rb2 = b.enroll_in(&a.pins, &for_b(&changed))?;
+    assert_eq!(rb2.objects.excluded, ra2.objects.excluded);
+    assert!(rb2.deleted.contains(&ra.objects.excluded.0), "the old list goes with its last pod: {rb2:?}");
+    want(&b, "203.0.113.10:80", "sidecar-out")?;
+    want(&a, "203.0.113.20:80", "world")?;
+    let s = ebpf::status(&a.pins)?;
+    assert_eq!((s.maps["EXCLUDED_CIDRS"].entries, s.orphaned_generations), (Some(1001), 0));
+    for sb in [&a, &b] {
+        ebpf::unenroll(&interceptor::netns::Netns::at(sb.pod_netns()), &a.pins)?;
+    }
+    let s = ebpf::status(&a.pins)?;
+    assert_eq!((s.maps["EXCLUDED_CIDRS"].entries, s.generations, s.objects.len()), (Some(0), 0, 0));
+    for m in ["ROUTES", "PORTS", "GENERATIONS", "OBJECTS"] {
+        assert_eq!(s.maps[m].entries, Some(0), "{m}");
+    }
+    Ok(())
+}
+
+#[test]
 fn re_enrolling_changes_new_connections_only() -> Result<()> {
     let sb = Sandbox::new()?;
     sb.load_ebpf()?;
@@ -81,19 +160,31 @@ fn re_enrolling_changes_new_connections_only() -> Result<()> {
     let mut held = Held::open(&netprobe(), &sb.in_pod(APP_UID), "198.51.100.1:80")?;
     assert_eq!(held.first.server.as_deref(), Some("sidecar-out"));
     let after = sb.enroll(&policy_from(&[("outbound-ip-range-exclusion-list", "198.51.100.0/24")]))?;
-    assert_ne!(before.policy_id, after.policy_id);
-    assert_eq!(after.replaced_policy, Some(before.policy_id));
+    assert_ne!(before.generation, after.generation);
+    assert_eq!(after.replaced_generation, Some(before.generation));
+    // Same routes: the same table (found by its content), a new excluded list.
+    assert_eq!(before.objects.table.0, after.objects.table.0);
+    assert_eq!((before.objects.excluded.0, after.objects.excluded.1), (0, 1));
+    assert!(after.written.contains(&after.objects.excluded.0) && after.written.len() == 1, "{after:?}");
     // New connections follow the new policy at once...
     assert_eq!(landed(&sb, "198.51.100.1:80")?.as_deref(), Some("world"));
     // ...while the established one keeps its path and its original destination.
     let again = held.exchange()?;
     assert_eq!(again.server.as_deref(), Some("sidecar-out"));
     assert_eq!(again.orig.as_deref(), Some("198.51.100.1:80"));
-    // The old generation is gone from the maps; only the new one remains.
+    // The maps hold exactly the objects the pod refers to.
     let maps = PinnedMaps::open(&sb.pins)?;
-    let ids: BTreeSet<u32> =
-        maps.routes.keys().filter_map(Result::ok).map(|k| u32::from_be_bytes(k.data().policy_id_be)).collect();
-    assert_eq!(ids, BTreeSet::from([after.policy_id]));
+    fn ids<V: aya::Pod>(
+        trie: &aya::maps::LpmTrie<aya::maps::MapData, interceptor_common::CidrData, V>,
+    ) -> BTreeSet<u32> {
+        trie.keys().filter_map(Result::ok).map(|k| u32::from_be_bytes(k.data().policy_id_be)).collect()
+    }
+    assert_eq!(ids(&maps.routes), BTreeSet::from([after.objects.table.0]));
+    assert_eq!(ids(&maps.excluded), BTreeSet::from([after.objects.excluded.0]));
+    // Back to the first policy: the excluded list no pod refers to any more is deleted.
+    let again = sb.enroll(&Policy::default())?;
+    assert_eq!(again.deleted, vec![after.objects.excluded.0]);
+    assert!(ids(&maps.excluded).is_empty());
     Ok(())
 }
 

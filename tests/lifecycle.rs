@@ -92,11 +92,12 @@ fn landed(sb: &Sandbox, dst: &str) -> Result<Option<String>> {
 }
 
 /// The maps that hold pods and policies (the connection-tracking ones vary with traffic).
-const STATE_MAPS: [&str; 9] = [
+const STATE_MAPS: [&str; 10] = [
     map_names::PODS,
     map_names::POD_ADDRS,
     map_names::POD_INFO,
     map_names::GENERATIONS,
+    map_names::OBJECTS,
     map_names::EXCLUDED_CIDRS,
     map_names::INCLUDED_CIDRS,
     map_names::ROUTES,
@@ -104,7 +105,7 @@ const STATE_MAPS: [&str; 9] = [
     map_names::IFACES,
 ];
 
-/// Everything a command may leak: map entries, generations, pins.
+/// Everything a command may leak: map entries, generations (policy objects), pins.
 #[derive(Debug, PartialEq, Eq)]
 struct Footprint {
     maps: BTreeMap<String, Option<u64>>,
@@ -273,14 +274,14 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// (policy id, replaced policy id) from an enroll's output.
+/// (generation, replaced generation) from an enroll's output.
 fn enrolled_policy(text: &str) -> Option<(u32, Option<u32>)> {
     let line = text.lines().find(|l| l.starts_with("enrolled ") || l.starts_with("re-enrolled "))?;
     let number = |after: &str| -> Option<u32> {
         let rest = &line[line.find(after)? + after.len()..];
         rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
     };
-    Some((number(": policy ")?, number(" replaced ")))
+    Some((number(": generation ")?, number(" replaced ")))
 }
 
 /// The excluded port of each policy variant (the world listens on all four).
@@ -382,9 +383,18 @@ fn concurrent_enrolls_and_unenrolls_are_serialized() -> Result<()> {
         let status = ebpf::status(&a.pins)?;
         let a_cookie = interceptor::netns::Netns::at(a.pod_netns()).cookie()?;
         let b_cookie = interceptor::netns::Netns::at(b.pod_netns()).cookie()?;
-        let policy_of = |c: u64| status.pods.iter().find(|p| p.netns_cookie == c).map(|p| p.policy_id);
-        assert_eq!(status.generations, status.pods.len(), "round {round}: one generation per enrolled pod");
+        let policy_of = |c: u64| status.pods.iter().find(|p| p.netns_cookie == c).map(|p| p.generation);
+        // Every object present is one a pod refers to: each pod's table and its ports list
+        // (pods with the same ports share one).
+        let referenced: std::collections::BTreeSet<u32> = status
+            .pods
+            .iter()
+            .flat_map(|p| [Some(p.table), p.excluded_list.map(|l| l.id), p.ports_list.map(|l| l.id)])
+            .flatten()
+            .collect();
+        assert_eq!(status.generations, referenced.len(), "round {round}: only the objects pods refer to: {status}");
         assert_eq!(status.orphaned_generations, 0, "round {round}");
+        assert!(status.objects.iter().all(|o| o.pods > 0), "round {round}: {:?}", status.objects);
         assert_eq!(status.maps[map_names::PODS].entries, Some(status.pods.len() as u64));
         assert_eq!(status.maps[map_names::POD_INFO].entries, Some(status.pods.len() as u64));
         assert_eq!(status.maps[map_names::PODS].max_entries, interceptor_common::capacity::PODS as u32);
@@ -473,15 +483,22 @@ fn a_command_waiting_for_the_lock_says_so() -> Result<()> {
 fn sigkill_at_each_step_of_enroll_leaves_other_pods_intercepted_and_the_next_command_repairs() -> Result<()> {
     let (a, b, _) = two_pods()?;
     let before = footprint(&a.pins)?;
-    assert_eq!((before.generations, before.orphaned_generations), (2, 0));
+    // a: its table, its excluded list, its ports; b: its table, its ports.
+    assert_eq!((before.generations, before.orphaned_generations), (5, 0));
     let mut held = Held::open(&netprobe(), &a.in_pod(APP_UID), "203.0.113.20:443")?;
     let (pin, ns_b) = (pin_arg(&a), netns_arg(&b));
-    // Re-enrolls of b alternate between two policies of the same size (one excluded port).
+    // Re-enrolls of b alternate between two policies of the same size (one excluded port):
+    // each one needs a ports list that is not stored (the other one is b's).
     let enroll_b = |port: &str, env: &[(&str, &str)]| {
         run_env(&["ebpf", "enroll", "--netns", &ns_b, "--pin-dir", &pin, "--outbound-port-exclusion-list", port], env)
     };
+    let b_cookie = interceptor::netns::Netns::at(b.pod_netns()).cookie()?;
+    let b_ports = || -> Result<Vec<u16>> {
+        let s = ebpf::status(&a.pins)?;
+        Ok(s.pods.iter().find(|p| p.netns_cookie == b_cookie).expect("b enrolled").outbound_port_exclusions.clone())
+    };
     for (i, step) in crash::ENROLL_STEPS.iter().enumerate() {
-        let port = if i % 2 == 0 { "7070" } else { "80" };
+        let port = if b_ports()? == [80] { "7070" } else { "80" };
         let o = enroll_b(port, &[(crash::ENV, step)])?;
         assert!(killed(&o), "{step}: the enroll was not killed there: {} {}", o.status, stderr(&o));
         assert_intercepted(&a, step)?;
@@ -489,7 +506,8 @@ fn sigkill_at_each_step_of_enroll_leaves_other_pods_intercepted_and_the_next_com
         // b itself keeps its old policy or has its new one: intercepted either way.
         assert_intercepted(&b, step)?;
         let left = footprint(&a.pins)?;
-        assert_eq!(left.orphaned_generations, 1, "{step}: the killed enroll leaves one generation behind: {left:?}");
+        // Before the switch the new ports list, after it the old one.
+        assert_eq!(left.orphaned_generations, 1, "{step}: the killed enroll leaves one object behind: {left:?}");
         // The next command repairs: gc, or simply the next enroll.
         if i % 2 == 0 {
             let out = ok(&["ebpf", "gc", "--pin-dir", &pin])?;
@@ -506,13 +524,80 @@ fn sigkill_at_each_step_of_enroll_leaves_other_pods_intercepted_and_the_next_com
 }
 
 #[test]
+fn sigkill_at_each_step_of_a_policy_only_switch_leaves_other_pods_intercepted_and_the_next_command_repairs()
+-> Result<()> {
+    let (a, b, b_cookie) = two_pods()?;
+    let before = footprint(&a.pins)?;
+    let mut held = Held::open(&netprobe(), &a.in_pod(APP_UID), "203.0.113.20:443")?;
+    let (pin, ns_b) = (pin_arg(&a), netns_arg(&b));
+    // What the daemon does on a MeshConfig change: b's lists switch, its table is kept.
+    let switch_b = |port: &str, env: &[(&str, &str)]| {
+        let args = [
+            "ebpf",
+            "enroll",
+            "--policy-only",
+            "--netns",
+            &ns_b,
+            "--pin-dir",
+            &pin,
+            "--outbound-port-exclusion-list",
+            port,
+        ];
+        run_env(&args, env)
+    };
+    let b_state = || -> Result<(Vec<u16>, u32)> {
+        let s = ebpf::status(&a.pins)?;
+        let p = s.pods.iter().find(|p| p.netns_cookie == b_cookie).expect("b enrolled");
+        Ok((p.outbound_port_exclusions.clone(), p.table))
+    };
+    let (_, table) = b_state()?;
+    for (i, step) in crash::UPDATE_STEPS.iter().enumerate() {
+        let port = if b_state()?.0 == [80] { "7070" } else { "80" };
+        let o = switch_b(port, &[(crash::ENV, step)])?;
+        assert!(killed(&o), "{step}: the switch was not killed there: {} {}", o.status, stderr(&o));
+        assert_intercepted(&a, step)?;
+        assert_eq!(held.exchange()?.server.as_deref(), Some("sidecar-out"), "{step}: a's established connection");
+        assert_intercepted(&b, step)?;
+        let left = footprint(&a.pins)?;
+        assert_eq!(left.orphaned_generations, 1, "{step}: one ports list left behind: {left:?}");
+        if i % 2 == 0 {
+            let out = ok(&["ebpf", "gc", "--pin-dir", &pin])?;
+            assert!(out.contains("deleted 1 policy generation(s) no pod referenced"), "{step}: {out}");
+        } else {
+            let out = stderr(&switch_b(port, &[])?);
+            assert!(out.contains("deleted 1 policy generation(s)") && out.contains("routes kept"), "{step}: {out}");
+        }
+        assert_eq!(footprint(&a.pins)?, before, "{step}: something leaked");
+        assert_eq!(b_state()?.1, table, "{step}: b's table is kept");
+        assert_intercepted(&a, step)?;
+        assert_intercepted(&b, step)?;
+    }
+    // A switch that would change b's table is a full enroll.
+    let out = stderr(&run(&[
+        "ebpf",
+        "enroll",
+        "--policy-only",
+        "--netns",
+        &ns_b,
+        "--pin-dir",
+        &pin,
+        "--network-interface-exclusion-list",
+        "eth1",
+    ])?);
+    assert!(out.contains("enrolling in full") && out.contains("re-enrolled"), "{out}");
+    assert_ne!(b_state()?.1, table, "a new table (eth1 excluded)");
+    Ok(())
+}
+
+#[test]
 fn sigkill_at_each_step_of_unenroll_leaves_other_pods_intercepted_and_the_next_command_completes_it() -> Result<()> {
     let (a, b, _) = two_pods()?;
     let with_b = footprint(&a.pins)?;
     let (pin, ns_b) = (pin_arg(&a), netns_arg(&b));
     ok(&["ebpf", "unenroll", "--netns", &ns_b, "--pin-dir", &pin])?;
     let without_b = footprint(&a.pins)?;
-    assert_eq!((without_b.pods, without_b.generations), (1, 1));
+    // a's table, excluded list and ports.
+    assert_eq!((without_b.pods, without_b.generations), (1, 3));
     let enroll_b =
         || ok(&["ebpf", "enroll", "--netns", &ns_b, "--pin-dir", &pin, "--outbound-port-exclusion-list", "80"]);
     for (i, step) in crash::UNENROLL_STEPS.iter().enumerate() {
@@ -522,7 +607,8 @@ fn sigkill_at_each_step_of_unenroll_leaves_other_pods_intercepted_and_the_next_c
         assert!(killed(&o), "{step}: the unenroll was not killed there: {}", stderr(&o));
         assert_intercepted(&a, step)?;
         assert_eq!(landed(&b, "203.0.113.20:443")?.as_deref(), Some("world"), "{step}: b is already switched off");
-        assert_eq!(footprint(&a.pins)?.orphaned_generations, 1, "{step}");
+        // b's table and its ports list: no other pod refers to them.
+        assert_eq!(footprint(&a.pins)?.orphaned_generations, 2, "{step}");
         if i % 2 == 0 {
             ok(&["ebpf", "gc", "--pin-dir", &pin])?;
         } else {
@@ -651,7 +737,7 @@ fn an_upgrade_with_a_pod_whose_namespace_is_gone_succeeds_and_reports_it() -> Re
         "{out}"
     );
     let f = footprint(&a.pins)?;
-    assert_eq!((f.pods, f.pod_dirs, f.generations, f.orphaned_generations), (1, 1, 1, 0), "{f:?}");
+    assert_eq!((f.pods, f.pod_dirs, f.generations, f.orphaned_generations), (1, 1, 3, 0), "{f:?}");
     assert!(!ebpf::status(&a.pins)?.upgrade_interrupted);
     assert_links_consistent(&a.pins, "after the upgrade")?;
     assert_intercepted(&a, "after the upgrade")?;
@@ -670,10 +756,33 @@ fn gc_unenrolls_a_pod_whose_namespace_is_gone() -> Result<()> {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
     assert_eq!(v["dead_pods"], serde_json::json!([b_cookie]), "{v}");
     let f = footprint(&a.pins)?;
-    assert_eq!((f.pods, f.pod_dirs, f.generations, f.orphaned_generations), (1, 1, 1, 0), "{f:?}");
+    assert_eq!((f.pods, f.pod_dirs, f.generations, f.orphaned_generations), (1, 1, 3, 0), "{f:?}");
     let maps = PinnedMaps::open(&a.pins)?;
     assert!(maps.pod_addrs.iter().filter_map(Result::ok).all(|(_, c)| c != b_cookie), "b's addresses are gone");
     assert_intercepted(&a, "after gc")?;
+    Ok(())
+}
+
+#[test]
+fn a_new_pod_with_the_address_of_a_pod_whose_namespace_is_gone_takes_it_over() -> Result<()> {
+    let (a, b, b_cookie) = two_pods()?;
+    // b is deleted without an unenroll (its DEL never came); a new pod gets its address.
+    delete_pod_netns(&b, &a.pins, b_cookie)?;
+    drop(b);
+    let c = Sandbox::with_host(3)?;
+    c.share_cgroup_of(&a);
+    c.start_servers()?;
+    let r = c.enroll_in(&a.pins, &policy_from(&[]))?;
+    assert_eq!(r.gc.dead_pods, vec![b_cookie], "the dead pod holding the address is unenrolled: {r:?}");
+    let f = footprint(&a.pins)?;
+    // a's three objects, c's table (c has no lists).
+    assert_eq!((f.pods, f.pod_dirs, f.generations, f.orphaned_generations), (2, 2, 4, 0), "{f:?}");
+    assert_intercepted(&c, "the new pod")?;
+    assert_intercepted(&a, "the other pod")?;
+    // A live pod's address is still refused.
+    let d = Sandbox::with_host(3)?;
+    let e = d.enroll_in(&a.pins, &policy_from(&[])).unwrap_err();
+    assert!(e.to_string().contains("pod addresses must be unique on a node"), "{e:#}");
     Ok(())
 }
 

@@ -344,7 +344,8 @@ fn podman_pods_in_ebpf_mode_daemon_restart_mesh_config_edits_and_fail_closed() -
     ensure!(missed.is_empty(), "{gap}: {:?}", missed.iter().take(5).collect::<Vec<_>>());
     let after = ebpf::status(&node.pins)?.pods;
     ensure!(
-        after.iter().map(|p| p.policy_id).collect::<Vec<_>>() == before.iter().map(|p| p.policy_id).collect::<Vec<_>>(),
+        after.iter().map(|p| p.generation).collect::<Vec<_>>()
+            == before.iter().map(|p| p.generation).collect::<Vec<_>>(),
         "the restart must not re-enroll: {before:?} → {after:?}"
     );
     let p = &pods(&node)?.pods[0];

@@ -32,6 +32,9 @@ pub mod map_names {
     /// Created by the loader, not by the object: only user space uses them.
     pub const POD_INFO: &str = "POD_INFO";
     pub const GENERATIONS: &str = "GENERATIONS";
+    pub const OBJECTS: &str = "OBJECTS";
+    /// The maps only user space uses.
+    pub const USER: [&str; 3] = [POD_INFO, GENERATIONS, OBJECTS];
     /// Maps defined in the eBPF object.
     pub const ALL: [&str; 20] = [
         PODS,
@@ -58,16 +61,27 @@ pub mod map_names {
 }
 
 /// Capacity of the maps. LPM tries and hashes that hold policy entries are allocated on
-/// demand (`BPF_F_NO_PREALLOC`), so a large capacity costs nothing until it is used.
+/// demand (`BPF_F_NO_PREALLOC`), so their entries cost nothing until they are used — but a
+/// hash map's bucket array (16 bytes per power-of-two slot) is allocated at load whatever
+/// it holds, which is why the hashes are sized for what a node needs, not "as large as
+/// possible": the installation takes about 20 MiB of kernel memory with no pod enrolled
+/// (10.5 MiB of it the preallocated hand-over table), see README "Benchmarks".
 pub mod capacity {
-    pub const PODS: usize = 65_536;
-    pub const POD_ADDRS: usize = 262_144;
-    /// Chunks of `GENERATION_CHUNK` records.
-    pub const GENERATIONS: usize = 1_048_576;
-    pub const CIDRS: usize = 4_194_304;
+    /// Enrolled pods (network namespaces) per node.
+    pub const PODS: usize = 16_384;
+    pub const POD_ADDRS: usize = 65_536;
+    /// Policy objects: shared lists and pod tables (`OBJECTS`).
+    pub const OBJECTS: usize = 65_536;
+    /// Chunks of `GENERATION_CHUNK` records: enough to record every entry of every policy
+    /// map at capacity.
+    pub const GENERATIONS: usize = 131_072;
+    /// Each CIDR trie (exclusions, inclusions). Lists identical across pods are stored once.
+    pub const CIDRS: usize = 1_048_576;
     pub const ROUTES: usize = 1_048_576;
-    pub const PORTS: usize = 1_048_576;
-    pub const IFACES: usize = 65_536;
+    pub const PORTS: usize = 131_072;
+    pub const IFACES: usize = 16_384;
+    /// (pod, reason) pairs with a decision counter.
+    pub const COUNTERS: usize = 131_072;
     /// Redirected connections being handed over node-wide: from the application's SYN
     /// until the kernel has created the sidecar's end (`HANDOFF`, preallocated).
     /// `ebpf load --max-tracked-connections` overrides it.
@@ -81,10 +95,20 @@ pub mod capacity {
     /// Inbound listeners (SO_REUSEPORT workers) registered per pod and address family.
     pub const LISTENER_SLOTS: u32 = 32;
     pub const LISTENERS: usize = 131_072;
-    pub const COUNTERS: usize = 1_048_576;
     /// Sockets of accelerated app ↔ sidecar connections (`ebpf load --accelerate`), both
     /// ends: beyond it a connection is simply not accelerated.
     pub const ACCEL_SOCKETS: usize = 131_072;
+}
+
+/// Default per-pod limits on the lists a pod's annotations may add (the MeshConfig's lists
+/// are the operator's and stored once for every pod; a pod's own are stored with it, so
+/// one pod must not be able to fill the node's maps). Overridden by `--max-annotation-cidrs`
+/// and `--max-annotation-ports`.
+pub mod annotation_limits {
+    /// Ranges in one IP range annotation (exclusion or inclusion list).
+    pub const CIDRS: usize = 256;
+    /// Ports in one port annotation (outbound or inbound exclusion list).
+    pub const PORTS: usize = 256;
 }
 
 pub const AF_INET: u16 = 2;
@@ -291,11 +315,17 @@ pub mod pod_flags {
 
 /// Value of `PODS`, keyed by the pod's network namespace cookie (u64).
 ///
-/// Replacing this one value switches a pod from one policy generation to the next
-/// atomically: every other policy entry is keyed by `policy_id`.
+/// A pod's policy is a set of references to immutable *policy objects*, each identified by
+/// an id that prefixes every map entry it owns: the pod's own table (`policy_id`: its
+/// `ROUTES` cells, with its own annotation ranges folded in, and its `IFACES`), and the
+/// lists shared by every pod whose lists are identical (`excluded_list`, `included_list`,
+/// `ports_list`; 0: empty, nothing to look up). Objects are written complete before a pod
+/// refers to them, so replacing this one value switches the pod from one policy to the
+/// next atomically.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq)]
 pub struct PodConfig {
+    /// The pod's own table (`ROUTES`, `IFACES` entries under this id).
     pub policy_id: u32,
     pub proxy_uid: u32,
     pub flags: u32,
@@ -306,6 +336,22 @@ pub struct PodConfig {
     pub reserved_inbound_ports: [u16; 6],
     pub pod_ip4: [u8; 4],
     pub pod_ip6: [u8; 16],
+    /// The shared list of excluded ranges (`EXCLUDED_CIDRS` entries under this id), 0: none.
+    pub excluded_list: u32,
+    /// The shared list of included ranges (`INCLUDED_CIDRS`), 0: none.
+    pub included_list: u32,
+    /// The excluded ports, global and the pod's own (`PORTS`), 0: none.
+    pub ports_list: u32,
+    /// Identifies the enroll that wrote this entry (fresh at every enroll; user space only:
+    /// `status` and the enroll report show it).
+    pub generation: u32,
+}
+
+impl PodConfig {
+    /// The policy objects this pod refers to (non-zero ids).
+    pub fn objects(&self) -> impl Iterator<Item = u32> {
+        [self.policy_id, self.excluded_list, self.included_list, self.ports_list].into_iter().filter(|id| *id != 0)
+    }
 }
 
 /// Key of `POD_ADDRS`: one of a pod's own (universe-scope) addresses.
@@ -318,13 +364,15 @@ pub struct PodAddrKey {
 
 /// Key of the LPM tries `EXCLUDED_CIDRS`, `INCLUDED_CIDRS` and `ROUTES`.
 ///
-/// `prefix_len` counts bits of `data`: 64 bits of (policy_id, family) followed by the
+/// `prefix_len` counts bits of `data`: 64 bits of (object id, family) followed by the
 /// CIDR's own prefix length. IPv4 and IPv6 share a trie without ever matching each other.
+/// (The field keeps its historical name: the id is that of the list or pod table the entry
+/// belongs to, see `PodConfig`.)
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
 pub struct CidrKey {
     pub prefix_len: u32,
-    /// Big-endian policy id (big-endian so that it is a prefix in bit order).
+    /// Big-endian object id (big-endian so that it is a prefix in bit order).
     pub policy_id_be: [u8; 4],
     /// Big-endian address family (AF_INET or AF_INET6 as u32).
     pub family_be: [u8; 4],
@@ -365,11 +413,22 @@ pub mod route_flags {
     /// No route: the kernel fails a connect() before any packet (unreachable, blackhole,
     /// prohibit, broadcast, multicast): nothing to decide.
     pub const UNREACHABLE: u32 = 1 << 3;
+    /// The destination lies in one of the pod's own excluded ranges (its annotation): the
+    /// pod's ranges are folded into its route table, so that they cost no lookup of their
+    /// own and the shared list stays shared (see `PodConfig`).
+    pub const POD_EXCLUDED: u32 = 1 << 4;
+    /// The destination lies in one of the pod's own included ranges.
+    pub const POD_INCLUDED: u32 = 1 << 5;
+    /// This entry *is* one of the pod's own excluded ranges (for `status`; the programs
+    /// read `POD_EXCLUDED`).
+    pub const POD_EXCLUSION: u32 = 1 << 6;
+    /// This entry is one of the pod's own included ranges.
+    pub const POD_INCLUSION: u32 = 1 << 7;
 }
 
 /// Value of `ROUTES`: what the pod's routing table says about a destination prefix.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq)]
 pub struct RouteValue {
     pub flags: u32,
     pub ifindex: u32,
@@ -382,7 +441,8 @@ pub mod port_flags {
     pub const INBOUND_EXCLUDED: u8 = 1 << 1;
 }
 
-/// Key of `PORTS`: one entry per excluded port of a policy; the value is `port_flags`.
+/// Key of `PORTS`: one entry per excluded port of a ports list (`policy_id`: the list's id,
+/// `PodConfig::ports_list`); the value is `port_flags`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq, Hash)]
 pub struct PortKey {
@@ -391,7 +451,8 @@ pub struct PortKey {
     pub _pad: u16,
 }
 
-/// Key of `IFACES`: inbound interface exclusions by ifindex (of the pod's namespace).
+/// Key of `IFACES`: inbound interface exclusions by ifindex (of the pod's namespace), in the
+/// pod's own table (`policy_id`: `PodConfig::policy_id`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq, Hash)]
 pub struct IfaceKey {
@@ -537,7 +598,7 @@ pub mod dns_mark {
 
 /// Version of the map layout. Bump it whenever a map's type, key or value changes: a load
 /// over pinned state of another layout refuses to reuse it.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// Value of `SETTINGS[0]`: run-time switches of the programs and what is loaded.
 #[repr(C)]
@@ -565,13 +626,22 @@ pub struct PodInfo {
     pub pod_name: [u8; 56],
     /// Seconds since the epoch of the last enroll.
     pub enrolled_at: u64,
+    /// SHA-256 of what the pod's table was compiled from besides its routes (its own
+    /// ranges, the interface exclusions): a policy with the same can switch the pod's lists
+    /// without re-reading its routes (`ebpf enroll --policy-only`, the daemon's MeshConfig
+    /// changes).
+    pub table_inputs: [u8; 32],
+    /// The proxy UID of the policy (before the pod's user namespace mapped it).
+    pub policy_proxy_uid: u32,
+    pub _pad: u32,
 }
 
-/// Records per `GENERATIONS` chunk.
-pub const GENERATION_CHUNK: usize = 256;
+/// Records per `GENERATIONS` chunk (1 KiB values: a pod's table fits in one or two).
+pub const GENERATION_CHUNK: usize = 32;
 
-/// Key of `GENERATIONS` (user space only): which entries a policy generation wrote, so
-/// that deleting it costs its own size, not the size of every pod's policies.
+/// Key of `GENERATIONS` (user space only): which entries a policy object wrote, so that
+/// deleting it costs its own size, not the size of every pod's policies. (`policy_id` is
+/// the object's id; the map keeps its historical name.)
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq, Hash)]
 pub struct GenerationKey {
@@ -579,9 +649,9 @@ pub struct GenerationKey {
     pub chunk: u32,
 }
 
-/// One entry a generation wrote: which map (`GenerationRecord::KIND_*`) and its key, padded.
+/// One entry an object wrote: which map (`GenerationRecord::KIND_*`) and its key, padded.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct GenerationRecord {
     pub kind: u32,
     pub key: [u8; 28],
@@ -601,6 +671,43 @@ impl GenerationRecord {
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct GenerationChunk {
     pub records: [GenerationRecord; GENERATION_CHUNK],
+}
+
+/// What a policy object is (`ObjectInfo::kind`).
+pub mod object_kind {
+    /// A pod's own table: its `ROUTES` cells (with its own annotation ranges) and `IFACES`.
+    pub const POD_TABLE: u32 = 1;
+    /// A list of excluded ranges (`EXCLUDED_CIDRS`).
+    pub const EXCLUDED: u32 = 2;
+    /// A list of included ranges (`INCLUDED_CIDRS`).
+    pub const INCLUDED: u32 = 3;
+    /// A list of excluded ports (`PORTS`).
+    pub const PORTS: u32 = 4;
+}
+
+/// Value of `OBJECTS` (user space only), keyed by object id (u32, never 0): a complete
+/// policy object, found again by its content. Written after every entry of the object (a
+/// registered object is complete) and deleted before them (a half-deleted one is never
+/// reused). Key 0 is the journal (`ObjectInfo::JOURNAL`): present while an enroll or
+/// unenroll is changing the maps, so that the next one knows an earlier one was killed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// SHA-256 of the kind and the entries (without the id).
+    pub digest: [u8; 32],
+    pub kind: u32,
+    pub entries: u32,
+    /// Pods referring to it, counted under the installation's lock: raised before a pod's
+    /// switch to it, lowered after a switch away. A command killed in between leaves it too
+    /// high (the object stays until gc recounts), never too low; and an object whose count
+    /// reaches 0 is deleted only once `PODS` confirms that no pod refers to it.
+    pub refs: u32,
+    pub _pad: u32,
+}
+
+impl ObjectInfo {
+    /// The key of the journal entry.
+    pub const JOURNAL: u32 = 0;
 }
 
 #[cfg(feature = "user")]
@@ -623,4 +730,5 @@ mod user {
     unsafe impl aya::Pod for PodAddrKey {}
     unsafe impl aya::Pod for GenerationKey {}
     unsafe impl aya::Pod for GenerationChunk {}
+    unsafe impl aya::Pod for ObjectInfo {}
 }

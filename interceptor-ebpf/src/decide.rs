@@ -58,16 +58,20 @@ pub fn outbound(pod: &PodConfig, dst: &Endpoint, uid: u32) -> Outbound {
     if route.flags & route_flags::EXCLUDED_INTERFACE != 0 {
         return Outbound::Pass { reason: Reason::OutExcludedInterface, local };
     }
-    let key = dst.lpm_key(pod.policy_id);
-    // -d CIDR -j RETURN
-    if EXCLUDED_CIDRS.get(&key).is_some() {
+    // -d CIDR -j RETURN: the pod's own ranges are flags of its route entry (no lookup),
+    // the shared list is one lookup (none when the pod has no such list).
+    if route.flags & route_flags::POD_EXCLUDED != 0
+        || (pod.excluded_list != 0 && EXCLUDED_CIDRS.get(&dst.lpm_key(pod.excluded_list)).is_some())
+    {
         return Outbound::Pass { reason: Reason::OutExcludedCidr, local };
     }
     // -p tcp --match multiport --dports P,... -j RETURN
-    let port_key = PortKey { policy_id: pod.policy_id, port: dst.port, _pad: 0 };
-    if let Some(flags) = unsafe { PORTS.get(&port_key) } {
-        if *flags & port_flags::OUTBOUND_EXCLUDED != 0 {
-            return Outbound::Pass { reason: Reason::OutExcludedPort, local };
+    if pod.ports_list != 0 {
+        let port_key = PortKey { policy_id: pod.ports_list, port: dst.port, _pad: 0 };
+        if let Some(flags) = unsafe { PORTS.get(&port_key) } {
+            if *flags & port_flags::OUTBOUND_EXCLUDED != 0 {
+                return Outbound::Pass { reason: Reason::OutExcludedPort, local };
+            }
         }
     }
     let out = redirect_target(dst.family, pod.outbound_port);
@@ -78,7 +82,9 @@ pub fn outbound(pod: &PodConfig, dst: &Endpoint, uid: u32) -> Outbound {
     };
     if has_inclusions {
         // -d CIDR -j PROXY_REDIRECT ... -j RETURN
-        if INCLUDED_CIDRS.get(&key).is_some() {
+        if route.flags & route_flags::POD_INCLUDED != 0
+            || (pod.included_list != 0 && INCLUDED_CIDRS.get(&dst.lpm_key(pod.included_list)).is_some())
+        {
             return Outbound::Rewrite { reason: Reason::OutIncluded, to: out, src };
         }
         return Outbound::Pass { reason: Reason::OutNotIncluded, local };

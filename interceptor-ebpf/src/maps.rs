@@ -12,7 +12,8 @@ use interceptor_common::{
 
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
 
-/// Enrolled pods: network namespace cookie → the pod's current policy generation.
+/// Enrolled pods: network namespace cookie → the pod's policy (references to its own table
+/// and to shared lists, see `PodConfig`).
 #[btf_map]
 pub static PODS: HashMap<u64, PodConfig, { capacity::PODS }, NO_PREALLOC> = HashMap::new();
 
@@ -21,21 +22,24 @@ pub static PODS: HashMap<u64, PodConfig, { capacity::PODS }, NO_PREALLOC> = Hash
 #[btf_map]
 pub static POD_ADDRS: HashMap<PodAddrKey, u64, { capacity::POD_ADDRS }, NO_PREALLOC> = HashMap::new();
 
-/// Outbound IP range exclusions of every policy (value unused, presence matters).
+/// Lists of outbound IP range exclusions, each stored once however many pods share it
+/// (keyed by list id; value unused, presence matters). A pod's own (annotation) ranges are
+/// in its `ROUTES` entries instead.
 #[btf_map]
 pub static EXCLUDED_CIDRS: LpmTrie<CidrData, u8, { capacity::CIDRS }> = LpmTrie::new();
 
-/// Outbound IP range inclusions of every policy.
+/// Lists of outbound IP range inclusions (as `EXCLUDED_CIDRS`).
 #[btf_map]
 pub static INCLUDED_CIDRS: LpmTrie<CidrData, u8, { capacity::CIDRS }> = LpmTrie::new();
 
 /// Each pod's routing table, reduced to what the chains look at: is the destination local
-/// (`-o lo`), does it leave through an excluded interface, and which source the kernel
-/// would pick for it.
+/// (`-o lo`), does it leave through an excluded interface, which source the kernel would
+/// pick for it — and whether it lies in one of the pod's own excluded or included ranges.
 #[btf_map]
 pub static ROUTES: LpmTrie<CidrData, RouteValue, { capacity::ROUTES }> = LpmTrie::new();
 
-/// Excluded ports (value: `port_flags`).
+/// Lists of excluded ports, each a pod's global and own ports together, stored once per
+/// distinct list (value: `port_flags`).
 #[btf_map]
 pub static PORTS: HashMap<PortKey, u8, { capacity::PORTS }, NO_PREALLOC> = HashMap::new();
 

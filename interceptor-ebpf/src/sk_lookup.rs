@@ -81,8 +81,8 @@ fn decide(ctx: &SkLookupContext, netns_cookie: u64, pod: &PodConfig) -> Option<R
     }
     let port = ctx_read!(l, local_port) as u16;
     // The chain's order: -I'd port exclusions, -I'd interface exclusions, reserved ports.
-    let port_key = PortKey { policy_id: pod.policy_id, port, _pad: 0 };
-    if let Some(flags) = unsafe { PORTS.get(&port_key) }
+    if pod.ports_list != 0
+        && let Some(flags) = unsafe { PORTS.get(&PortKey { policy_id: pod.ports_list, port, _pad: 0 }) }
         && *flags & port_flags::INBOUND_EXCLUDED != 0
     {
         return Some(Reason::InExcludedPort);

@@ -209,6 +209,12 @@ pub enum EbpfCommand {
         /// would be intercepted.
         #[arg(long)]
         allow_host_netns: bool,
+        /// An enrolled pod: switch its lists and switches to this policy without re-reading
+        /// its routes (what the node daemon does when the MeshConfig changes; much faster).
+        /// If the policy changes what its table was made from (its own ranges, the interface
+        /// exclusions, the proxy UID, the inbound port), a full enroll is made instead.
+        #[arg(long)]
+        policy_only: bool,
         #[command(flatten)]
         policy: PolicyArgs,
         #[command(flatten)]
@@ -357,6 +363,13 @@ pub struct PolicyArgs {
     /// A Pod manifest (YAML or JSON): its openservicemesh.io/* annotations.
     #[arg(long = "pod", value_name = "FILE")]
     pub pod: Option<PathBuf>,
+    /// The most ranges one IP range annotation of a pod may list (a longer one is refused:
+    /// a pod's own ranges are stored with it, the MeshConfig's once for all pods).
+    #[arg(long = "max-annotation-cidrs", value_name = "N", default_value_t = interceptor_common::annotation_limits::CIDRS)]
+    pub max_annotation_cidrs: usize,
+    /// The most ports one port annotation of a pod may list.
+    #[arg(long = "max-annotation-ports", value_name = "N", default_value_t = interceptor_common::annotation_limits::PORTS)]
+    pub max_annotation_ports: usize,
     #[arg(long = "admin-port", value_name = "PORT", hide_short_help = true)]
     pub admin_port: Option<String>,
     #[arg(long = "outbound-port", value_name = "PORT", hide_short_help = true)]
@@ -403,6 +416,10 @@ impl PolicyArgs {
                 local_proxy_mode: self.local_proxy_mode.clone(),
                 local_dns_proxy: self.local_dns_proxy,
                 ports,
+                annotation_limits: crate::policy::sources::AnnotationLimits {
+                    cidrs: self.max_annotation_cidrs,
+                    ports: self.max_annotation_ports,
+                },
             },
             mesh_config: self.mesh_config.clone(),
             pod: self.pod.clone(),
@@ -529,8 +546,32 @@ fn run_ebpf(cmd: EbpfCommand) -> Result<ExitCode> {
                 LoadOutcome::Upgraded { pods } => eprintln!("upgraded in place ({pods} pods kept)"),
             }
         }
-        EbpfCommand::Enroll { netns, pod_ip, allow_host_netns, policy, pins } => {
+        EbpfCommand::Enroll { netns, pod_ip, allow_host_netns, policy_only, policy, pins } => {
             let p = policy.build()?;
+            if policy_only {
+                let cookie = open_netns(&netns, allow_host_netns)?.cookie()?;
+                match ebpf::enroll::update_policy(&pins.pins(), cookie, &p)? {
+                    Some(r) => {
+                        for line in r.gc.lines() {
+                            eprintln!("{line}");
+                        }
+                        eprintln!(
+                            "switched {netns} (cookie {}): generation {} replaced {}: {}; {} new object(s) written{}; in force after {:?} (policy only: routes kept)",
+                            r.netns_cookie,
+                            r.generation,
+                            r.replaced_generation.unwrap_or(0),
+                            r.objects,
+                            r.written.len(),
+                            if r.deleted.is_empty() { String::new() } else { format!(", {} deleted", r.deleted.len()) },
+                            r.in_force
+                        );
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    None => eprintln!(
+                        "{netns}: not enrolled, or the policy changes what its table is made from: enrolling in full"
+                    ),
+                }
+            }
             let pod_name = match &policy.pod {
                 Some(path) => read_manifest(path).ok().and_then(|d| manifest_name(&d)),
                 None => None,
@@ -543,20 +584,29 @@ fn run_ebpf(cmd: EbpfCommand) -> Result<ExitCode> {
                 allow_host_netns,
             };
             let r = ebpf::enroll(&p, &opts)?;
-            for w in &r.warnings {
+            let mut warnings = r.warnings.clone();
+            if r.replaced_generation.is_none() {
+                warnings.extend(ebpf::enroll::cgroup_warnings(&opts.netns, &opts.pin_dir));
+            }
+            for w in &warnings {
                 eprintln!("warning: {w}");
             }
             for line in r.gc.lines() {
                 eprintln!("{line}");
             }
-            match r.replaced_policy {
+            let wrote = format!(
+                "{} new object(s) written{}",
+                r.written.len(),
+                if r.deleted.is_empty() { String::new() } else { format!(", {} deleted", r.deleted.len()) }
+            );
+            match r.replaced_generation {
                 Some(old) => eprintln!(
-                    "re-enrolled {netns} (cookie {}): policy {} replaced {old}, {} entries, switched in {:?}",
-                    r.netns_cookie, r.policy_id, r.entries, r.apply_time
+                    "re-enrolled {netns} (cookie {}): generation {} replaced {old}: {}; {wrote}; switched in {:?}",
+                    r.netns_cookie, r.generation, r.objects, r.apply_time
                 ),
                 None => eprintln!(
-                    "enrolled {netns} (cookie {}): policy {}, {} entries",
-                    r.netns_cookie, r.policy_id, r.entries
+                    "enrolled {netns} (cookie {}): generation {}: {}; {wrote}",
+                    r.netns_cookie, r.generation, r.objects
                 ),
             }
         }
@@ -575,11 +625,15 @@ fn run_ebpf(cmd: EbpfCommand) -> Result<ExitCode> {
             }
         }
         EbpfCommand::Unenroll { netns, netns_cookie, pins } => {
-            let (done, what) = match (netns, netns_cookie) {
-                (Some(n), _) => (ebpf::unenroll(&open_netns(&n, true)?, &pins.pins())?, n),
-                (None, Some(c)) => (ebpf::enroll::unenroll_cookie(&pins.pins(), c)?, format!("netns cookie {c}")),
+            let (cookie, what) = match (netns, netns_cookie) {
+                (Some(n), _) => (open_netns(&n, true)?.cookie()?, n),
+                (None, Some(c)) => (c, format!("netns cookie {c}")),
                 (None, None) => unreachable!("clap requires one"),
             };
+            let (done, gc) = ebpf::enroll::unenroll_report(&pins.pins(), cookie)?;
+            for line in gc.lines() {
+                eprintln!("{line}");
+            }
             if done {
                 eprintln!("unenrolled {what}");
             } else {

@@ -18,6 +18,7 @@
 mod chart;
 mod measure;
 mod report;
+mod scale;
 
 use std::{path::PathBuf, time::Instant};
 
@@ -63,6 +64,9 @@ fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
     let out_dir = std::env::current_dir()?.join("target/bench");
+    if args.iter().any(|a| a == "--scale") {
+        return run_scale(&args, &out_dir, quick);
+    }
     let cfg = if quick {
         Config {
             ks: vec![0, 100, 1000, 10000],
@@ -131,5 +135,43 @@ fn run() -> Result<()> {
         cfg.out_dir.join("results.md").display(),
         started.elapsed()
     );
+    if quick {
+        // A smoke run of the scale benchmark too (a few pods: not for conclusions).
+        run_scale(&args, &cfg.out_dir, true)?;
+    }
+    Ok(())
+}
+
+/// `--scale [--pods N] [--cidrs K] [--trace]`: see `scale`. `--quick`: 20 pods, a MeshConfig
+/// of 1 000 ranges (a smoke run: the debug build parses policies slowly).
+fn run_scale(args: &[String], out_dir: &std::path::Path, quick: bool) -> Result<()> {
+    let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1));
+    let mut cfg = if quick {
+        scale::ScaleConfig { pods: 20, cidrs: 1000, seed: 42, sample: 5, quick: true }
+    } else {
+        scale::ScaleConfig { pods: 1000, cidrs: 10_000, seed: 42, sample: 50, quick: false }
+    };
+    if let Some(v) = value("--pods") {
+        cfg.pods = v.parse()?;
+    }
+    if let Some(v) = value("--cidrs") {
+        cfg.cidrs = v.parse()?;
+    }
+    if args.iter().any(|a| a == "--trace") {
+        // The library's debug log (enroll's phase timings) on stderr.
+        interceptor::cli::init_logging(2);
+    }
+    std::fs::create_dir_all(out_dir)?;
+    let started = Instant::now();
+    let results = scale::run(&cfg)?;
+    let table = scale::markdown(&results);
+    println!("{table}");
+    let json = out_dir.join("scale.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&results)?)?;
+    std::fs::write(out_dir.join("scale.md"), &table)?;
+    println!("\nJSON: {}\nwall time: {:.0?}", json.display(), started.elapsed());
+    if !results.real_failures.is_empty() || !results.map_failures.is_empty() {
+        anyhow::bail!("decisions disagree with the oracle (see above)");
+    }
     Ok(())
 }

@@ -48,8 +48,23 @@ pub fn matrix_policy() -> Policy {
 }
 
 pub fn policy_from(flags: &[(&str, &str)]) -> Policy {
-    use interceptor::policy::{PolicyInputs, build_policy, sources::FlagValues};
-    let mut f = FlagValues::default();
+    use interceptor::policy::{PolicyInputs, build_policy};
+    build_policy(&PolicyInputs { flags: flag_values(flags), ..Default::default() }).expect("valid test policy").0
+}
+
+/// A policy from flags (the global lists) and a pod's annotations (`outbound-ip-range-…`
+/// without the `openservicemesh.io/` prefix): its own lists, which eBPF mode stores with
+/// the pod rather than in the shared lists.
+pub fn policy_from_pod(flags: &[(&str, &str)], annotations: &[(&str, &str)]) -> Policy {
+    use interceptor::policy::sources::{Document, build_policy_from_documents};
+    let map: std::collections::BTreeMap<String, String> =
+        annotations.iter().map(|(k, v)| (format!("openservicemesh.io/{k}"), v.to_string())).collect();
+    let pod = Document::pod_annotations("test pod", &map);
+    build_policy_from_documents(&flag_values(flags), None, Some(&pod)).expect("valid test policy").0
+}
+
+fn flag_values(flags: &[(&str, &str)]) -> interceptor::policy::sources::FlagValues {
+    let mut f = interceptor::policy::sources::FlagValues::default();
     for (k, v) in flags {
         let v = v.to_string();
         match *k {
@@ -62,7 +77,7 @@ pub fn policy_from(flags: &[(&str, &str)]) -> Policy {
             other => panic!("unknown flag {other}"),
         }
     }
-    build_policy(&PolicyInputs { flags: f, ..Default::default() }).expect("valid test policy").0
+    f
 }
 
 /// Every kind of flow the chains distinguish.

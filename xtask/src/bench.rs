@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: builds and runs the benchmark binary as root. `--quick` (the CI
 //! smoke run) uses the debug build `cargo xtask test` already made; the full run uses an
-//! optimised build, whose numbers are the ones to publish.
+//! optimised build, whose numbers are the ones to publish. `--scale` runs the scale
+//! benchmark instead (`tests/bench/scale.rs`; with `--quick`, 20 pods).
 use anyhow::Result;
 
 use crate::util::{build, build_release, cleanup_stale, require_root, root, run};

@@ -6,7 +6,8 @@
 //! * `build`   build everything (the eBPF object is embedded in `interceptor`);
 //! * `test`    setup + build + every unit and integration test, as root on this kernel;
 //! * `demo`    intercept real traffic in a sandbox and show where each connection landed;
-//! * `bench`   interception cost vs no interception (`--quick` for a smoke run);
+//! * `bench`   interception cost vs no interception (`--quick` for a smoke run); `--scale`:
+//!   many pods sharing one large MeshConfig;
 //! * `vm-test` the eBPF tests inside qemu guests booting other kernels.
 //!
 //! xtask itself depends on nothing that needs the eBPF toolchain, so `setup` can run first.
@@ -73,6 +74,8 @@ const HELP: &str = "usage: cargo xtask <task>
   demo [--mode ebpf|iptables]
                      intercept real traffic in a sandbox; print where each connection landed
   bench [--quick]    interception cost vs no interception, iptables vs eBPF
+  bench --scale [--pods N] [--cidrs K]
+                     1 000 pods sharing a 10 000-range MeshConfig: memory, enroll, change, status
   vm-test [--kernel 6.1|6.12|5.10|host|all]... [--test BINARY] [--timeout-min N]
                      the integration tests in qemu guests booting Debian's kernels, and
                      natively on this kernel (default: 6.1, 6.12, host); 5.10 must refuse";

@@ -187,6 +187,16 @@ impl Target {
         }
     }
 
+    /// eBPF: switches an enrolled pod's lists to `policy` without re-reading its routes
+    /// (`None`: the policy changes its table or listeners, a full apply is needed).
+    fn update(&self, policy: &Policy, cookie: u64, routes_fingerprint: Option<u64>) -> Result<Option<Applied>> {
+        if self.mode != Mode::Ebpf || !self.pins.is_loaded() {
+            return Ok(None);
+        }
+        let report = ebpf::enroll::update_policy(&self.pins, cookie, policy)?;
+        Ok(report.map(|r| Applied { cookie: Some(r.netns_cookie), routes_fingerprint }))
+    }
+
     /// Removes the interception. `alive`: the namespace at the path is still the pod's.
     fn remove(&self, alive: bool, cookie: Option<u64>) -> Result<()> {
         match self.mode {
@@ -213,16 +223,18 @@ impl Target {
     fn inspect(&self, policy: &Policy, cookie: Option<u64>) -> Result<(Vec<String>, Value)> {
         match self.mode {
             Mode::Ebpf => {
-                let status = ebpf::status(&self.pins)?;
                 let mut problems = Vec::new();
-                if !status.loaded {
+                if !self.pins.is_loaded() {
                     problems.push(format!("eBPF mode is not loaded at {}", self.pins.path().display()));
                 }
                 let live = Netns::at(&self.netns).cookie().ok();
                 if live.is_some() && live != cookie {
                     problems.push("the network namespace is not the one that was enrolled".into());
                 }
-                let pod = status.pods.into_iter().find(|p| Some(p.netns_cookie) == cookie);
+                let pod = match cookie {
+                    Some(c) if self.pins.is_loaded() => ebpf::status::pod_status(&self.pins, c)?,
+                    _ => None,
+                };
                 match &pod {
                     None => problems.push("the pod is not enrolled in the eBPF maps".into()),
                     Some(p) => {
@@ -244,13 +256,13 @@ impl Target {
                         compare(
                             &mut problems,
                             "outbound IP range exclusions",
-                            &p.outbound_ip_range_exclusions,
+                            p.outbound_ip_range_exclusions.as_deref().unwrap_or_default(),
                             nets(&policy.outbound_ip_range_exclusions),
                         );
                         compare(
                             &mut problems,
                             "outbound IP range inclusions",
-                            &p.outbound_ip_range_inclusions,
+                            p.outbound_ip_range_inclusions.as_deref().unwrap_or_default(),
                             nets(&policy.outbound_ip_range_inclusions),
                         );
                     }
@@ -604,7 +616,19 @@ impl Daemon {
         }
         let t = Target::of(self, &r);
         let started = Instant::now();
-        match blocking(move || t.apply(&policy)).await {
+        // A policy change alone (MeshConfig, manifest) keeps an eBPF pod's table (its routes
+        // are watched apart): only its lists switch, without re-reading its routes.
+        let policy_only = !force && r.mode == Mode::Ebpf && r.last_error.is_none();
+        let (cookie, fingerprint) = (r.netns_cookie, r.routes_fingerprint);
+        let apply = move || {
+            if let (true, Some(c)) = (policy_only, cookie)
+                && let Some(applied) = t.update(&policy, c, fingerprint)?
+            {
+                return Ok(applied);
+            }
+            t.apply(&policy)
+        };
+        match blocking(apply).await {
             Ok(applied) => {
                 self.counters.inc("apply_ok");
                 self.counters.inc(&format!("reapply_{}", reason.replace('-', "_")));

@@ -97,6 +97,13 @@ pub struct DaemonArgs {
     /// --accelerate`).
     #[arg(long)]
     pub accelerate: bool,
+    /// The most ranges one IP range annotation of a pod may list (a pod asking for more is
+    /// refused: a pod's own ranges are stored with it, the MeshConfig's once for all pods).
+    #[arg(long = "max-annotation-cidrs", value_name = "N", default_value_t = interceptor_common::annotation_limits::CIDRS)]
+    pub max_annotation_cidrs: usize,
+    /// The most ports one port annotation of a pod may list.
+    #[arg(long = "max-annotation-ports", value_name = "N", default_value_t = interceptor_common::annotation_limits::PORTS)]
+    pub max_annotation_ports: usize,
     #[command(flatten)]
     pub names: NamesArg,
     /// Remove everything the daemon installed (every pod's interception, the pinned eBPF
@@ -206,7 +213,13 @@ async fn run_async(args: DaemonArgs) -> Result<ExitCode> {
     }
     let (mode, mode_reason) = resolve_mode(&args)?;
     tracing::info!("mode {mode}: {mode_reason}");
-    let flags = FlagValues::default();
+    let flags = FlagValues {
+        annotation_limits: crate::policy::sources::AnnotationLimits {
+            cidrs: args.max_annotation_cidrs,
+            ports: args.max_annotation_ports,
+        },
+        ..FlagValues::default()
+    };
     let mesh = mesh::initial(args.mesh_config.as_deref(), st.mesh_config_last_good.as_deref(), &flags)?;
     let load = (mode == Mode::Ebpf).then(|| LoadOptions {
         cgroup: args.cgroup.clone(),

@@ -71,12 +71,13 @@ pub fn processes_outside(netns: &Netns, attach_id: u64) -> Result<Vec<(u32, Stri
     if cgroup_id(&root)? == attach_id {
         return Ok(vec![]);
     }
-    let want = netns.id()?;
+    // Network namespaces all live on nsfs: the link's text names the inode (readlink is
+    // cheaper than a stat through the link, and this walks every process of the node).
+    let want = std::ffi::OsString::from(format!("net:[{}]", netns.id()?.1));
     let mut out = Vec::new();
     for entry in fs::read_dir("/proc")?.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(m) = fs::metadata(entry.path().join("ns/net")) else { continue };
-        if (m.dev(), m.ino()) != want {
+        if fs::read_link(entry.path().join("ns/net")).map(|l| l.into_os_string()).ok().as_ref() != Some(&want) {
             continue;
         }
         let Ok(text) = fs::read_to_string(entry.path().join("cgroup")) else { continue };

@@ -1,13 +1,24 @@
-//! Policy + the pod's routing snapshot → the map entries of one policy generation. Pure:
-//! what the kernel programs will read is decided here and unit-tested.
-use std::net::IpAddr;
+//! Policy + the pod's routing snapshot → the policy objects a pod refers to. Pure: what the
+//! kernel programs will read is decided here and unit-tested.
+//!
+//! A pod's policy is split into immutable objects, each identified by its content (see
+//! `objects`): the pod's own table (its route cells, its own annotation ranges folded into
+//! them, its inbound interface exclusions), the global excluded and included range lists
+//! (identical for every pod of a MeshConfig: stored once), and its excluded ports (global
+//! and its own together: small, and shared by every pod with the same).
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+};
 
 use anyhow::{Result, bail};
 use interceptor_common::{
     AF_INET, AF_INET6, CidrData, CidrKey, GenerationRecord, IfaceKey, PodAddrKey, PodConfig, PortKey, RouteValue,
-    pod_flags, port_flags, route_flags,
+    object_kind, pod_flags, port_flags, route_flags,
 };
 use ipnet::IpNet;
+use sha2::{Digest, Sha256};
 
 use crate::{
     policy::{Family, LocalProxyMode, Policy, interface_matches},
@@ -17,44 +28,158 @@ use crate::{
 /// An LPM key: prefix length (in bits of `CidrData`) and data.
 pub type Lpm = (u32, CidrData);
 
+/// The value bytes of an entry (a flag byte, or a whole `RouteValue`).
+pub type ValueBytes = [u8; size_of::<RouteValue>()];
+
+/// One entry of a policy object, its key without the object's id (stamped in when it is
+/// written: see `stamp`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Entry {
+    pub record: GenerationRecord,
+    pub value: ValueBytes,
+}
+
+impl Entry {
+    fn lpm(kind: u32, (len, data): Lpm, value: &[u8]) -> Entry {
+        let mut key = [0u8; 28];
+        key[..4].copy_from_slice(&len.to_ne_bytes());
+        key[4..].copy_from_slice(bytemuck::bytes_of(&data));
+        Entry::new(GenerationRecord { kind, key }, value)
+    }
+
+    fn small(kind: u32, key_bytes: &[u8], value: u8) -> Entry {
+        let mut key = [0u8; 28];
+        key[..key_bytes.len()].copy_from_slice(key_bytes);
+        Entry::new(GenerationRecord { kind, key }, &[value])
+    }
+
+    fn new(record: GenerationRecord, value: &[u8]) -> Entry {
+        let mut v = [0u8; size_of::<RouteValue>()];
+        v[..value.len()].copy_from_slice(value);
+        Entry { record, value: v }
+    }
+
+    /// The value as the map stores it.
+    pub fn value_bytes(&self) -> &[u8] {
+        &self.value[..value_len(self.record.kind)]
+    }
+}
+
+/// The size of the values of the map a record `kind` goes to.
+pub fn value_len(kind: u32) -> usize {
+    match kind {
+        GenerationRecord::KIND_ROUTE => size_of::<RouteValue>(),
+        _ => 1,
+    }
+}
+
+/// The length of the map key a record of `kind` holds (the rest is padding).
+pub fn key_len(kind: u32) -> usize {
+    match kind {
+        GenerationRecord::KIND_PORT => size_of::<PortKey>(),
+        GenerationRecord::KIND_IFACE => size_of::<IfaceKey>(),
+        _ => 4 + size_of::<CidrData>(),
+    }
+}
+
+/// The record with object id `id` in its key: the LPM keys' big-endian prefix after the
+/// prefix length, the hash keys' first field.
+pub fn stamp(record: &GenerationRecord, id: u32) -> GenerationRecord {
+    let mut r = *record;
+    match r.kind {
+        GenerationRecord::KIND_PORT | GenerationRecord::KIND_IFACE => r.key[..4].copy_from_slice(&id.to_ne_bytes()),
+        _ => r.key[4..8].copy_from_slice(&id.to_be_bytes()),
+    }
+    r
+}
+
+/// The object id in a stamped record.
+pub fn record_id(record: &GenerationRecord) -> u32 {
+    let b = |r: std::ops::Range<usize>| -> [u8; 4] { record.key[r].try_into().expect("4 bytes") };
+    match record.kind {
+        GenerationRecord::KIND_PORT | GenerationRecord::KIND_IFACE => u32::from_ne_bytes(b(0..4)),
+        _ => u32::from_be_bytes(b(4..8)),
+    }
+}
+
+/// An immutable set of map entries that pods refer to by id (see `interceptor_common::PodConfig`).
+#[derive(Clone, Debug, Default)]
+pub struct Object {
+    /// `interceptor_common::object_kind`.
+    pub kind: u32,
+    /// Sorted, without duplicates: the same content always gives the same object.
+    pub entries: Vec<Entry>,
+    /// The digest, computed once.
+    digest: std::sync::OnceLock<[u8; 32]>,
+}
+
+impl PartialEq for Object {
+    fn eq(&self, other: &Object) -> bool {
+        self.kind == other.kind && self.entries == other.entries
+    }
+}
+
+impl Object {
+    pub fn new(kind: u32, mut entries: Vec<Entry>) -> Object {
+        entries.sort_unstable();
+        entries.dedup_by(|a, b| a.record == b.record);
+        Object { kind, entries, digest: Default::default() }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// SHA-256 of the kind and the entries: the object's identity. A cryptographic hash,
+    /// because a pod's annotations are part of what is hashed, and an object found by its
+    /// digest is reused as it is.
+    pub fn digest(&self) -> [u8; 32] {
+        *self.digest.get_or_init(|| self.compute_digest())
+    }
+
+    fn compute_digest(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(b"interceptor policy object v1\0");
+        h.update(self.kind.to_le_bytes());
+        h.update((self.entries.len() as u64).to_le_bytes());
+        for e in &self.entries {
+            h.update(bytemuck::bytes_of(&e.record));
+            h.update(e.value_bytes());
+        }
+        h.finalize().into()
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Compiled {
-    pub config: Option<PodConfig>,
-    pub excluded: Vec<Lpm>,
-    pub included: Vec<Lpm>,
-    pub routes: Vec<(Lpm, RouteValue)>,
-    pub ports: Vec<(PortKey, u8)>,
-    pub ifaces: Vec<IfaceKey>,
+    /// The pod's `PODS` value, object ids still 0 (the enroll fills them in).
+    pub config: PodConfig,
+    /// The pod's own table: `ROUTES` and `IFACES` entries.
+    pub table: Arc<Object>,
+    pub lists: Lists,
     /// The pod's own addresses, by which sk_lookup finds it.
     pub addrs: Vec<PodAddrKey>,
+    /// See `interceptor_common::PodInfo::table_inputs`.
+    pub table_inputs: [u8; 32],
+}
+
+/// The objects of a policy that do not depend on the pod's routes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Lists {
+    pub excluded: Arc<Object>,
+    pub included: Arc<Object>,
+    pub ports: Arc<Object>,
 }
 
 impl Compiled {
-    pub fn entry_count(&self) -> usize {
-        self.excluded.len() + self.included.len() + self.routes.len() + self.ports.len() + self.ifaces.len()
+    /// Every object, in the order of the `PodConfig` fields they go to (`policy_id`,
+    /// `excluded_list`, `included_list`, `ports_list`).
+    pub fn objects(&self) -> [&Object; 4] {
+        [&self.table, &self.lists.excluded, &self.lists.included, &self.lists.ports]
     }
 
-    /// What this generation writes (except `addrs`, which belong to the pod), for deleting it
-    /// later without scanning every pod's entries.
-    pub fn records(&self) -> Vec<GenerationRecord> {
-        let lpm = |kind, (len, data): &Lpm| {
-            let mut key = [0u8; 28];
-            key[..4].copy_from_slice(&len.to_ne_bytes());
-            key[4..].copy_from_slice(bytemuck::bytes_of(data));
-            GenerationRecord { kind, key }
-        };
-        let small = |kind, bytes: &[u8]| {
-            let mut key = [0u8; 28];
-            key[..bytes.len()].copy_from_slice(bytes);
-            GenerationRecord { kind, key }
-        };
-        let mut out = Vec::with_capacity(self.entry_count());
-        out.extend(self.excluded.iter().map(|k| lpm(GenerationRecord::KIND_EXCLUDED, k)));
-        out.extend(self.included.iter().map(|k| lpm(GenerationRecord::KIND_INCLUDED, k)));
-        out.extend(self.routes.iter().map(|(k, _)| lpm(GenerationRecord::KIND_ROUTE, k)));
-        out.extend(self.ports.iter().map(|(k, _)| small(GenerationRecord::KIND_PORT, bytemuck::bytes_of(k))));
-        out.extend(self.ifaces.iter().map(|k| small(GenerationRecord::KIND_IFACE, bytemuck::bytes_of(k))));
-        out
+    pub fn entry_count(&self) -> usize {
+        self.objects().iter().map(|o| o.entries.len()).sum()
     }
 }
 
@@ -94,13 +219,69 @@ pub fn pod_ips(given: &[IpAddr], snap: &NetSnapshot) -> (Option<IpAddr>, Option<
     (pick(false), pick(true))
 }
 
-pub fn compile(policy: &Policy, snap: &NetSnapshot, policy_id: u32, given_pod_ips: &[IpAddr]) -> Result<Compiled> {
+pub fn compile(policy: &Policy, snap: &NetSnapshot, given_pod_ips: &[IpAddr]) -> Result<Compiled> {
     let mut out = Compiled::default();
     let (ip4, ip6) = pod_ips(given_pod_ips, snap);
     if policy.local_proxy_mode == LocalProxyMode::PodIp && ip4.is_none() && ip6.is_none() {
         bail!("localProxyMode PodIP needs the pod's address: pass --pod-ip (the namespace has no global address)");
     }
 
+    let mut flags = policy_flags(policy);
+    let mut pod_ip4 = [0u8; 4];
+    let mut pod_ip6 = [0u8; 16];
+    if let Some(IpAddr::V4(v4)) = ip4 {
+        pod_ip4 = v4.octets();
+        flags |= pod_flags::HAS_POD_IP4;
+    }
+    if let Some(IpAddr::V6(v6)) = ip6 {
+        pod_ip6 = v6.octets();
+        flags |= pod_flags::HAS_POD_IP6;
+    }
+    out.lists = lists(policy);
+
+    let pod = &policy.pod_ranges;
+    let excluded_iface = |index: Option<u32>| -> bool {
+        let Some(name) = index.and_then(|i| snap.link_name(i)) else { return false };
+        policy.network_interface_exclusions.iter().any(|p| interface_matches(p, name))
+    };
+    let mut table = Vec::new();
+    for (index, name) in &snap.links {
+        if policy.network_interface_exclusions.iter().any(|p| interface_matches(p, name)) {
+            let key = IfaceKey { policy_id: 0, ifindex: *index };
+            table.push(Entry::small(GenerationRecord::KIND_IFACE, bytemuck::bytes_of(&key), 1));
+            flags |= pod_flags::HAS_IFACE_EXCLUSIONS;
+        }
+    }
+    for (net, value) in routes(snap, &excluded_iface, &pod.exclusions, &pod.inclusions) {
+        table.push(Entry::lpm(GenerationRecord::KIND_ROUTE, lpm(0, &net), bytemuck::bytes_of(&value)));
+    }
+    out.table = Arc::new(Object::new(object_kind::POD_TABLE, table));
+    out.table_inputs = table_inputs(policy);
+
+    let mut addrs: Vec<IpAddr> = snap.global_addrs().chain(given_pod_ips.iter().copied()).collect();
+    addrs.sort();
+    addrs.dedup();
+    out.addrs = addrs
+        .iter()
+        .map(|ip| PodAddrKey { family: family_code(Family::of(ip)) as u32, addr: addr_bytes(ip) })
+        .collect();
+
+    out.config = PodConfig {
+        proxy_uid: policy.proxy_uid,
+        flags,
+        outbound_port: policy.ports.outbound,
+        inbound_port: policy.ports.inbound,
+        reserved_inbound_ports: reserved_ports(policy),
+        pod_ip4,
+        pod_ip6,
+        ..PodConfig::default()
+    };
+    Ok(out)
+}
+
+/// The `PodConfig` flags the policy alone decides (not those of the pod's addresses and
+/// interfaces).
+pub fn policy_flags(policy: &Policy) -> u32 {
     let mut flags = 0;
     if policy.has_inclusions(Family::Ipv4) {
         flags |= pod_flags::HAS_INCLUSIONS_V4;
@@ -114,74 +295,108 @@ pub fn compile(policy: &Policy, snap: &NetSnapshot, policy_id: u32, given_pod_ip
     if policy.local_dns_proxy {
         flags |= pod_flags::LOCAL_DNS_PROXY;
     }
-    let mut pod_ip4 = [0u8; 4];
-    let mut pod_ip6 = [0u8; 16];
-    if let Some(IpAddr::V4(v4)) = ip4 {
-        pod_ip4 = v4.octets();
-        flags |= pod_flags::HAS_POD_IP4;
-    }
-    if let Some(IpAddr::V6(v6)) = ip6 {
-        pod_ip6 = v6.octets();
-        flags |= pod_flags::HAS_POD_IP6;
-    }
+    flags
+}
 
-    for c in &policy.outbound_ip_range_exclusions {
-        out.excluded.push(lpm(policy_id, &c.net));
+pub fn reserved_ports(policy: &Policy) -> [u16; 6] {
+    let b = policy.ports.inbound_bypass();
+    [b[0], b[1], b[2], b[3], b[4], 0]
+}
+
+/// What the pod's table depends on besides its routes: its own ranges and the interface
+/// exclusions (SHA-256).
+pub fn table_inputs(policy: &Policy) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"interceptor table inputs v1\0");
+    for (tag, nets) in [(b'x', &policy.pod_ranges.exclusions), (b'i', &policy.pod_ranges.inclusions)] {
+        for n in nets {
+            h.update([tag]);
+            h.update(n.to_string().as_bytes());
+            h.update([0]);
+        }
     }
-    for c in &policy.outbound_ip_range_inclusions {
-        out.included.push(lpm(policy_id, &c.net));
+    for name in &policy.network_interface_exclusions {
+        h.update([b'f']);
+        h.update(name.as_bytes());
+        h.update([0]);
     }
-    let mut ports: std::collections::BTreeMap<u16, u8> = Default::default();
+    h.finalize().into()
+}
+
+/// The lists of a policy: the global excluded and included ranges (every range of the
+/// merged list that the pod's annotations do not add), and the excluded ports (global and
+/// the pod's own together).
+pub fn lists(policy: &Policy) -> Lists {
+    let pod = &policy.pod_ranges;
+    let nets = |list: &[crate::policy::Cidr], own: &[IpNet]| -> Vec<IpNet> {
+        let own: std::collections::HashSet<IpNet> = own.iter().copied().collect();
+        list.iter().map(|c| c.net.trunc()).filter(|n| !own.contains(n)).collect()
+    };
+    let mut ports: BTreeMap<u16, u8> = Default::default();
     for p in &policy.outbound_port_exclusions {
         *ports.entry(*p).or_default() |= port_flags::OUTBOUND_EXCLUDED;
     }
     for p in &policy.inbound_port_exclusions {
         *ports.entry(*p).or_default() |= port_flags::INBOUND_EXCLUDED;
     }
-    out.ports = ports.into_iter().map(|(port, f)| (PortKey { policy_id, port, _pad: 0 }, f)).collect();
+    Lists {
+        excluded: shared_list(object_kind::EXCLUDED, nets(&policy.outbound_ip_range_exclusions, &pod.exclusions)),
+        included: shared_list(object_kind::INCLUDED, nets(&policy.outbound_ip_range_inclusions, &pod.inclusions)),
+        ports: Arc::new(Object::new(
+            object_kind::PORTS,
+            ports
+                .into_iter()
+                .map(|(port, f)| {
+                    let key = PortKey { policy_id: 0, port, _pad: 0 };
+                    Entry::small(GenerationRecord::KIND_PORT, bytemuck::bytes_of(&key), f)
+                })
+                .collect(),
+        )),
+    }
+}
 
-    let excluded_iface = |index: Option<u32>| -> bool {
-        let Some(name) = index.and_then(|i| snap.link_name(i)) else { return false };
-        policy.network_interface_exclusions.iter().any(|p| interface_matches(p, name))
-    };
-    for (index, name) in &snap.links {
-        if policy.network_interface_exclusions.iter().any(|p| interface_matches(p, name)) {
-            out.ifaces.push(IfaceKey { policy_id, ifindex: *index });
+/// The object of a list of ranges. The last few are remembered with the exact input they
+/// were built from: a daemon (or a benchmark) enrolling a thousand pods with one MeshConfig
+/// builds, sorts and hashes its 10 000 ranges once, and only compares them afterwards.
+fn shared_list(kind: u32, nets: Vec<IpNet>) -> Arc<Object> {
+    /// (object kind, the ranges it was built from, the object)
+    type Built = (u32, Vec<IpNet>, Arc<Object>);
+    static CACHE: Mutex<Vec<Built>> = Mutex::new(Vec::new());
+    const KEPT: usize = 4;
+    if let Some((_, _, obj)) = CACHE.lock().unwrap().iter().find(|(k, n, _)| *k == kind && *n == nets) {
+        return obj.clone();
+    }
+    let record =
+        if kind == object_kind::INCLUDED { GenerationRecord::KIND_INCLUDED } else { GenerationRecord::KIND_EXCLUDED };
+    let obj = Arc::new(Object::new(kind, nets.iter().map(|n| Entry::lpm(record, lpm(0, n), &[1])).collect()));
+    // Small lists are cheap to build: only large ones are worth keeping.
+    if nets.len() >= 64 {
+        let mut cache = CACHE.lock().unwrap();
+        if cache.len() >= KEPT {
+            cache.remove(0);
         }
+        cache.push((kind, nets, obj.clone()));
     }
-    if !out.ifaces.is_empty() {
-        flags |= pod_flags::HAS_IFACE_EXCLUSIONS;
-    }
-    out.routes = routes(policy_id, snap, &excluded_iface);
-    let mut addrs: Vec<IpAddr> = snap.global_addrs().chain(given_pod_ips.iter().copied()).collect();
-    addrs.sort();
-    addrs.dedup();
-    out.addrs = addrs
-        .iter()
-        .map(|ip| PodAddrKey { family: family_code(Family::of(ip)) as u32, addr: addr_bytes(ip) })
-        .collect();
-
-    out.config = Some(PodConfig {
-        policy_id,
-        proxy_uid: policy.proxy_uid,
-        flags,
-        outbound_port: policy.ports.outbound,
-        inbound_port: policy.ports.inbound,
-        reserved_inbound_ports: {
-            let b = policy.ports.inbound_bypass();
-            [b[0], b[1], b[2], b[3], b[4], 0]
-        },
-        pod_ip4,
-        pod_ip6,
-    });
-    Ok(out)
+    obj
 }
 
 /// The routes the programs look up: one entry per cell of the destination space (see
 /// `cells`), with the kernel's own answer for it: local to the pod (`-o lo`), leaving through
 /// an excluded interface, the source address a connection gets, or no route at all.
-fn routes(policy_id: u32, snap: &NetSnapshot, excluded_iface: &dyn Fn(Option<u32>) -> bool) -> Vec<(Lpm, RouteValue)> {
-    snap.cells
+///
+/// The pod's own excluded and included ranges are folded in: each range becomes an entry
+/// of its own (with the answer of the cell that holds it, as a longest-prefix match over the
+/// cells gives it) unless it is a cell already, and every entry within a range carries its
+/// flag. A longest-prefix match then finds, for any destination, both the kernel's answer
+/// and whether one of the pod's ranges holds it — in the lookup the programs make anyway.
+fn routes(
+    snap: &NetSnapshot,
+    excluded_iface: &dyn Fn(Option<u32>) -> bool,
+    pod_exclusions: &[IpNet],
+    pod_inclusions: &[IpNet],
+) -> Vec<(IpNet, RouteValue)> {
+    let cells: Vec<(IpNet, RouteValue)> = snap
+        .cells
         .iter()
         .map(|cell| {
             let value = match cell.answer {
@@ -201,16 +416,43 @@ fn routes(policy_id: u32, snap: &NetSnapshot, excluded_iface: &dyn Fn(Option<u32
                 }
                 _ => RouteValue { flags: route_flags::UNREACHABLE, ifindex: 0, src: [0; 16] },
             };
-            (lpm(policy_id, &cell.net), value)
+            (cell.net.trunc(), value)
         })
-        .collect()
+        .collect();
+    let within = |outer: &IpNet, inner: &IpNet| outer.prefix_len() <= inner.prefix_len() && outer.contains(inner);
+    let mut out = cells.clone();
+    for range in pod_exclusions.iter().chain(pod_inclusions).map(IpNet::trunc) {
+        if out.iter().any(|(n, _)| *n == range) {
+            continue;
+        }
+        let holder = cells.iter().filter(|(n, _)| within(n, &range)).max_by_key(|(n, _)| n.prefix_len());
+        let value =
+            holder.map(|(_, v)| *v).unwrap_or(RouteValue { flags: route_flags::UNREACHABLE, ..Default::default() });
+        out.push((range, value));
+    }
+    for (net, value) in &mut out {
+        for (ranges, inside, listed) in [
+            (pod_exclusions, route_flags::POD_EXCLUDED, route_flags::POD_EXCLUSION),
+            (pod_inclusions, route_flags::POD_INCLUDED, route_flags::POD_INCLUSION),
+        ] {
+            for r in ranges.iter().map(IpNet::trunc) {
+                if within(&r, net) {
+                    value.flags |= inside;
+                }
+                if r == *net {
+                    value.flags |= listed;
+                }
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{
-        policy::{Cidr, Ports},
+        policy::{Cidr, PodRanges, Ports},
         routes::{AddrEntry, Cell, RouteAnswer},
     };
 
@@ -239,74 +481,192 @@ mod tests {
         }
     }
 
+    fn cidr(s: &str) -> Cidr {
+        Cidr { text: s.into(), net: net(s) }
+    }
+
+    /// The entries of an object as (map kind, prefix length of the address, first 4 address
+    /// bytes, value bytes), for LPM entries.
+    fn lpm_entries(o: &Object) -> Vec<(u32, u32, [u8; 4], Vec<u8>)> {
+        o.entries
+            .iter()
+            .filter(|e| e.record.kind != GenerationRecord::KIND_PORT && e.record.kind != GenerationRecord::KIND_IFACE)
+            .map(|e| {
+                let len = u32::from_ne_bytes(e.record.key[..4].try_into().unwrap()) - CidrKey::HEADER_BITS;
+                (e.record.kind, len, e.record.key[12..16].try_into().unwrap(), e.value_bytes().to_vec())
+            })
+            .collect()
+    }
+
+    fn route_flags_of(o: &Object, prefix: &str) -> Option<u32> {
+        let n = net(prefix);
+        let IpAddr::V4(a) = n.addr() else { unreachable!() };
+        lpm_entries(o)
+            .into_iter()
+            .find(|(k, len, addr, _)| {
+                *k == GenerationRecord::KIND_ROUTE && *len == n.prefix_len() as u32 && *addr == a.octets()
+            })
+            .map(|(_, _, _, v)| bytemuck::pod_read_unaligned::<RouteValue>(&v).flags)
+    }
+
     #[test]
     fn compiles_lists_ports_routes_and_flags() {
         let policy = Policy {
-            outbound_ip_range_exclusions: vec![Cidr { text: "10.0.0.1/8".into(), net: net("10.0.0.1/8") }],
-            outbound_ip_range_inclusions: vec![Cidr { text: "2001:db8::/32".into(), net: net("2001:db8::/32") }],
+            outbound_ip_range_exclusions: vec![cidr("10.0.0.1/8")],
+            outbound_ip_range_inclusions: vec![cidr("2001:db8::/32")],
             outbound_port_exclusions: vec![6379, 7070],
             inbound_port_exclusions: vec![7070],
             network_interface_exclusions: vec!["eth1".into()],
             ports: Ports::default(),
             ..Policy::default()
         };
-        let c = compile(&policy, &snap(), 7, &[]).unwrap();
-        let cfg = c.config.unwrap();
-        assert_eq!(cfg.policy_id, 7);
+        let c = compile(&policy, &snap(), &[]).unwrap();
+        let cfg = c.config;
         assert_eq!(cfg.flags & pod_flags::HAS_INCLUSIONS_V6, pod_flags::HAS_INCLUSIONS_V6);
         assert_eq!(cfg.flags & pod_flags::HAS_INCLUSIONS_V4, 0);
         assert_eq!(cfg.flags & pod_flags::HAS_IFACE_EXCLUSIONS, pod_flags::HAS_IFACE_EXCLUSIONS);
         assert_eq!(cfg.pod_ip4, [198, 51, 100, 2]);
         assert_eq!(cfg.reserved_inbound_ports, [15010, 15901, 15902, 15903, 15904, 0]);
-        // 10.0.0.1/8 is matched as 10.0.0.0/8: 64 header bits + 8.
-        assert_eq!(c.excluded[0].0, 72);
-        assert_eq!(&c.excluded[0].1.addr[..4], &[10, 0, 0, 0]);
-        assert_eq!(c.included[0].0, 64 + 32);
+        // 10.0.0.1/8 is matched as 10.0.0.0/8: 64 header bits + 8; no id yet.
+        assert_eq!(lpm_entries(&c.lists.excluded), vec![(GenerationRecord::KIND_EXCLUDED, 8, [10, 0, 0, 0], vec![1])]);
+        assert_eq!(c.lists.excluded.kind, object_kind::EXCLUDED);
+        assert_eq!(c.lists.included.entries.len(), 1);
+        let mut ports: Vec<(u16, u8)> = c
+            .lists
+            .ports
+            .entries
+            .iter()
+            .map(|e| (bytemuck::pod_read_unaligned::<PortKey>(&e.record.key[..8]).port, e.value[0]))
+            .collect();
+        ports.sort_unstable();
         assert_eq!(
-            c.ports,
+            ports,
             vec![
-                (PortKey { policy_id: 7, port: 6379, _pad: 0 }, port_flags::OUTBOUND_EXCLUDED),
-                (
-                    PortKey { policy_id: 7, port: 7070, _pad: 0 },
-                    port_flags::OUTBOUND_EXCLUDED | port_flags::INBOUND_EXCLUDED
-                ),
+                (6379, port_flags::OUTBOUND_EXCLUDED),
+                (7070, port_flags::OUTBOUND_EXCLUDED | port_flags::INBOUND_EXCLUDED)
             ]
         );
-        assert_eq!(c.ifaces, vec![IfaceKey { policy_id: 7, ifindex: 3 }]);
+        let ifaces: Vec<u32> = c
+            .table
+            .entries
+            .iter()
+            .filter(|e| e.record.kind == GenerationRecord::KIND_IFACE)
+            .map(|e| bytemuck::pod_read_unaligned::<IfaceKey>(&e.record.key[..8]).ifindex)
+            .collect();
+        assert_eq!(ifaces, vec![3]);
         // One entry per cell, as the kernel answered: local, via an interface (excluded or
         // not, with its source), or no route.
-        let routes: Vec<(u32, [u8; 4], u32)> = c
-            .routes
-            .iter()
-            .map(|((len, d), v)| (*len - 64, [d.addr[0], d.addr[1], d.addr[2], d.addr[3]], v.flags))
-            .collect();
+        for (cell, flags) in [
+            ("127.0.0.0/8", route_flags::LOCAL | route_flags::HAS_SRC),
+            ("198.51.100.2/32", route_flags::LOCAL | route_flags::HAS_SRC),
+            ("198.51.100.0/24", route_flags::HAS_SRC),
+            ("203.0.113.0/24", route_flags::EXCLUDED_INTERFACE),
+            ("224.0.0.0/4", route_flags::UNREACHABLE),
+            ("0.0.0.0/0", route_flags::UNREACHABLE),
+        ] {
+            assert_eq!(route_flags_of(&c.table, cell), Some(flags), "{cell}");
+        }
+        assert_eq!(lpm_entries(&c.table).len(), 6);
+    }
+
+    #[test]
+    fn the_pods_own_ranges_are_folded_into_its_routes() {
+        let policy = Policy {
+            outbound_ip_range_exclusions: vec![cidr("203.0.113.7/32"), cidr("198.51.100.0/23"), cidr("10.0.0.0/8")],
+            outbound_ip_range_inclusions: vec![cidr("203.0.113.0/25")],
+            network_interface_exclusions: vec!["eth1".into()],
+            pod_ranges: PodRanges {
+                exclusions: vec![net("203.0.113.7/32"), net("198.51.100.0/23")],
+                inclusions: vec![net("203.0.113.0/25")],
+            },
+            ..Policy::default()
+        };
+        let c = compile(&policy, &snap(), &[]).unwrap();
+        // Only the global range is in the shared list.
+        assert_eq!(lpm_entries(&c.lists.excluded), vec![(GenerationRecord::KIND_EXCLUDED, 8, [10, 0, 0, 0], vec![1])]);
+        assert!(c.lists.included.is_empty(), "the only inclusion is the pod's own");
+        assert_eq!(c.config.flags & pod_flags::HAS_INCLUSIONS_V4, pod_flags::HAS_INCLUSIONS_V4);
+        use route_flags::*;
+        // A /32 inside 203.0.113.0/24 (a cell, here with an excluded interface): its own
+        // entry, with the cell's answer, and inside the included /25 too.
         assert_eq!(
-            routes,
-            vec![
-                (8, [127, 0, 0, 0], route_flags::LOCAL | route_flags::HAS_SRC),
-                (32, [198, 51, 100, 2], route_flags::LOCAL | route_flags::HAS_SRC),
-                (24, [198, 51, 100, 0], route_flags::HAS_SRC),
-                (24, [203, 0, 113, 0], route_flags::EXCLUDED_INTERFACE),
-                (4, [224, 0, 0, 0], route_flags::UNREACHABLE),
-                (0, [0, 0, 0, 0], route_flags::UNREACHABLE),
-            ]
+            route_flags_of(&c.table, "203.0.113.7/32"),
+            Some(EXCLUDED_INTERFACE | POD_EXCLUDED | POD_EXCLUSION | POD_INCLUDED)
         );
+        assert_eq!(route_flags_of(&c.table, "203.0.113.0/25"), Some(EXCLUDED_INTERFACE | POD_INCLUDED | POD_INCLUSION));
+        // The cell itself is not inside the /25.
+        assert_eq!(route_flags_of(&c.table, "203.0.113.0/24"), Some(EXCLUDED_INTERFACE));
+        let ifindex = lpm_entries(&c.table)
+            .into_iter()
+            .find(|(_, len, addr, _)| (*len, *addr) == (32, [203, 0, 113, 7]))
+            .map(|(_, _, _, v)| bytemuck::pod_read_unaligned::<RouteValue>(&v).ifindex);
+        assert_eq!(ifindex, Some(3), "the /32 has the cell's interface");
+        // A /23 holding the cells 198.51.100.0/24 and 198.51.100.2/32: both flagged, and the
+        // /23 entry itself has the answer of the cell that holds it (the default: no route).
+        assert_eq!(route_flags_of(&c.table, "198.51.100.0/23"), Some(UNREACHABLE | POD_EXCLUDED | POD_EXCLUSION));
+        assert_eq!(route_flags_of(&c.table, "198.51.100.0/24"), Some(HAS_SRC | POD_EXCLUDED));
+        assert_eq!(route_flags_of(&c.table, "198.51.100.2/32"), Some(LOCAL | HAS_SRC | POD_EXCLUDED));
+        assert_eq!(route_flags_of(&c.table, "127.0.0.0/8"), Some(LOCAL | HAS_SRC));
+        assert_eq!(lpm_entries(&c.table).len(), 9);
+    }
+
+    #[test]
+    fn identical_content_is_one_object_whatever_the_order() {
+        let a = Policy {
+            outbound_ip_range_exclusions: vec![cidr("10.0.0.0/8"), cidr("192.168.0.0/16"), cidr("10.0.0.0/8")],
+            outbound_port_exclusions: vec![80, 443],
+            ..Policy::default()
+        };
+        let b = Policy {
+            outbound_ip_range_exclusions: vec![cidr("192.168.0.0/16"), cidr("10.1.2.3/8")],
+            outbound_port_exclusions: vec![443, 80],
+            ..Policy::default()
+        };
+        let (ca, cb) = (compile(&a, &snap(), &[]).unwrap(), compile(&b, &snap(), &[]).unwrap());
+        assert_eq!(ca.lists.excluded.digest(), cb.lists.excluded.digest());
+        assert_eq!(ca.lists.ports.digest(), cb.lists.ports.digest());
+        assert_eq!(ca.table.digest(), cb.table.digest());
+        // Same entries, another kind: another object.
+        assert_ne!(
+            Object::new(object_kind::INCLUDED, ca.lists.excluded.entries.clone()).digest(),
+            ca.lists.excluded.digest()
+        );
+        let c = Policy { outbound_port_exclusions: vec![80], ..a.clone() };
+        assert_ne!(compile(&c, &snap(), &[]).unwrap().lists.ports.digest(), ca.lists.ports.digest());
+    }
+
+    #[test]
+    fn stamping_puts_the_id_where_the_programs_look() {
+        let (len, data) = lpm(0x0102_0304, &net("10.0.0.0/8"));
+        let stamped =
+            stamp(&Entry::lpm(GenerationRecord::KIND_EXCLUDED, lpm(0, &net("10.0.0.0/8")), &[1]).record, 0x0102_0304);
+        assert_eq!(&stamped.key[..4], &len.to_ne_bytes());
+        assert_eq!(&stamped.key[4..], bytemuck::bytes_of(&data));
+        assert_eq!(record_id(&stamped), 0x0102_0304);
+        let port = Entry::small(
+            GenerationRecord::KIND_PORT,
+            bytemuck::bytes_of(&PortKey { policy_id: 0, port: 80, _pad: 0 }),
+            1,
+        );
+        let stamped = stamp(&port.record, 77);
+        assert_eq!(&stamped.key[..8], bytemuck::bytes_of(&PortKey { policy_id: 77, port: 80, _pad: 0 }));
+        assert_eq!(record_id(&stamped), 77);
     }
 
     #[test]
     fn the_local_dns_proxy_is_a_pod_flag() {
         let dns = Policy { local_dns_proxy: true, ..Policy::default() };
-        let flags = compile(&dns, &snap(), 1, &[]).unwrap().config.unwrap().flags;
+        let flags = compile(&dns, &snap(), &[]).unwrap().config.flags;
         assert_eq!(flags & pod_flags::LOCAL_DNS_PROXY, pod_flags::LOCAL_DNS_PROXY);
-        let flags = compile(&Policy::default(), &snap(), 1, &[]).unwrap().config.unwrap().flags;
+        let flags = compile(&Policy::default(), &snap(), &[]).unwrap().config.flags;
         assert_eq!(flags & pod_flags::LOCAL_DNS_PROXY, 0);
     }
 
     #[test]
     fn refuses_pod_ip_without_address() {
         let podip = Policy { local_proxy_mode: LocalProxyMode::PodIp, ..Policy::default() };
-        assert!(compile(&podip, &NetSnapshot::default(), 1, &[]).is_err());
-        let c = compile(&podip, &snap(), 1, &["203.0.113.9".parse().unwrap()]).unwrap();
-        assert_eq!(c.config.unwrap().pod_ip4, [203, 0, 113, 9]);
+        assert!(compile(&podip, &NetSnapshot::default(), &[]).is_err());
+        let c = compile(&podip, &snap(), &["203.0.113.9".parse().unwrap()]).unwrap();
+        assert_eq!(c.config.pod_ip4, [203, 0, 113, 9]);
     }
 }

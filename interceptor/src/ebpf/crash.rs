@@ -15,6 +15,10 @@ pub const ENROLL_STEPS: &[&str] = &[
     "enroll-old-generation-half-deleted",
 ];
 
+/// The steps of a policy-only switch (`enroll --policy-only`, the daemon's MeshConfig
+/// changes).
+pub const UPDATE_STEPS: &[&str] = &["update-objects-written", "update-switched", "update-old-generation-half-deleted"];
+
 /// The steps of `unenroll`.
 pub const UNENROLL_STEPS: &[&str] =
     &["unenroll-switched", "unenroll-detached", "unenroll-addresses-cleared", "unenroll-generation-half-deleted"];

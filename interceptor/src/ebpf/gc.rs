@@ -8,29 +8,28 @@
 //! * pod state without a `PODS` entry — a pinned link, addresses, info, counters — is what
 //!   an enroll killed before its switch or an unenroll killed after it left: removed (the
 //!   enroll is rolled back, the unenroll completed);
-//! * a policy generation no pod references (listed in `GENERATIONS` but not the policy of
-//!   any `PODS` entry) was written by an enroll killed before its switch, or replaced by one
-//!   killed before deleting it: deleted;
+//! * a policy object no pod refers to (registered in `OBJECTS` or with a record list in
+//!   `GENERATIONS`, but named by no `PODS` entry) was written by an enroll killed before its
+//!   switch, or dropped by one killed before deleting it: deleted;
 //! * `progs/<program>-next` pins are an interrupted upgrade's: removed (the next `load`
 //!   completes the upgrade, see `loader`);
-//! * (`ebpf gc` only, a full scan) policy entries whose policy id is neither referenced nor
-//!   listed in `GENERATIONS`, and staging directories of interrupted loads.
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    fs,
-    os::fd::AsFd,
-};
+//! * (`ebpf gc` only, a full scan) policy entries whose object id is neither referenced nor
+//!   recorded, and staging directories of interrupted loads.
+//!
+//! `ebpf gc` and `load` collect all of it; an enroll or unenroll does when it finds the
+//! journal of an interrupted one (`objects::begin`), so that a node with many pods does not
+//! pay a scan of every pod's namespace at every command.
+use std::{collections::BTreeSet, fs, os::fd::AsFd};
 
 use anyhow::Result;
-use interceptor_common::{CidrData, GenerationKey, IfaceKey, PortKey};
 use serde::Serialize;
 
 use super::{
     PinDir,
-    enroll::{delete_generation, map_fd, unenroll_locked},
+    enroll::unenroll_locked,
     lock::InstallLock,
-    maps::PinnedMaps,
-    object, raw,
+    maps::{PinnedMaps, read_all},
+    object, objects, raw,
 };
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
@@ -39,9 +38,9 @@ pub struct GcReport {
     pub dead_pods: Vec<u64>,
     /// Pod state without an enrollment (an interrupted enroll or unenroll), removed.
     pub stray_pods: Vec<u64>,
-    /// Policy generations no pod referenced, deleted.
+    /// Policy objects no pod referred to, deleted.
     pub orphaned_generations: Vec<u32>,
-    /// Policy entries of no generation at all, deleted (full gc only).
+    /// Policy entries of no object at all, deleted (full gc only).
     pub unrecorded_entries: usize,
     /// Pins of interrupted loads and upgrades, removed.
     pub stale_pins: Vec<String>,
@@ -78,7 +77,7 @@ impl GcReport {
         }
         if !self.orphaned_generations.is_empty() {
             out.push(format!(
-                "deleted {} policy generation(s) no pod referenced (ids {})",
+                "deleted {} policy generation(s) no pod referenced (objects {})",
                 self.orphaned_generations.len(),
                 join(&self.orphaned_generations)
             ));
@@ -105,6 +104,8 @@ pub fn gc(pins: &PinDir) -> Result<GcReport> {
     let mut report = GcReport { stale_pins: remove_stale_staging(pins), ..GcReport::default() };
     let mut maps = PinnedMaps::open(pins)?;
     report.merge(collect(pins, &mut maps, true)?);
+    // Whatever an interrupted enroll or unenroll left is repaired.
+    objects::end(&mut maps);
     Ok(report)
 }
 
@@ -118,42 +119,44 @@ pub(crate) fn collect(pins: &PinDir, maps: &mut PinnedMaps, full: bool) -> Resul
             report.stale_pins.push(next.display().to_string());
         }
     }
-    let enrolled: BTreeMap<u64, u32> = maps.pods.iter().filter_map(Result::ok).map(|(c, p)| (c, p.policy_id)).collect();
+    let enrolled: BTreeSet<u64> = objects::pods(maps)?.into_iter().map(|(c, _)| c).collect();
 
     for cookie in pins.pod_dirs() {
-        if enrolled.contains_key(&cookie) && netns_gone(pins, cookie) {
+        if enrolled.contains(&cookie) && netns_gone(pins, cookie) {
             unenroll_locked(pins, maps, cookie, false)?;
             report.dead_pods.push(cookie);
         }
     }
 
     let mut others: BTreeSet<u64> = pins.pod_dirs().into_iter().collect();
-    others.extend(maps.pod_addrs.iter().filter_map(Result::ok).map(|(_, c)| c));
+    others.extend(read_all(&maps.pod_addrs)?.into_iter().map(|(_, c)| c));
     others.extend(maps.pod_info.keys().filter_map(Result::ok));
     others.extend(maps.counters.keys().filter_map(Result::ok).map(|k| k.netns_cookie));
     for cookie in others {
-        if !enrolled.contains_key(&cookie) && !report.dead_pods.contains(&cookie) {
+        if !enrolled.contains(&cookie) && !report.dead_pods.contains(&cookie) {
             unenroll_locked(pins, maps, cookie, false)?;
             report.stray_pods.push(cookie);
         }
     }
 
-    let referenced: BTreeSet<u32> = maps.pods.iter().filter_map(Result::ok).map(|(_, p)| p.policy_id).collect();
-    let recorded = recorded_generations(maps);
+    // Counts a killed command left too high.
+    objects::recount(maps)?;
+    let referenced = objects::referenced(maps)?;
+    let recorded = objects::recorded(maps)?;
     let orphans: Vec<u32> = recorded.difference(&referenced).copied().collect();
     if !orphans.is_empty() {
         // An interrupted unenroll may have removed the pod's entry a moment ago: let every
         // program run that could still hold the id finish first.
         raw::rcu_barrier()?;
         for id in &orphans {
-            delete_generation(maps, *id, None);
+            objects::delete(maps, *id, None);
         }
         report.orphaned_generations = orphans;
     }
 
     if full {
-        let keep: BTreeSet<u32> = referenced.union(&recorded_generations(maps)).copied().collect();
-        report.unrecorded_entries = delete_unrecorded(maps, &keep);
+        let keep: BTreeSet<u32> = referenced.union(&objects::recorded(maps)?).copied().collect();
+        report.unrecorded_entries = objects::delete_unrecorded(maps, &keep)?;
     }
     Ok(report)
 }
@@ -165,72 +168,11 @@ pub fn netns_gone(pins: &PinDir, cookie: u64) -> bool {
     matches!(raw::link_info(link.as_fd()), Ok(i) if i.link_type == raw::BPF_LINK_TYPE_NETNS && i.netns_ino == 0)
 }
 
-/// Policy ids with a record list in `GENERATIONS`.
-pub fn recorded_generations(maps: &PinnedMaps) -> BTreeSet<u32> {
-    maps.generations.keys().filter_map(Result::ok).map(|k: GenerationKey| k.policy_id).collect()
-}
-
-/// Policy ids present anywhere in the maps: record lists and policy entries.
-pub fn present_generations(maps: &PinnedMaps) -> BTreeSet<u32> {
-    let mut ids = recorded_generations(maps);
-    for trie in [&maps.excluded, &maps.included] {
-        ids.extend(trie.keys().filter_map(Result::ok).map(|k| u32::from_be_bytes(k.data().policy_id_be)));
-    }
-    ids.extend(maps.routes.keys().filter_map(Result::ok).map(|k| u32::from_be_bytes(k.data().policy_id_be)));
-    ids.extend(maps.ports.keys().filter_map(Result::ok).map(|k: PortKey| k.policy_id));
-    ids.extend(maps.ifaces.keys().filter_map(Result::ok).map(|k: IfaceKey| k.policy_id));
-    ids
-}
-
-/// Deletes policy entries whose policy id is not in `keep`; returns how many.
-fn delete_unrecorded(maps: &PinnedMaps, keep: &BTreeSet<u32>) -> usize {
-    let mut n = 0;
-    let lpm_key = |len: u32, d: &CidrData| {
-        let mut k = len.to_ne_bytes().to_vec();
-        k.extend_from_slice(bytemuck::bytes_of(d));
-        k
-    };
-    let mut del = |fd, keys: Vec<Vec<u8>>| {
-        for k in keys {
-            if raw::delete_batch(fd, &k, 1).is_ok() {
-                n += 1;
-            }
-        }
-    };
-    for trie in [&maps.excluded, &maps.included] {
-        let keys = trie
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !keep.contains(&u32::from_be_bytes(k.data().policy_id_be)))
-            .map(|k| lpm_key(k.prefix_len(), &k.data()))
-            .collect();
-        del(map_fd(trie), keys);
-    }
-    let keys = maps
-        .routes
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| !keep.contains(&u32::from_be_bytes(k.data().policy_id_be)))
-        .map(|k| lpm_key(k.prefix_len(), &k.data()))
-        .collect();
-    del(map_fd(&maps.routes), keys);
-    let keys = maps
-        .ports
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| !keep.contains(&k.policy_id))
-        .map(|k| bytemuck::bytes_of(&k).to_vec())
-        .collect();
-    del(map_fd(&maps.ports), keys);
-    let keys = maps
-        .ifaces
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| !keep.contains(&k.policy_id))
-        .map(|k| bytemuck::bytes_of(&k).to_vec())
-        .collect();
-    del(map_fd(&maps.ifaces), keys);
-    n
+/// Objects present anywhere in the maps: registered, with a record list, or owning entries.
+pub fn present_generations(maps: &PinnedMaps) -> Result<BTreeSet<u32>> {
+    let mut ids = objects::recorded(maps)?;
+    ids.extend(objects::ids_in_maps(maps)?);
+    Ok(ids)
 }
 
 /// Removes the staging directories of interrupted loads of this installation (the caller

@@ -11,10 +11,9 @@ use std::{
     fs,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     os::unix::fs::MetadataExt,
-    path::Path,
 };
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use aya::maps::{Map, MapData, SockHash};
 use interceptor_common::{AF_INET, AF_INET6, ListenerKey, capacity::LISTENER_SLOTS, map_names};
 
@@ -22,29 +21,88 @@ use super::PinDir;
 use crate::netns::Netns;
 
 /// The listening TCP sockets of the namespace on `port` owned by `uid` (the kernel's UID,
-/// as /proc shows it to the initial user namespace): (socket inode, family).
-fn listeners_on(port: u16, uid: u32) -> Vec<(u64, u16)> {
+/// as the initial user namespace sees it): (socket inode, family). Asked over sock_diag
+/// (`NETLINK_SOCK_DIAG`, listening sockets only) in the namespace the calling thread has
+/// joined: the kernel walks its listening sockets only, where reading /proc/net/tcp walks
+/// the whole established-connection table of the host (milliseconds on a busy node, at
+/// every first enroll).
+fn listeners_on(port: u16, uid: u32) -> Result<Vec<(u64, u16)>> {
     let mut out = Vec::new();
-    for (file, family) in [("tcp", AF_INET), ("tcp6", AF_INET6)] {
-        // thread-self: the namespace this thread has joined, not the process's.
-        let Ok(text) = fs::read_to_string(Path::new("/proc/thread-self/net").join(file)) else { continue };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
-            let (Some(local), Some(state), Some(owner), Some(inode)) = (f.get(1), f.get(3), f.get(7), f.get(9)) else {
-                continue;
-            };
-            let local_port = local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
-            if *state == "0A"
-                && local_port == Some(port)
-                && owner.parse::<u32>() == Ok(uid)
-                && let Ok(inode) = inode.parse()
-            {
+    for family in [AF_INET, AF_INET6] {
+        for (sport, owner, inode) in diag_listeners(family)? {
+            if sport == port && owner == uid {
                 out.push((inode, family));
             }
         }
     }
-    out
+    Ok(out)
+}
+
+/// (local port, UID, socket inode) of every listening TCP socket of `family`.
+fn diag_listeners(family: u16) -> Result<Vec<(u16, u32, u64)>> {
+    const NETLINK_SOCK_DIAG: i32 = 4;
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const TCP_LISTEN: u32 = 10;
+    // SAFETY: plain socket call; the descriptor is owned below.
+    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, NETLINK_SOCK_DIAG) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("socket(NETLINK_SOCK_DIAG)");
+    }
+    // SAFETY: the kernel just returned this descriptor.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // nlmsghdr (16) + inet_diag_req_v2 (56): family, protocol, ext, pad, states, sockid.
+    let mut req = [0u8; 72];
+    req[0..4].copy_from_slice(&72u32.to_ne_bytes());
+    req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req[6..8].copy_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+    req[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    req[16] = family as u8;
+    req[17] = libc::IPPROTO_TCP as u8;
+    req[20..24].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+    // SAFETY: a valid buffer of the length passed.
+    if unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } < 0 {
+        return Err(std::io::Error::last_os_error()).context("sending the sock_diag request");
+    }
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        // SAFETY: a valid buffer of the length passed.
+        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error()).context("reading the sock_diag answer");
+        }
+        let mut msgs = &buf[..n as usize];
+        while msgs.len() >= 16 {
+            let len = u32::from_ne_bytes(msgs[0..4].try_into().expect("4 bytes")) as usize;
+            let kind = u16::from_ne_bytes(msgs[4..6].try_into().expect("2 bytes"));
+            if len < 16 || len > msgs.len() {
+                bail!("malformed sock_diag answer");
+            }
+            match kind {
+                // NLMSG_DONE
+                3 => return Ok(out),
+                // NLMSG_ERROR: an errno (negative) after the header.
+                2 => {
+                    let errno = i32::from_ne_bytes(msgs[16..20].try_into().expect("4 bytes"));
+                    if errno != 0 {
+                        return Err(std::io::Error::from_raw_os_error(-errno)).context("sock_diag");
+                    }
+                    return Ok(out);
+                }
+                _ if len >= 16 + 72 => {
+                    // inet_diag_msg: family, state, timer, retrans, sockid (sport big-endian
+                    // first), expires, rqueue, wqueue, uid, inode.
+                    let m = &msgs[16..16 + 72];
+                    let sport = u16::from_be_bytes([m[4], m[5]]);
+                    let uid = u32::from_ne_bytes(m[64..68].try_into().expect("4 bytes"));
+                    let inode = u32::from_ne_bytes(m[68..72].try_into().expect("4 bytes"));
+                    out.push((sport, uid, inode as u64));
+                }
+                _ => {}
+            }
+            msgs = &msgs[len.next_multiple_of(4).min(msgs.len())..];
+        }
+    }
 }
 
 /// A process of the namespace (device, inode) holding socket `inode`, and its fd number.
@@ -109,7 +167,7 @@ pub fn adopt(netns: &Netns, pins: &PinDir, cookie: u64, port: u16, uid: u32) -> 
         return Ok(0);
     }
     let netns_id = netns.id()?;
-    let found = netns.run(move || Ok(listeners_on(port, uid)))?;
+    let found = netns.run(move || listeners_on(port, uid))?;
     if found.is_empty() {
         return Ok(0);
     }

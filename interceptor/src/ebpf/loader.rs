@@ -28,7 +28,9 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{Program, ProgramInfo},
 };
-use interceptor_common::{GenerationChunk, GenerationKey, LAYOUT_VERSION, PodInfo, Settings, capacity, map_names};
+use interceptor_common::{
+    GenerationChunk, GenerationKey, LAYOUT_VERSION, ObjectInfo, PodInfo, Settings, capacity, map_names,
+};
 
 pub use super::cgroup::cgroup2_root;
 use super::{
@@ -41,6 +43,7 @@ use super::{
     maps::PinnedMaps,
     marker::{Marker, require_installation},
     object::{self, ACCEL_PROGRAM, CGROUP_PROGRAMS, SK_LOOKUP_PROGRAM},
+    objects,
     pins::require_bpffs_parent,
     probe, raw,
 };
@@ -156,6 +159,7 @@ pub fn load_report(opts: &LoadOptions) -> Result<LoadReport> {
         if settings.fingerprint == object::fingerprint() && links_consistent(pins) {
             report.acceleration_switched = set_acceleration(pins, opts.accelerate)?;
             report.gc.merge(gc::collect(pins, &mut maps, false)?);
+            objects::end(&mut maps);
             return Ok(report);
         }
         let (pods, dead) = upgrade(pins, &mut maps)?;
@@ -163,6 +167,7 @@ pub fn load_report(opts: &LoadOptions) -> Result<LoadReport> {
         report.acceleration_switched = set_acceleration(pins, opts.accelerate)?;
         report.gc.dead_pods.extend(dead);
         report.gc.merge(gc::collect(pins, &mut maps, false)?);
+        objects::end(&mut maps);
         return Ok(report);
     }
     report.gc.stale_pins = remove_stale_staging(pins);
@@ -257,6 +262,14 @@ fn install(staging: &PinDir, cgroup: &Path, (node_limit, pod_limit): (u64, u64),
     )
     .context("cannot create the GENERATIONS map")?;
     raw::obj_pin(generations.as_fd(), &staging.map(map_names::GENERATIONS))?;
+    let objects = raw::hash_map_create(
+        map_names::OBJECTS,
+        size_of::<u32>() as u32,
+        size_of::<ObjectInfo>() as u32,
+        capacity::OBJECTS as u32,
+    )
+    .context("cannot create the OBJECTS map")?;
+    raw::obj_pin(objects.as_fd(), &staging.map(map_names::OBJECTS))?;
 
     let cg = File::open(cgroup).with_context(|| format!("cannot open cgroup {}", cgroup.display()))?;
     for (i, (name, attach_type)) in CGROUP_PROGRAMS.iter().enumerate() {

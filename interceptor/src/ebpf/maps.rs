@@ -2,10 +2,12 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuHashMap};
+use std::os::fd::AsFd;
+
+use aya::maps::{Array, HashMap, IterableMap, LpmTrie, Map, MapData, PerCpuHashMap};
 use interceptor_common::{
-    CidrData, ConnKey, CounterKey, GenerationChunk, GenerationKey, IfaceKey, OrigDst, PodAddrKey, PodConfig, PodInfo,
-    PortKey, RouteValue, Settings, Tracking, map_names,
+    CidrData, ConnKey, CounterKey, GenerationChunk, GenerationKey, IfaceKey, ObjectInfo, OrigDst, PodAddrKey,
+    PodConfig, PodInfo, PortKey, RouteValue, Settings, Tracking, map_names,
 };
 
 use super::PinDir;
@@ -14,6 +16,7 @@ pub struct PinnedMaps {
     pub pods: HashMap<MapData, u64, PodConfig>,
     pub pod_addrs: HashMap<MapData, PodAddrKey, u64>,
     pub generations: HashMap<MapData, GenerationKey, GenerationChunk>,
+    pub objects: HashMap<MapData, u32, ObjectInfo>,
     pub excluded: LpmTrie<MapData, CidrData, u8>,
     pub included: LpmTrie<MapData, CidrData, u8>,
     pub routes: LpmTrie<MapData, CidrData, RouteValue>,
@@ -39,6 +42,7 @@ impl PinnedMaps {
             pods: HashMap::try_from(Map::HashMap(m(PODS)?))?,
             pod_addrs: HashMap::try_from(Map::HashMap(m(POD_ADDRS)?))?,
             generations: HashMap::try_from(Map::HashMap(m(GENERATIONS)?))?,
+            objects: HashMap::try_from(Map::HashMap(m(OBJECTS)?))?,
             excluded: LpmTrie::try_from(Map::LpmTrie(m(EXCLUDED_CIDRS)?))?,
             included: LpmTrie::try_from(Map::LpmTrie(m(INCLUDED_CIDRS)?))?,
             routes: LpmTrie::try_from(Map::LpmTrie(m(ROUTES)?))?,
@@ -56,6 +60,25 @@ impl PinnedMaps {
     pub fn settings(&self) -> Result<Settings> {
         Ok(self.settings.get(&0, 0)?)
     }
+}
+
+/// Every entry of a (not per-CPU) map, read in a few batch calls.
+pub fn read_all<M, K, V>(map: &M) -> Result<Vec<(K, V)>>
+where
+    M: IterableMap<K, V>,
+    K: aya::Pod + bytemuck::Pod,
+    V: aya::Pod + bytemuck::Pod,
+{
+    let fd = map.map().fd().as_fd();
+    let (keys, values, n) =
+        super::raw::lookup_batch(fd, size_of::<K>(), size_of::<V>()).context("reading a map (BPF_MAP_LOOKUP_BATCH)")?;
+    Ok((0..n)
+        .map(|i| {
+            let k = bytemuck::pod_read_unaligned(&keys[i * size_of::<K>()..(i + 1) * size_of::<K>()]);
+            let v = bytemuck::pod_read_unaligned(&values[i * size_of::<V>()..(i + 1) * size_of::<V>()]);
+            (k, v)
+        })
+        .collect())
 }
 
 /// Decodes a NUL-padded byte field.

@@ -32,6 +32,7 @@ pub mod lock;
 pub mod maps;
 pub mod marker;
 pub mod object;
+pub mod objects;
 pub mod pins;
 pub mod probe;
 pub mod raw;

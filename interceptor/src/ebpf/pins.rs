@@ -107,7 +107,7 @@ impl PinDir {
             out.push(self.prog_next(name));
         }
         out.push(self.root.join("progs"));
-        for name in map_names::ALL.iter().chain(&[map_names::POD_INFO, map_names::GENERATIONS]) {
+        for name in map_names::ALL.iter().chain(&map_names::USER) {
             out.push(self.map(name));
         }
         out.push(self.root.join("maps"));

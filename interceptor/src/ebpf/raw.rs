@@ -220,6 +220,8 @@ pub struct MapInfo {
 }
 
 pub const BPF_MAP_TYPE_RINGBUF: u32 = 27;
+pub const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
+pub const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 
 pub fn map_info(map: BorrowedFd<'_>) -> io::Result<MapInfo> {
     let b = obj_info(map)?;
@@ -254,6 +256,7 @@ pub fn count_entries(map: BorrowedFd<'_>, key_size: u32) -> io::Result<u64> {
     }
 }
 
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 
@@ -289,6 +292,47 @@ pub fn update_batch(map: BorrowedFd<'_>, keys: &[u8], values: &[u8], count: usiz
         done += processed;
     }
     Ok(())
+}
+
+/// BPF_MAP_LOOKUP_BATCH over the whole map: every key and value, packed, in a few calls
+/// instead of two per entry (a status of a node with a thousand pods reads each map at once).
+/// `value_size` is what the kernel copies per entry (for a per-CPU map: the value rounded up
+/// to 8 bytes, times the possible CPUs). Returns (keys, values, count).
+pub fn lookup_batch(map: BorrowedFd<'_>, key_size: usize, value_size: usize) -> io::Result<(Vec<u8>, Vec<u8>, usize)> {
+    const PER_CALL: usize = 4096;
+    let mut keys = Vec::new();
+    let mut values = Vec::new();
+    let mut total = 0;
+    // The position between calls: a bucket index (hash maps) or a key (others).
+    let token_size = key_size.max(8);
+    let mut in_token = vec![0u8; token_size];
+    let mut out_token = vec![0u8; token_size];
+    let mut first = true;
+    loop {
+        keys.resize((total + PER_CALL) * key_size, 0);
+        values.resize((total + PER_CALL) * value_size, 0);
+        let mut attr = batch_attr(
+            map,
+            keys[total * key_size..].as_mut_ptr() as u64,
+            values[total * value_size..].as_mut_ptr() as u64,
+            PER_CALL as u32,
+        );
+        attr.put_u64(0, if first { 0 } else { in_token.as_ptr() as u64 }).put_u64(8, out_token.as_mut_ptr() as u64);
+        let r = sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let got = u32::from_ne_bytes(attr.0[32..36].try_into().expect("4 bytes")) as usize;
+        total += got;
+        match r {
+            Ok(_) => {}
+            // The end of the map (the last call may still have returned entries).
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+            Err(e) => return Err(e),
+        }
+        std::mem::swap(&mut in_token, &mut out_token);
+        first = false;
+    }
+    keys.truncate(total * key_size);
+    values.truncate(total * value_size);
+    Ok((keys, values, total))
 }
 
 /// BPF_MAP_DELETE_BATCH of packed keys.

@@ -45,6 +45,10 @@ pub enum PolicyError {
     UnknownLocalProxyMode { origin: Origin, item: String },
     #[error("{origin}: invalid {what} {item:?}: {reason}")]
     InvalidValue { origin: Origin, what: &'static str, item: String, reason: String },
+    #[error(
+        "{origin}: {count} {what}, more than the per-pod limit of {limit} ({flag}): lists many pods share belong in the MeshConfig, which is stored once for all of them"
+    )]
+    TooManyItems { origin: Origin, what: &'static str, count: usize, limit: usize, flag: &'static str },
     #[error("{path}: malformed {format}: {message}")]
     Malformed { path: String, format: &'static str, message: String },
     #[error("{path}: cannot read: {message}")]
@@ -58,7 +62,8 @@ impl PolicyError {
             | PolicyError::InvalidPort { origin, .. }
             | PolicyError::InvalidInterface { origin, .. }
             | PolicyError::UnknownLocalProxyMode { origin, .. }
-            | PolicyError::InvalidValue { origin, .. } => Some(origin),
+            | PolicyError::InvalidValue { origin, .. }
+            | PolicyError::TooManyItems { origin, .. } => Some(origin),
             PolicyError::Malformed { .. } | PolicyError::Unreadable { .. } => None,
         }
     }

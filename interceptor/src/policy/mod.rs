@@ -135,6 +135,19 @@ pub struct Policy {
     pub local_proxy_mode: LocalProxyMode,
     /// osm-edge's local DNS proxy rule (UDP 127.0.0.153:53 → :5300), in both modes.
     pub local_dns_proxy: bool,
+    /// Which ranges of the merged lists only the pod's own annotations add. The rules do not
+    /// need it (they hold the merged lists); eBPF mode stores these with the pod and the rest
+    /// (the global lists) once for every pod that has the same.
+    #[serde(skip)]
+    pub pod_ranges: PodRanges,
+}
+
+/// The ranges a pod's annotations add to the global lists (by network, in the merged
+/// lists' order; none that a global list holds too).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodRanges {
+    pub exclusions: Vec<IpNet>,
+    pub inclusions: Vec<IpNet>,
 }
 
 impl Default for Policy {
@@ -149,6 +162,7 @@ impl Default for Policy {
             network_interface_exclusions: Vec::new(),
             local_proxy_mode: LocalProxyMode::Localhost,
             local_dns_proxy: false,
+            pod_ranges: PodRanges::default(),
         }
     }
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::{
-    Cidr, LocalProxyMode, Policy, Ports,
+    Cidr, LocalProxyMode, PodRanges, Policy, Ports,
     error::{Origin, PolicyError, PolicyErrors, Warning},
     merge::{self, Sourced},
     validate::{parse_cidr, parse_interface, parse_port, warnings},
@@ -30,6 +30,24 @@ pub struct FlagValues {
     pub local_dns_proxy: bool,
     /// Port overrides by name (`admin`, `outbound`, ...), raw text.
     pub ports: Vec<(&'static str, String)>,
+    /// Per-pod limits on the pod's annotation lists.
+    pub annotation_limits: AnnotationLimits,
+}
+
+/// The most items one pod annotation may list (`--max-annotation-cidrs`,
+/// `--max-annotation-ports`): eBPF mode stores a pod's own lists with the pod, so one pod
+/// must not be able to fill the node's maps through its annotations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AnnotationLimits {
+    pub cidrs: usize,
+    pub ports: usize,
+}
+
+impl Default for AnnotationLimits {
+    fn default() -> Self {
+        use interceptor_common::annotation_limits;
+        AnnotationLimits { cidrs: annotation_limits::CIDRS, ports: annotation_limits::PORTS }
+    }
 }
 
 /// Everything a policy is built from.
@@ -151,7 +169,7 @@ fn build(
     if let Some(source) = &pod_source
         && let Some((shown, doc)) = source.read(&mut c)
     {
-        pod = pod_annotations(&mut c, &shown, &doc);
+        pod = pod_annotations(&mut c, &shown, &doc, flags.annotation_limits);
     }
     let ports = port_overrides(&mut c, &flags.ports);
     if !c.errors.is_empty() {
@@ -175,9 +193,20 @@ fn build(
         ),
         local_proxy_mode: mode.unwrap_or_default(),
         local_dns_proxy: dns,
+        pod_ranges: PodRanges {
+            exclusions: pod_only(&global.ip_exclusions, &pod.ip_exclusions),
+            inclusions: pod_only(&global.ip_inclusions, &pod.ip_inclusions),
+        },
     };
     warns.extend(warnings(&policy));
     Ok((policy, warns))
+}
+
+/// The networks of `pod` that no range of `global` has (first occurrence kept).
+fn pod_only(global: &[Sourced<Cidr>], pod: &[Sourced<Cidr>]) -> Vec<ipnet::IpNet> {
+    let global: std::collections::HashSet<ipnet::IpNet> = global.iter().map(|c| c.value.net.trunc()).collect();
+    let mut seen = std::collections::HashSet::new();
+    pod.iter().map(|c| c.value.net.trunc()).filter(|n| !global.contains(n) && seen.insert(*n)).collect()
 }
 
 fn port_overrides(c: &mut Collect, overrides: &[(&'static str, String)]) -> Ports {
@@ -386,8 +415,9 @@ fn mesh_config(c: &mut Collect, path: &str, doc: &Value) -> (Lists, Option<Local
     (lists, mode, dns)
 }
 
-/// The pod's `metadata.annotations`: comma-separated, items trimmed (osm-edge).
-fn pod_annotations(c: &mut Collect, path: &str, doc: &Value) -> Lists {
+/// The pod's `metadata.annotations`: comma-separated, items trimmed (osm-edge); at most
+/// `limits` items per list.
+fn pod_annotations(c: &mut Collect, path: &str, doc: &Value, limits: AnnotationLimits) -> Lists {
     let mut lists = Lists::default();
     if !check_kind(c, path, doc, "Pod") {
         return lists;
@@ -420,11 +450,22 @@ fn pod_annotations(c: &mut Collect, path: &str, doc: &Value) -> Lists {
             }
         }
     };
+    // Counted before parsing: a list too long is refused whatever its items.
+    let within = |c: &mut Collect, o: &Origin, s: &str, what: &'static str, limit: usize, flag: &'static str| {
+        let count = s.split(',').count();
+        if count > limit {
+            c.errors.push(PolicyError::TooManyItems { origin: o.clone(), what, count, limit, flag });
+            return false;
+        }
+        true
+    };
     for (name, target) in [
         (ANNOTATION_OUTBOUND_IP_EXCLUSION, &mut lists.ip_exclusions),
         (ANNOTATION_OUTBOUND_IP_INCLUSION, &mut lists.ip_inclusions),
     ] {
-        if let Some((o, s)) = value(c, name) {
+        if let Some((o, s)) = value(c, name)
+            && within(c, &o, &s, "ranges", limits.cidrs, "--max-annotation-cidrs")
+        {
             for item in s.split(',') {
                 if let Some(v) = c.ok(parse_cidr(&o, item)) {
                     target.push(Sourced { value: v, origin: o.clone() });
@@ -436,7 +477,9 @@ fn pod_annotations(c: &mut Collect, path: &str, doc: &Value) -> Lists {
         (ANNOTATION_OUTBOUND_PORT_EXCLUSION, &mut lists.out_port_exclusions),
         (ANNOTATION_INBOUND_PORT_EXCLUSION, &mut lists.in_port_exclusions),
     ] {
-        if let Some((o, s)) = value(c, name) {
+        if let Some((o, s)) = value(c, name)
+            && within(c, &o, &s, "ports", limits.ports, "--max-annotation-ports")
+        {
             for item in s.split(',') {
                 if let Some(v) = c.ok(parse_port(&o, item)) {
                     target.push(Sourced { value: v, origin: o.clone() });

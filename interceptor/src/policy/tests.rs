@@ -315,3 +315,54 @@ fn reasons_are_numbered_once_and_directions_do_not_depend_on_numbers() {
     assert!(Reason::InNoListener.is_inbound());
     assert!(!Reason::OutPodIpDnat.is_inbound());
 }
+
+#[test]
+fn the_pods_own_ranges_are_those_no_global_list_holds() {
+    let inputs = PolicyInputs {
+        flags: FlagValues::default(),
+        mesh_config: Some(write("own-mc.yaml", MESH_CONFIG_YAML)),
+        pod: Some(write("own-pod.yaml", POD_YAML)),
+    };
+    let (p, _) = build_policy(&inputs).unwrap();
+    // 169.254.169.254/32 is in the MeshConfig too: shared, not the pod's own.
+    assert_eq!(p.pod_ranges.exclusions, vec!["10.244.0.0/16".parse::<ipnet::IpNet>().unwrap()]);
+    assert!(p.pod_ranges.inclusions.is_empty());
+    // The merged list (what the rules and the oracle use) is unchanged.
+    assert_eq!(texts(&p.outbound_ip_range_exclusions), ["10.244.0.0/16", "169.254.169.254/32", "10.96.0.0/16"]);
+}
+
+#[test]
+fn an_annotation_longer_than_the_per_pod_limit_is_refused_naming_it() {
+    use super::sources::{AnnotationLimits, Document, build_policy_from_documents};
+    let many: Vec<String> = (0..300).map(|i| format!("10.{}.{}.0/24", i / 256, i % 256)).collect();
+    let ports: Vec<String> = (1000..1300).map(|p| p.to_string()).collect();
+    let annotations: std::collections::BTreeMap<String, String> = [
+        ("openservicemesh.io/outbound-ip-range-exclusion-list".to_string(), many.join(",")),
+        ("openservicemesh.io/inbound-port-exclusion-list".to_string(), ports.join(",")),
+    ]
+    .into();
+    let pod = Document::pod_annotations("pod shop/big", &annotations);
+    let err = build_policy_from_documents(&FlagValues::default(), None, Some(&pod)).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(
+            "pod shop/big: annotation openservicemesh.io/outbound-ip-range-exclusion-list: 300 ranges, more than the per-pod limit of 256 (--max-annotation-cidrs)"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "annotation openservicemesh.io/inbound-port-exclusion-list: 300 ports, more than the per-pod limit of 256 (--max-annotation-ports)"
+        ),
+        "{text}"
+    );
+    // The limits are the operator's; the MeshConfig's lists have none.
+    let raised = FlagValues { annotation_limits: AnnotationLimits { cidrs: 300, ports: 300 }, ..FlagValues::default() };
+    let (p, _) = build_policy_from_documents(&raised, None, Some(&pod)).unwrap();
+    assert_eq!(p.pod_ranges.exclusions.len(), 300);
+    let mesh = serde_json::json!({"kind": "MeshConfig", "spec": {"traffic": {"outboundIPRangeExclusionList": many}}});
+    let mesh = Document { shown: "mc".into(), doc: mesh };
+    let (p, _) = build_policy_from_documents(&FlagValues::default(), Some(&mesh), None).unwrap();
+    assert_eq!(p.outbound_ip_range_exclusions.len(), 300);
+    assert!(p.pod_ranges.exclusions.is_empty());
+}
