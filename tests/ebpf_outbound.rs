@@ -126,7 +126,11 @@ fn interception_continues_after_the_loader_exits_and_load_is_idempotent() -> Res
     assert_eq!(landed(&sb, "203.0.113.20:6379")?.as_deref(), Some("world"));
 
     let ids = program_ids(&sb)?;
-    assert_eq!(ids.len(), ebpf::object::CGROUP_PROGRAMS.len() + 1, "every cgroup program and steer_inbound");
+    assert_eq!(
+        ids.len(),
+        ebpf::object::CGROUP_PROGRAMS.len() + 2,
+        "every cgroup program, steer_inbound and accelerate"
+    );
     assert!(run(&["ebpf", "load", "--cgroup", &cg, "--pin-dir", &pin])?.contains("already loaded"));
     assert_eq!(program_ids(&sb)?, ids, "loading twice changes nothing");
 
@@ -141,6 +145,7 @@ fn interception_continues_after_the_loader_exits_and_load_is_idempotent() -> Res
         pin_dir: sb.pins.clone(),
         max_tracked_connections: None,
         max_tracked_connections_per_pod: None,
+        accelerate: false,
     })?;
     assert_eq!(outcome, LoadOutcome::Upgraded { pods: 1 });
     let new_ids = program_ids(&sb)?;
@@ -275,6 +280,7 @@ fn a_load_over_an_older_layout_names_the_layout_not_an_incomplete_installation()
         pin_dir: sb.pins.clone(),
         max_tracked_connections: None,
         max_tracked_connections_per_pod: None,
+        accelerate: false,
     })
     .unwrap_err()
     .to_string();

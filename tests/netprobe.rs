@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 fn usage() -> ! {
     eprintln!(
-        "usage:\n  netprobe serve --name NAME --listen ADDR:PORT... [--udp ADDR:PORT...] [--close]\n  netprobe connect --to ADDR:PORT [--udp] [--timeout-ms N]\n  netprobe dns --to ADDR:PORT... --name NAME [--sendto] [--timeout-ms N]  (an A query to each, over one UDP socket; [::ffff:a.b.c.d] = dual-stack)\n  netprobe connect-many --to ADDR:PORT... [--repeat N]\n  netprobe connect-hold --to ADDR:PORT        (one exchange per stdin line)\n  netprobe connect-loop --to ADDR:PORT [--interval-ms N]   (connects until stdin closes; one JSON line each, with the time)\n  netprobe rr --to ADDR:PORT --count N      (connect, 1-byte request/response, close; prints latencies in ns)\n  netprobe bulk --to ADDR:PORT --bytes N     (prints MB/s)\n  netprobe sink --listen ADDR:PORT           (accepts and discards; 1-byte echo for rr)\n  netprobe serve ... [--reuseport N]         (N SO_REUSEPORT listeners per address)\n  netprobe hold-accept --listen ADDR:PORT... --wait-ms N [--backlog B] [--idle-ms N]\n                                             (listens, accepts nothing for N ms, then accepts\n                                              every pending connection: one JSON line each)\n  netprobe send-close --to ADDR:PORT --count N [--linger0]\n                                             (connect, send a line, close at once; N times)\n  netprobe reconnect --to ADDR:PORT --then ADDR:PORT\n                                             (one socket: connect, and after it fails connect again)\n  netprobe connect ... [--bind ADDR:PORT]     (bind before connecting)"
+        "usage:\n  netprobe serve --name NAME --listen ADDR:PORT... [--udp ADDR:PORT...] [--close]\n  netprobe connect --to ADDR:PORT [--udp] [--timeout-ms N]\n  netprobe dns --to ADDR:PORT... --name NAME [--sendto] [--timeout-ms N]  (an A query to each, over one UDP socket; [::ffff:a.b.c.d] = dual-stack)\n  netprobe connect-many --to ADDR:PORT... [--repeat N]\n  netprobe connect-hold --to ADDR:PORT        (one exchange per stdin line)\n  netprobe connect-loop --to ADDR:PORT [--interval-ms N]   (connects until stdin closes; one JSON line each, with the time)\n  netprobe rr --to ADDR:PORT --count N      (connect, 1-byte request/response, close; prints latencies in ns)\n  netprobe bulk --to ADDR:PORT --bytes N     (prints MB/s)\n  netprobe pingpong --to ADDR:PORT --count N (one connection, N 1-byte request/responses; latencies in ns)\n  netprobe sink --listen ADDR:PORT [--workers N] [--orig-dst]\n                                             (accepts and discards; 1-byte echo for rr, and a\n                                             1-byte \"q\" is echoed and the sink closes first; N threads accept;\n                                              --orig-dst: asks SO_ORIGINAL_DST of each, as a sidecar)\n  netprobe cps --to ADDR:PORT --threads N --duration-ms D\n                                             (N threads: connect, 1-byte \"q\", read the answer and the\n                                              sink's close, close; prints \"conns errors elapsed_ns\", then\n                                              one latency in ns per connection)\n  netprobe serve ... [--reuseport N]         (N SO_REUSEPORT listeners per address)\n  netprobe hold-accept --listen ADDR:PORT... --wait-ms N [--backlog B] [--idle-ms N]\n                                             (listens, accepts nothing for N ms, then accepts\n                                              every pending connection: one JSON line each)\n  netprobe send-close --to ADDR:PORT --count N [--linger0]\n                                             (connect, send a line, close at once; N times)\n  netprobe reconnect --to ADDR:PORT --then ADDR:PORT\n                                             (one socket: connect, and after it fails connect again)\n  netprobe connect ... [--bind ADDR:PORT]     (bind before connecting)\n  netprobe stream --to ADDR:PORT --bytes N [--how write|sendfile|splice] [--write-size N] [--blocking]\n                                             (sends N bytes of a known pattern (non-blocking writes, or\n                                              sendfile() from a file, or splice() from a pipe), half-closes,\n                                              reads the server's JSON line and N bytes back; prints JSON;\n                                              reads wait in poll() unless --blocking)\n  netprobe stream-server --listen ADDR:PORT [--splice] [--read-size N] [--delay-ms N] [--blocking]\n                        [--close-delay-ms N]\n                                             (per connection: waits, reads to EOF (read() or splice()),\n                                              answers a JSON line — bytes, pattern check, addresses,\n                                              SO_ORIGINAL_DST, TCP_INFO bytes received — then N bytes back,\n                                              and closes N ms later)"
     );
     std::process::exit(2)
 }
@@ -105,12 +105,45 @@ fn main() {
             let count: usize = one("--count").map(|v| v.parse().unwrap()).unwrap_or(1000);
             request_response(to, count);
         }
+        "pingpong" => {
+            let to = addrs("--to").into_iter().next().unwrap_or_else(|| usage());
+            let count: usize = one("--count").map(|v| v.parse().unwrap()).unwrap_or(1000);
+            ping_pong(to, count);
+        }
         "bulk" => {
             let to = addrs("--to").into_iter().next().unwrap_or_else(|| usage());
             let bytes: u64 = one("--bytes").map(|v| v.parse().unwrap()).unwrap_or(1 << 30);
             bulk(to, bytes);
         }
-        "sink" => sink(&addrs("--listen")),
+        "stream" => {
+            let to = addrs("--to").into_iter().next().unwrap_or_else(|| usage());
+            let bytes: u64 = one("--bytes").map(|v| v.parse().unwrap()).unwrap_or(1);
+            let write_size: usize = one("--write-size").map(|v| v.parse().unwrap()).unwrap_or(1 << 20);
+            let how = one("--how").unwrap_or_else(|| "write".into());
+            println!("{}", stream::client(to, bytes, &how, write_size, has("--blocking")));
+        }
+        "stream-server" => {
+            let read_size: usize = one("--read-size").map(|v| v.parse().unwrap()).unwrap_or(1 << 16);
+            let delay = Duration::from_millis(one("--delay-ms").map(|v| v.parse().unwrap()).unwrap_or(0));
+            let close_delay = Duration::from_millis(one("--close-delay-ms").map(|v| v.parse().unwrap()).unwrap_or(0));
+            let opts = stream::ServerOptions {
+                splice: has("--splice"),
+                read_size,
+                delay,
+                blocking: has("--blocking"),
+                close_delay,
+            };
+            stream::server(&addrs("--listen"), opts);
+        }
+        "sink" => {
+            sink(&addrs("--listen"), one("--workers").map(|v| v.parse().unwrap()).unwrap_or(1), has("--orig-dst"))
+        }
+        "cps" => {
+            let to = addrs("--to").into_iter().next().unwrap_or_else(|| usage());
+            let threads: usize = one("--threads").map(|v| v.parse().unwrap()).unwrap_or(8);
+            let duration = Duration::from_millis(one("--duration-ms").map(|v| v.parse().unwrap()).unwrap_or(1000));
+            connections_per_second(to, threads, duration);
+        }
         _ => usage(),
     }
 }
@@ -405,38 +438,132 @@ fn connect_many(to: &[SocketAddr], repeat: usize) {
     }
 }
 
-/// Accepts connections and serves them one at a time on the accepting thread (no thread
-/// spawn in the measured path): echoes a 1-byte read (request/response), discards
-/// anything larger (bulk), until the client closes.
-fn sink(listen: &[SocketAddr]) {
+/// Accepts connections and serves them one at a time on each accepting thread (`workers`
+/// threads share each listener; no thread spawn in the measured path), asking each one's
+/// SO_ORIGINAL_DST first if `orig_dst` (as a sidecar does): echoes a 1-byte read
+/// (request/response; after a "q" the sink closes first, as an HTTP/1.0 server does),
+/// discards anything larger (bulk), until the client closes.
+fn sink(listen: &[SocketAddr], workers: usize, orig_dst: bool) {
     let mut threads = Vec::new();
     for addr in listen {
-        let listener = bind_listener(*addr);
-        threads.push(std::thread::spawn(move || {
-            let mut buf = vec![0u8; 1 << 18];
-            for conn in listener.incoming() {
-                let Ok(mut s) = conn else { continue };
-                let _ = s.set_nodelay(true);
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(1) => {
-                            if s.write_all(&buf[..1]).is_err() {
-                                break;
+        let listener = Arc::new(bind_listener(*addr));
+        for _ in 0..workers.max(1) {
+            let listener = listener.clone();
+            threads.push(std::thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 18];
+                for conn in listener.incoming() {
+                    let Ok(mut s) = conn else { continue };
+                    let _ = s.set_nodelay(true);
+                    if orig_dst {
+                        let _ = original_dst(&s);
+                    }
+                    loop {
+                        match s.read(&mut buf) {
+                            // A blocking read of an accelerated socket can fail with EAGAIN
+                            // (a kernel limitation, see README): wait and read again.
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => wait_readable(&s),
+                            Ok(0) | Err(_) => break,
+                            Ok(1) => {
+                                if s.write_all(&buf[..1]).is_err() || buf[0] == b'q' {
+                                    break;
+                                }
                             }
+                            // A request line (as `connect-hold` sends): the usual JSON answer.
+                            Ok(n) if n <= 16 && buf[..n].ends_with(b"\n") => reply("sink", &mut s),
+                            Ok(_) => {}
                         }
-                        // A request line (as `connect-hold` sends): the usual JSON answer.
-                        Ok(n) if n <= 16 && buf[..n].ends_with(b"\n") => reply("sink", &mut s),
-                        Ok(_) => {}
                     }
                 }
-            }
-        }));
+            }));
+        }
     }
     println!("ready");
     let _ = std::io::stdout().flush();
     for t in threads {
         let _ = t.join();
+    }
+}
+
+/// Connections per second: `threads` clients, each connecting again and again for
+/// `duration`: connect, send "q", read the 1-byte answer and the sink's close, close (the
+/// sink closes first, so no client port waits in TIME_WAIT). Prints "conns errors
+/// elapsed_ns", then each connection's latency (ns), one per line.
+fn connections_per_second(to: SocketAddr, threads: usize, duration: Duration) {
+    let start = std::time::Instant::now();
+    let workers: Vec<_> = (0..threads.max(1))
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut lat = Vec::with_capacity(1 << 14);
+                let mut errors = 0usize;
+                while start.elapsed() < duration {
+                    let t = std::time::Instant::now();
+                    let ok = (|| -> std::io::Result<()> {
+                        let mut s = TcpStream::connect(to)?;
+                        s.set_nodelay(true)?;
+                        s.write_all(b"q")?;
+                        let mut b = [0u8; 2];
+                        if read_retry(&mut s, &mut b[..1])? != 1 {
+                            return Err(std::io::Error::other("closed before the answer"));
+                        }
+                        if read_retry(&mut s, &mut b)? != 0 {
+                            return Err(std::io::Error::other("the sink did not close"));
+                        }
+                        Ok(())
+                    })();
+                    match ok {
+                        Ok(()) => lat.push(t.elapsed().as_nanos() as u64),
+                        Err(_) => errors += 1,
+                    }
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for w in workers {
+        let (lat, e) = w.join().expect("client thread");
+        all.extend(lat);
+        errors += e;
+    }
+    let elapsed = start.elapsed().as_nanos();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let _ = writeln!(out, "{} {errors} {elapsed}", all.len());
+    for ns in all {
+        let _ = writeln!(out, "{ns}");
+    }
+}
+
+/// read(), waiting and reading again on EAGAIN: a blocking read of an accelerated socket
+/// can fail with EAGAIN (a kernel limitation, see README's acceleration section).
+fn read_retry(s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match s.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => wait_readable(s),
+            other => return other,
+        }
+    }
+}
+
+/// Waits until a socket is readable (or 30 s).
+fn wait_readable(s: &TcpStream) {
+    let mut p = libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut p, 1, 30_000) };
+}
+
+/// One connection, `count` times: send 1 byte, read the 1-byte answer. Prints one latency
+/// (ns) per exchange, then closes.
+fn ping_pong(to: SocketAddr, count: usize) {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut s = TcpStream::connect(to).expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    let mut b = [0u8; 1];
+    for _ in 0..count {
+        let start = std::time::Instant::now();
+        s.write_all(b"x").expect("write");
+        assert_eq!(read_retry(&mut s, &mut b).expect("read"), 1, "the sink closed");
+        let _ = writeln!(out, "{}", start.elapsed().as_nanos());
     }
 }
 
@@ -450,7 +577,9 @@ fn request_response(to: SocketAddr, count: usize) {
             s.set_nodelay(true)?;
             s.write_all(b"x")?;
             let mut b = [0u8; 1];
-            s.read_exact(&mut b)?;
+            if read_retry(&mut s, &mut b)? != 1 {
+                return Err(std::io::Error::other("closed before the answer"));
+            }
             Ok(())
         })();
         let ns = start.elapsed().as_nanos();
@@ -479,8 +608,8 @@ fn bulk(to: SocketAddr, bytes: u64) {
         left = left.saturating_sub(n as u64);
     }
     s.shutdown(std::net::Shutdown::Write).ok();
-    let mut rest = Vec::new();
-    let _ = s.read_to_end(&mut rest);
+    let mut rest = [0u8; 4096];
+    while matches!(read_retry(&mut s, &mut rest), Ok(n) if n > 0) {}
     let secs = start.elapsed().as_secs_f64();
     println!("{:.1}", bytes as f64 / secs / 1e6);
 }
@@ -745,4 +874,351 @@ fn dns_answer(m: &[u8], id: u16) -> Result<(u8, Option<std::net::Ipv4Addr>), Str
         i = data + len;
     }
     Ok((rcode, None))
+}
+
+/// Byte streams with a known content in both directions, to prove that a path (accelerated
+/// or not) delivers the same bytes, in order, with half-close, whatever the system calls.
+mod stream {
+    use std::{
+        io::{BufRead, BufReader, Read, Write},
+        net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+        os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+        time::Duration,
+    };
+
+    use serde_json::{Value, json};
+
+    /// The pattern of one direction: byte `i` of stream `seed`.
+    fn pattern(seed: u64, i: u64) -> u8 {
+        let x = (i ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)).wrapping_mul(0x2545_f491_4f6c_dd1d);
+        (x >> 56) as u8
+    }
+
+    fn fill(seed: u64, from: u64, buf: &mut [u8]) {
+        for (k, b) in buf.iter_mut().enumerate() {
+            *b = pattern(seed, from + k as u64);
+        }
+    }
+
+    /// Counts the bytes of a stream and checks them against the pattern.
+    struct Check {
+        seed: u64,
+        n: u64,
+        ok: bool,
+    }
+
+    impl Check {
+        fn new(seed: u64) -> Check {
+            Check { seed, n: 0, ok: true }
+        }
+        fn feed(&mut self, data: &[u8]) {
+            for &b in data {
+                if b != pattern(self.seed, self.n) {
+                    self.ok = false;
+                }
+                self.n += 1;
+            }
+        }
+    }
+
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: a valid array for pipe2.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0, "pipe");
+        // SAFETY: fresh descriptors we own.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    fn check_rc(rc: isize, what: &str) -> std::io::Result<usize> {
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(std::io::Error::new(e.kind(), format!("{what}: {e}")));
+        }
+        Ok(rc as usize)
+    }
+
+    fn splice(from: RawFd, to: RawFd, len: usize) -> std::io::Result<usize> {
+        // SAFETY: plain descriptors, null offsets (pipes and sockets).
+        let rc =
+            unsafe { libc::splice(from, std::ptr::null_mut(), to, std::ptr::null_mut(), len, libc::SPLICE_F_MOVE) };
+        check_rc(rc, "splice")
+    }
+
+    /// Reads a socket the way event loops do (non-blocking, waiting in poll() on EAGAIN), or
+    /// with plain blocking reads.
+    struct Reader<'a> {
+        s: &'a TcpStream,
+        blocking: bool,
+    }
+
+    impl<'a> Reader<'a> {
+        fn new(s: &'a TcpStream, blocking: bool) -> std::io::Result<Reader<'a>> {
+            s.set_nonblocking(!blocking)?;
+            Ok(Reader { s, blocking })
+        }
+    }
+
+    impl Read for Reader<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            loop {
+                match (&mut &*self.s).read(buf) {
+                    Err(e) if !self.blocking && e.kind() == std::io::ErrorKind::WouldBlock => {
+                        let mut p = libc::pollfd { fd: self.s.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                        // SAFETY: one valid pollfd.
+                        if unsafe { libc::poll(&mut p, 1, 30_000) } == 0 {
+                            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no data for 30 s"));
+                        }
+                    }
+                    other => return other,
+                }
+            }
+        }
+    }
+
+    /// Writes all of `data` to a non-blocking socket, waiting for room with poll(); counts
+    /// the writes the kernel took only in part.
+    fn write_nonblocking(fd: RawFd, mut data: &[u8], partial: &mut u64, again: &mut u64) -> std::io::Result<()> {
+        while !data.is_empty() {
+            // SAFETY: a valid buffer.
+            let rc = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+            if rc < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    *again += 1;
+                    let mut p = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+                    // SAFETY: one valid pollfd.
+                    unsafe { libc::poll(&mut p, 1, 10_000) };
+                    continue;
+                }
+                return Err(e);
+            }
+            if (rc as usize) < data.len() {
+                *partial += 1;
+            }
+            data = &data[rc as usize..];
+        }
+        Ok(())
+    }
+
+    /// Sends `bytes` of pattern 1 `how` (write|sendfile|splice), half-closes, then reads
+    /// the server's JSON line and its bytes of pattern 2 until EOF.
+    pub fn client(to: SocketAddr, bytes: u64, how: &str, write_size: usize, blocking: bool) -> Value {
+        let s = match TcpStream::connect_timeout(&to, Duration::from_secs(10)) {
+            Ok(s) => s,
+            Err(e) => return json!({"ok": false, "error": format!("connect: {e}")}),
+        };
+        let peername = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+        let sockname = s.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        if std::env::var_os("NETPROBE_NO_TIMEOUT").is_none() {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+        }
+        let (mut partial, mut again) = (0u64, 0u64);
+        let fd = s.as_raw_fd();
+        let sent = (|| -> std::io::Result<()> {
+            match how {
+                "write" => {
+                    s.set_nonblocking(true)?;
+                    let mut buf = vec![0u8; write_size.max(1)];
+                    let mut off = 0u64;
+                    while off < bytes {
+                        let n = (bytes - off).min(buf.len() as u64) as usize;
+                        fill(1, off, &mut buf[..n]);
+                        write_nonblocking(fd, &buf[..n], &mut partial, &mut again)?;
+                        off += n as u64;
+                    }
+                    s.set_nonblocking(false)?;
+                }
+                "sendfile" => {
+                    let path = std::env::temp_dir().join(format!("netprobe-sendfile-{}", std::process::id()));
+                    let mut f = std::fs::File::options().read(true).write(true).create_new(true).open(&path)?;
+                    let _ = std::fs::remove_file(&path);
+                    let mut buf = vec![0u8; 1 << 20];
+                    let mut off = 0u64;
+                    while off < bytes {
+                        let n = (bytes - off).min(buf.len() as u64) as usize;
+                        fill(1, off, &mut buf[..n]);
+                        f.write_all(&buf[..n])?;
+                        off += n as u64;
+                    }
+                    let mut offset: libc::off_t = 0;
+                    while (offset as u64) < bytes {
+                        let left = (bytes - offset as u64) as usize;
+                        // SAFETY: valid descriptors and offset.
+                        let rc = unsafe { libc::sendfile(fd, f.as_raw_fd(), &mut offset, left) };
+                        if check_rc(rc, "sendfile")? == 0 {
+                            return Err(std::io::Error::other("sendfile sent nothing"));
+                        }
+                    }
+                }
+                "splice" => {
+                    let (r, w) = pipe();
+                    let mut w = std::fs::File::from(w);
+                    let mut buf = vec![0u8; 1 << 16];
+                    let mut off = 0u64;
+                    while off < bytes {
+                        let n = (bytes - off).min(buf.len() as u64) as usize;
+                        fill(1, off, &mut buf[..n]);
+                        w.write_all(&buf[..n])?;
+                        let mut left = n;
+                        while left > 0 {
+                            left -= splice(r.as_raw_fd(), fd, left)?;
+                        }
+                        off += n as u64;
+                    }
+                }
+                other => return Err(std::io::Error::other(format!("unknown --how {other}"))),
+            }
+            s.shutdown(Shutdown::Write)
+        })();
+        if let Err(e) = sent {
+            return json!({"ok": false, "error": format!("send: {e}")});
+        }
+        let mut reader = match Reader::new(&s, blocking) {
+            Ok(r) => BufReader::new(r),
+            Err(e) => return json!({"ok": false, "error": format!("set blocking: {e}")}),
+        };
+        let mut line = String::new();
+        let reply: Value = match reader.read_line(&mut line) {
+            Ok(n) if n > 0 => serde_json::from_str(line.trim()).unwrap_or(json!({"unparsed": line})),
+            Ok(_) => return json!({"ok": false, "error": "closed before the answer"}),
+            Err(e) => return json!({"ok": false, "error": format!("read the answer: {e}")}),
+        };
+        let mut back = Check::new(2);
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => back.feed(&buf[..n]),
+                Err(e) => return json!({"ok": false, "error": format!("read back: {e}"), "server": reply}),
+            }
+        }
+        json!({
+            "ok": true,
+            "sent": bytes,
+            "partial_writes": partial,
+            "would_block": again,
+            "server": reply,
+            "back_bytes": back.n,
+            "back_ok": back.ok && back.n == bytes,
+            "peername": peername,
+            "sockname": sockname,
+        })
+    }
+
+    /// TCP_INFO's count of bytes received through TCP (0 when every byte was redirected
+    /// into the socket by sk_msg).
+    fn tcp_bytes_received(fd: RawFd) -> u64 {
+        // SAFETY: a zeroed tcp_info and its size.
+        unsafe {
+            let mut info: libc::tcp_info = std::mem::zeroed();
+            let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            );
+            info.tcpi_bytes_received
+        }
+    }
+
+    #[derive(Clone, Copy)]
+    pub struct ServerOptions {
+        /// Read with splice() (socket → pipe) and write with splice() (pipe → socket).
+        pub splice: bool,
+        pub read_size: usize,
+        /// Wait before reading.
+        pub delay: Duration,
+        /// Plain blocking reads instead of poll() + non-blocking reads.
+        pub blocking: bool,
+        /// Wait between the last byte sent and the close.
+        pub close_delay: Duration,
+    }
+
+    fn serve_one(mut s: TcpStream, o: ServerOptions) -> std::io::Result<()> {
+        let ServerOptions { splice: use_splice, read_size, delay, blocking, close_delay } = o;
+        std::thread::sleep(delay);
+        let fd = s.as_raw_fd();
+        let mut got = Check::new(1);
+        let mut buf = vec![0u8; read_size.max(1)];
+        if use_splice {
+            let (r, w) = pipe();
+            let mut r = std::fs::File::from(r);
+            loop {
+                let n = splice(fd, w.as_raw_fd(), read_size.max(1))?;
+                if n == 0 {
+                    break;
+                }
+                let mut left = n;
+                while left > 0 {
+                    let want = left.min(buf.len());
+                    let k = r.read(&mut buf[..want])?;
+                    got.feed(&buf[..k]);
+                    left -= k;
+                }
+            }
+        } else {
+            let mut reader = Reader::new(&s, blocking)?;
+            loop {
+                match reader.read(&mut buf)? {
+                    0 => break,
+                    n => got.feed(&buf[..n]),
+                }
+            }
+            s.set_nonblocking(false)?;
+        }
+        let orig = super::original_dst(&s).map(|a| a.to_string()).ok();
+        let answer = json!({
+            "bytes": got.n,
+            "pattern_ok": got.ok,
+            "local": s.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            "peer": s.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
+            "orig": orig,
+            "tcp_bytes_received": tcp_bytes_received(fd),
+            "spliced": use_splice,
+        });
+        writeln!(s, "{answer}")?;
+        let mut off = 0u64;
+        let (r, w) = pipe();
+        let mut w = std::fs::File::from(w);
+        while off < got.n {
+            let n = (got.n - off).min(buf.len() as u64) as usize;
+            fill(2, off, &mut buf[..n]);
+            if use_splice {
+                w.write_all(&buf[..n])?;
+                let mut left = n;
+                while left > 0 {
+                    left -= splice(r.as_raw_fd(), fd, left)?;
+                }
+            } else {
+                s.write_all(&buf[..n])?;
+            }
+            off += n as u64;
+        }
+        std::thread::sleep(close_delay);
+        Ok(())
+    }
+
+    pub fn server(listen: &[SocketAddr], o: ServerOptions) {
+        let listeners: Vec<TcpListener> = listen.iter().map(|a| super::bind_listener(*a)).collect();
+        let mut threads = Vec::new();
+        for l in listeners {
+            threads.push(std::thread::spawn(move || {
+                for conn in l.incoming() {
+                    let Ok(s) = conn else { continue };
+                    std::thread::spawn(move || {
+                        if let Err(e) = serve_one(s, o) {
+                            eprintln!("stream-server: {e}");
+                        }
+                    });
+                }
+            }));
+        }
+        println!("ready");
+        let _ = std::io::stdout().flush();
+        for t in threads {
+            let _ = t.join();
+        }
+    }
 }

@@ -27,11 +27,13 @@ pub mod map_names {
     pub const SETTINGS: &str = "SETTINGS";
     pub const DNS_SOCKETS: &str = "DNS_SOCKETS";
     pub const AYA_LOGS: &str = "AYA_LOGS";
+    pub const ACCEL_SOCKETS: &str = "ACCEL_SOCKETS";
+    pub const ACCELERATION: &str = "ACCELERATION";
     /// Created by the loader, not by the object: only user space uses them.
     pub const POD_INFO: &str = "POD_INFO";
     pub const GENERATIONS: &str = "GENERATIONS";
     /// Maps defined in the eBPF object.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 20] = [
         PODS,
         POD_ADDRS,
         EXCLUDED_CIDRS,
@@ -50,6 +52,8 @@ pub mod map_names {
         SETTINGS,
         DNS_SOCKETS,
         AYA_LOGS,
+        ACCEL_SOCKETS,
+        ACCELERATION,
     ];
 }
 
@@ -78,6 +82,9 @@ pub mod capacity {
     pub const LISTENER_SLOTS: u32 = 32;
     pub const LISTENERS: usize = 131_072;
     pub const COUNTERS: usize = 1_048_576;
+    /// Sockets of accelerated app ↔ sidecar connections (`ebpf load --accelerate`), both
+    /// ends: beyond it a connection is simply not accelerated.
+    pub const ACCEL_SOCKETS: usize = 131_072;
 }
 
 pub const AF_INET: u16 = 2;
@@ -415,6 +422,11 @@ pub mod sock_flags {
     /// The connect() program bound the socket to the pod address (`bound`), to be undone if
     /// the socket connects again.
     pub const BOUND_BY_US: u8 = 1 << 0;
+    /// Acceleration (`sk_msg`): this socket's sends were decided at its first one, for the
+    /// connection's whole life — redirected to the peer socket (`ACCEL_REDIRECT`) or through
+    /// TCP — so the bytes of one direction never take two paths and never reorder.
+    pub const ACCEL_DECIDED: u8 = 1 << 1;
+    pub const ACCEL_REDIRECT: u8 = 1 << 2;
 }
 
 /// Value of `SOCKETS` (socket-local storage: lives exactly as long as the socket).
@@ -469,6 +481,19 @@ pub struct Tracking {
     pub in_flight: u64,
 }
 
+/// Value of `STEER_NETNS` (per CPU): which pod the running sk_lookup is for, written by the
+/// pod's own program just before it tail-calls the shared one, with the lookup context it
+/// ran for. The shared program uses the cookie only if the context is its own: two lookups
+/// interleaved on one CPU (possible where softirqs are preemptible, PREEMPT_RT) are refused
+/// instead of steered with another pod's cookie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq, Default)]
+pub struct SteerNetns {
+    pub netns_cookie: u64,
+    /// The address of the sk_lookup context (a kernel pointer, compared, never read).
+    pub ctx: u64,
+}
+
 /// Key of `LISTENERS`: the pod's inbound listeners, per family, one slot per socket (one
 /// per SO_REUSEPORT worker), registered when the proxy calls listen().
 #[repr(C)]
@@ -512,7 +537,7 @@ pub mod dns_mark {
 
 /// Version of the map layout. Bump it whenever a map's type, key or value changes: a load
 /// over pinned state of another layout refuses to reuse it.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Value of `SETTINGS[0]`: run-time switches of the programs and what is loaded.
 #[repr(C)]
@@ -589,6 +614,7 @@ mod user {
     unsafe impl aya::Pod for OrigDst {}
     unsafe impl aya::Pod for SockRecord {}
     unsafe impl aya::Pod for Tracking {}
+    unsafe impl aya::Pod for SteerNetns {}
     unsafe impl aya::Pod for ConnKey {}
     unsafe impl aya::Pod for ListenerKey {}
     unsafe impl aya::Pod for CounterKey {}

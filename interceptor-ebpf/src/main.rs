@@ -9,6 +9,7 @@
 //! | cgroup/sendmsg4          | `sendmsg`       | 4.18 (hook); 5.3 (socket storage) |
 //! | cgroup/recvmsg4, 6       | `recvmsg`       | 5.2 (hooks); 5.3 (socket storage) |
 //! | sk_lookup (per pod netns) | `sk_lookup`    | 5.17 (`ingress_ifindex`) |
+//! | sk_msg on `ACCEL_SOCKETS` | `accelerate`   | 5.8 (socket storage, `sk`); only with `--accelerate` |
 //!
 //! The whole set therefore needs Linux 5.17. The UDP paths (connect4/6, sendmsg4,
 //! recvmsg4/6, getpeername4/6) only apply osm-edge's local DNS proxy rule (`dns` in the
@@ -17,6 +18,7 @@
 #![no_std]
 #![no_main]
 
+mod accelerate;
 mod connect;
 mod getpeername;
 mod getsockopt;

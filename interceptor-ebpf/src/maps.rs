@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use interceptor_common::{
     CidrData, ConnKey, CounterKey, DnsMark, IfaceKey, ListenerKey, OrigDst, PodAddrKey, PodConfig, PortKey, RouteValue,
-    Settings, SockRecord, Tracking, capacity,
+    Settings, SockRecord, SteerNetns, Tracking, capacity,
 };
 
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
@@ -74,7 +74,7 @@ pub static LISTENERS: SockHash<ListenerKey, { capacity::LISTENERS }> = SockHash:
 /// The network namespace the running `sk_lookup` is for: each pod's own small program
 /// writes its cookie here and tail-calls the shared one (softirq, one CPU: no interleaving).
 #[btf_map]
-pub static STEER_NETNS: PerCpuArray<u64, 1> = PerCpuArray::new();
+pub static STEER_NETNS: PerCpuArray<SteerNetns, 1> = PerCpuArray::new();
 
 /// Slot 0: the shared inbound steering program, tail-called by every pod's program.
 /// Replacing it upgrades every pod at once.
@@ -90,6 +90,22 @@ pub static DNS_SOCKETS: SkStorage<DnsMark> = SkStorage::new();
 /// Decisions per pod and reason.
 #[btf_map]
 pub static COUNTERS: PerCpuHashMap<CounterKey, u64, { capacity::COUNTERS }, NO_PREALLOC> = PerCpuHashMap::new();
+
+/// Accelerated connections (`ebpf load --accelerate`): both ends of a redirected app ↔
+/// sidecar connection, each under the tuple as it sees it (`ConnKey`, local first). The
+/// `accelerate` sk_msg program is attached to this map; the kernel drops a socket from it
+/// when the socket closes.
+#[btf_map]
+pub static ACCEL_SOCKETS: SockHash<ConnKey, { capacity::ACCEL_SOCKETS }> = SockHash::new();
+
+/// Index 0: non-zero when new redirected connections are accelerated (set at load).
+#[btf_map]
+pub static ACCELERATION: Array<u32, 1> = Array::new();
+
+#[inline(always)]
+pub fn acceleration_enabled() -> bool {
+    matches!(ACCELERATION.get(0), Some(v) if *v != 0)
+}
 
 /// Run-time switches (`ebpf debug on|off`) and limits.
 #[btf_map]

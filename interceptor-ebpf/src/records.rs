@@ -111,16 +111,15 @@ pub fn hand_over(key: &ConnKey, orig: &OrigDst) -> Result<(), ()> {
     }
 }
 
-/// Takes the hand-over of a connection (the sidecar's end exists, or the application's end
-/// closed first): the entry is removed, and the counters decremented, exactly once.
+/// Ends a connection's hand-over (the sidecar's end took it, or the application's end closed
+/// first): the entry is removed, and the counters decremented, exactly once. `netns_cookie`
+/// is the entry's (the application's record's).
 #[inline(always)]
-pub fn take_over(key: &ConnKey) -> Option<OrigDst> {
-    let orig = *unsafe { HANDOFF.get(key) }?;
+pub fn withdraw(key: &ConnKey, netns_cookie: u64) {
     // Only the deleter that succeeds counts down: a racing close and accept cannot both.
     if HANDOFF.remove(key).is_ok() {
-        count_in_flight(orig.netns_cookie, u64::MAX);
+        count_in_flight(netns_cookie, u64::MAX);
     }
-    Some(orig)
 }
 
 /// A connection's original destination while it is being handed over, without taking it.

@@ -32,7 +32,13 @@ const LOOPBACK_IFINDEX: u32 = 1;
 
 #[sk_lookup]
 pub fn steer_inbound(ctx: SkLookupContext) -> u32 {
-    let Some(&netns_cookie) = STEER_NETNS.get(0) else { return SK_PASS };
+    let Some(steer) = STEER_NETNS.get(0) else { return SK_DROP };
+    if steer.ctx != ctx.lookup as u64 {
+        // Not written for this lookup: another one ran on this CPU in between. Refuse rather
+        // than risk another pod's listener.
+        return SK_DROP;
+    }
+    let netns_cookie = steer.netns_cookie;
     let Some(pod) = (unsafe { PODS.get(&netns_cookie) }).copied() else { return SK_PASS };
     match decide(&ctx, netns_cookie, &pod) {
         Some(reason) => {

@@ -8,6 +8,11 @@
 //! | PASSIVE_ESTABLISHED   | the sidecar's, just created    | takes the hand-over into its own record (lives as long as it does) |
 //! | STATE_CB (TCP_CLOSE)  | the application's              | withdraws a hand-over nobody took (refused, timed out, reset) |
 //! | TCP_LISTEN_CB         | a listener                     | the proxy's inbound listener (marked at bind, `post_bind`) joins LISTENERS |
+//! | ACTIVE_ESTABLISHED    | the application's, handshake done | with `--accelerate`: joins ACCEL_SOCKETS (see `accelerate`) |
+//!
+//! With `--accelerate`, the sidecar's end joins ACCEL_SOCKETS at PASSIVE_ESTABLISHED too.
+//! A socket joins only before any payload has moved on it (no data in the SYN: TCP Fast
+//! Open), so the `accelerate` program sees every byte it sends.
 //!
 //! Minimum kernel: 5.15 (bpf_get_netns_cookie in sock_ops; sockhash updates from
 //! TCP_LISTEN_CB since 5.9; socket storage since 5.2).
@@ -15,20 +20,22 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
-        BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB, bpf_sock_ops,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB, bpf_sock_ops,
     },
     helpers::{bpf_get_netns_cookie, bpf_sock_ops_cb_flags_set},
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use interceptor_common::{AF_INET, ListenerKey, OrigDst, Reason, SockRecord, capacity::LISTENER_SLOTS, sock_kind};
+use interceptor_common::{
+    AF_INET, ConnKey, ListenerKey, OrigDst, Reason, SockRecord, capacity::LISTENER_SLOTS, sock_kind,
+};
 use interceptor_ebpf::{
     addr::{Endpoint, conn_key},
     counters::count,
     ctx_read,
-    maps::{LISTENERS, PODS},
-    records::{hand_over, handed_over, record, record_or_create, take_over},
+    maps::{ACCEL_SOCKETS, LISTENERS, PODS, acceleration_enabled},
+    records::{hand_over, handed_over, record, record_or_create, withdraw},
 };
 
 /// TCP_CLOSE in the kernel's TCP state numbering.
@@ -40,14 +47,44 @@ const NOEXIST: u64 = 1;
 #[sock_ops]
 pub fn track_connections(ctx: SockOpsContext) -> u32 {
     let ops = ctx.ops;
+    // Most runs are state changes of tracked application sockets (four per connection) and
+    // callbacks the kernel makes for every socket whatever the flags (timeout, window, ECN):
+    // those leave first.
     match ctx.op() {
+        BPF_SOCK_OPS_STATE_CB => on_state_change(ops),
         BPF_SOCK_OPS_TCP_CONNECT_CB => on_connect(ops),
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => on_passive_established(ops),
-        BPF_SOCK_OPS_STATE_CB => on_state_change(ops),
         BPF_SOCK_OPS_TCP_LISTEN_CB => on_listen(ops),
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_active_established(ops),
         _ => {}
     }
     1
+}
+
+/// With `--accelerate`: the socket joins ACCEL_SOCKETS under its tuple as it sees it, if no
+/// payload has moved on it yet. A full map or any failure leaves the connection on TCP.
+#[inline(always)]
+fn accelerate(ops: *mut bpf_sock_ops, key: &ConnKey) {
+    if ctx_read!(ops, data_segs_in) != 0 || ctx_read!(ops, data_segs_out) != 0 {
+        return;
+    }
+    let mut key = *key;
+    let _ = ACCEL_SOCKETS.update(&mut key, unsafe { &mut *ops }, NOEXIST);
+}
+
+/// The application's end of a connection completed its handshake.
+#[inline(always)]
+fn on_active_established(ops: *mut bpf_sock_ops) {
+    if !acceleration_enabled() {
+        return;
+    }
+    let Some(sk) = socket(ops) else { return };
+    let Some(rec) = record(sk) else { return };
+    if rec.kind != sock_kind::CLIENT_REDIRECTED {
+        return;
+    }
+    let (local, remote) = endpoints(ops);
+    accelerate(ops, &conn_key(rec.netns_cookie, &local, &remote));
 }
 
 /// The socket of the callback, as the socket-storage helpers take it.
@@ -127,7 +164,7 @@ fn on_state_change(ops: *mut bpf_sock_ops) {
         return;
     }
     let (local, remote) = endpoints(ops);
-    let _ = take_over(&conn_key(rec.netns_cookie, &remote, &local));
+    withdraw(&conn_key(rec.netns_cookie, &remote, &local), rec.netns_cookie);
 }
 
 /// The kernel created the server end of a connection in an enrolled pod (before accept()).
@@ -152,7 +189,10 @@ fn on_passive_established(ops: *mut bpf_sock_ops) {
                     flags: 0,
                     _pad: 0,
                 };
-                let _ = take_over(&key);
+                withdraw(&key, orig.netns_cookie);
+                if acceleration_enabled() {
+                    accelerate(ops, &key);
+                }
             }
             // No memory for the record: the hand-over stays for as long as the application's
             // end lives, and getsockopt reads it from there.

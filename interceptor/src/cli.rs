@@ -184,6 +184,14 @@ pub enum EbpfCommand {
         /// The same limit per pod, so that one pod cannot take the node's. [default: 8192]
         #[arg(long)]
         max_tracked_connections_per_pod: Option<u32>,
+        /// Socket-level acceleration: the payload of each new redirected connection goes
+        /// straight between the application's socket and the sidecar's (sockmap + sk_msg),
+        /// skipping TCP/IP on loopback; addresses and SO_ORIGINAL_DST stay the same.
+        /// Applied at every load (a load without it switches it off for new connections).
+        /// Read README's Benchmarks section before using it: sidecars that read with
+        /// splice() are not supported.
+        #[arg(long)]
+        accelerate: bool,
         #[command(flatten)]
         pins: PinArg,
     },
@@ -504,10 +512,18 @@ fn run_iptables(cmd: IptablesCommand) -> Result<ExitCode> {
 
 fn run_ebpf(cmd: EbpfCommand) -> Result<ExitCode> {
     match cmd {
-        EbpfCommand::Load { cgroup, max_tracked_connections, max_tracked_connections_per_pod, pins } => {
-            let opts =
-                LoadOptions { cgroup, pin_dir: pins.pins(), max_tracked_connections, max_tracked_connections_per_pod };
+        EbpfCommand::Load { cgroup, max_tracked_connections, max_tracked_connections_per_pod, accelerate, pins } => {
+            let opts = LoadOptions {
+                cgroup,
+                pin_dir: pins.pins(),
+                max_tracked_connections,
+                max_tracked_connections_per_pod,
+                accelerate,
+            };
             let r = ebpf::load_report(&opts)?;
+            if let Some(on) = r.acceleration_switched {
+                eprintln!("acceleration of new connections switched {}", if on { "on" } else { "off" });
+            }
             for w in &r.warnings {
                 eprintln!("warning: {w}");
             }

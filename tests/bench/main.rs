@@ -30,9 +30,27 @@ pub struct Config {
     pub bulk_bytes: u64,
     pub bulk_reps: usize,
     pub seed: u64,
+    /// Connections per second: rounds (each runs every mode once, shuffled), the length of
+    /// one mode's run, and the concurrent clients (and sink workers).
+    pub cps_rounds: usize,
+    pub cps_ms: u64,
+    pub cps_threads: usize,
+    /// Acceleration phase: rounds of each workload in both modes.
+    pub accel_rounds: usize,
     pub out_dir: PathBuf,
     pub quick: bool,
+    /// Which phases run (all by default; `--phases stats,cps` for profiling runs).
+    pub phases: Vec<String>,
 }
+
+impl Config {
+    pub fn phase(&self, name: &str) -> bool {
+        self.phases.iter().any(|p| p == name)
+    }
+}
+
+/// Every phase, in the order they run.
+pub const PHASES: [&str; 5] = ["latency", "bulk", "stats", "cps", "accel"];
 
 fn main() {
     if let Err(e) = run() {
@@ -53,8 +71,13 @@ fn run() -> Result<()> {
             bulk_bytes: 256 << 20,
             bulk_reps: 1,
             seed: 42,
+            cps_rounds: 1,
+            cps_ms: 300,
+            cps_threads: 8,
+            accel_rounds: 2,
             out_dir,
             quick,
+            phases: PHASES.iter().map(|p| p.to_string()).collect(),
         }
     } else {
         Config {
@@ -64,12 +87,17 @@ fn run() -> Result<()> {
             bulk_bytes: 512 << 20,
             bulk_reps: 7,
             seed: 42,
+            cps_rounds: 8,
+            cps_ms: 1500,
+            cps_threads: 8,
+            accel_rounds: 20,
             out_dir,
             quick,
+            phases: PHASES.iter().map(|p| p.to_string()).collect(),
         }
     };
     let mut cfg = cfg;
-    // Overrides for profiling runs: --ks 0,10000 --rounds N --batch N.
+    // Overrides for profiling runs: --ks 0,10000 --rounds N --batch N --phases stats,cps.
     let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1));
     if let Some(v) = value("--ks") {
         cfg.ks = v.split(',').map(|k| k.parse()).collect::<Result<_, _>>()?;
@@ -79,6 +107,12 @@ fn run() -> Result<()> {
     }
     if let Some(v) = value("--batch") {
         cfg.batch = v.parse()?;
+    }
+    if let Some(v) = value("--phases") {
+        cfg.phases = v.split(',').map(str::to_string).collect();
+        if let Some(bad) = cfg.phases.iter().find(|p| !PHASES.contains(&p.as_str())) {
+            anyhow::bail!("unknown phase {bad:?} (phases: {})", PHASES.join(","));
+        }
     }
     std::fs::create_dir_all(&cfg.out_dir)?;
     let started = Instant::now();

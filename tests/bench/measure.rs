@@ -28,6 +28,9 @@ pub enum Mode {
     None,
     Iptables,
     Ebpf,
+    /// eBPF mode loaded with `--accelerate` (the acceleration phase only).
+    #[serde(rename = "ebpf-accelerated")]
+    EbpfAccelerated,
 }
 
 impl Mode {
@@ -37,6 +40,7 @@ impl Mode {
             Mode::None => "none",
             Mode::Iptables => "iptables",
             Mode::Ebpf => "ebpf",
+            Mode::EbpfAccelerated => "ebpf --accelerate",
         }
     }
 }
@@ -50,6 +54,8 @@ pub enum Workload {
     Redirect,
     /// b's baseline: "none" dialling the 15001 listener directly.
     Listener,
+    /// One redirected connection, 1-byte request/responses on it (acceleration phase).
+    PingPong,
 }
 
 #[derive(Debug, Serialize)]
@@ -89,11 +95,47 @@ pub struct BulkRow {
     pub median_mb_per_s: f64,
 }
 
+/// One program's cost on one workload (kernel BPF run-time statistics).
 #[derive(Debug, Serialize)]
 pub struct ProgStat {
+    pub workload: Workload,
     pub program: String,
     pub runs: u64,
+    /// Program runs per connection of the workload.
+    pub runs_per_conn: f64,
     pub avg_ns: f64,
+    /// Run time of this program per connection (runs per connection × average).
+    pub ns_per_conn: f64,
+}
+
+/// Connections per second under load: `threads` clients at once, both cores busy.
+#[derive(Debug, Serialize)]
+pub struct CpsRow {
+    pub mode: Mode,
+    pub threads: usize,
+    /// Connections per second of each round (paired with the other modes' by index).
+    pub rounds_cps: Vec<f64>,
+    /// CPU time of the pod's processes (client and sink, with the kernel work done in their
+    /// context: cgroup cpu.stat usage) per connection, µs, per round.
+    pub rounds_cpu_us_per_conn: Vec<f64>,
+    pub conns: usize,
+    pub errors: usize,
+    pub median_cps: f64,
+    pub median_cpu_us_per_conn: f64,
+    /// Latency of a connection under that load (connect … close), µs.
+    pub median_us: f64,
+    pub p99_us: f64,
+}
+
+/// Socket-level acceleration against the same eBPF mode without it, in the same run.
+#[derive(Debug, Serialize)]
+pub struct AccelResults {
+    /// Connect + 1-byte request/response + close: [eBPF, eBPF --accelerate].
+    pub rr: Vec<LatencyRow>,
+    /// 1-byte request/responses on one connection: [eBPF, eBPF --accelerate].
+    pub pingpong: Vec<LatencyRow>,
+    /// Bulk app → 15001 listener: [eBPF, eBPF --accelerate].
+    pub bulk: Vec<BulkRow>,
 }
 
 #[derive(Debug, Serialize)]
@@ -107,6 +149,10 @@ pub struct Results {
     pub apply: Vec<ApplyRow>,
     pub bulk: Vec<BulkRow>,
     pub bpf_stats: Vec<ProgStat>,
+    pub cps: Vec<CpsRow>,
+    pub accel: Option<AccelResults>,
+    /// The policy size (K) in force during the bulk, statistics and CPS phases.
+    pub later_phases_k: usize,
 }
 
 /// A small deterministic generator (xorshift64*): the same seed gives the same policies.
@@ -145,6 +191,8 @@ struct Pods {
     none: Sandbox,
     ipt: Sandbox,
     ebpf: Sandbox,
+    /// eBPF mode with `--accelerate`, for the acceleration phase.
+    accel: Option<Sandbox>,
 }
 
 impl Pods {
@@ -153,6 +201,7 @@ impl Pods {
             Mode::None => &self.none,
             Mode::Iptables => &self.ipt,
             Mode::Ebpf => &self.ebpf,
+            Mode::EbpfAccelerated => self.accel.as_ref().expect("the acceleration sandbox"),
         }
     }
 }
@@ -167,8 +216,11 @@ fn ipt_options(sb: &Sandbox) -> ApplyOptions {
     }
 }
 
+/// The pod's 15001 listener (a sidecar stand-in without proxy logic: it asks
+/// SO_ORIGINAL_DST of every connection, as a sidecar does) and the world's server.
 fn start(sb: &Sandbox) -> Result<()> {
-    sb.start(&sb.in_pod(PROXY_UID), &["sink", "--listen", "0.0.0.0:15001"])?;
+    let workers = CPS_WORKERS.to_string();
+    sb.start(&sb.in_pod(PROXY_UID), &["sink", "--listen", "0.0.0.0:15001", "--workers", &workers, "--orig-dst"])?;
     sb.start(&sb.in_world(), &["sink", "--listen", "0.0.0.0:80"])?;
     Ok(())
 }
@@ -182,8 +234,8 @@ fn apply(pods: &Pods, mode: Mode, policy: &Policy) -> Result<(Duration, Option<D
             iptables::apply(policy, &ipt_options(&pods.ipt))?;
             Ok((t.elapsed(), None))
         }
-        Mode::Ebpf => {
-            let r = pods.ebpf.enroll(policy)?;
+        Mode::Ebpf | Mode::EbpfAccelerated => {
+            let r = pods.get(mode).enroll(policy)?;
             Ok((t.elapsed(), Some(r.in_force)))
         }
     }
@@ -223,15 +275,21 @@ fn shuffle<T>(v: &mut [T], rng: &mut Rng) {
 
 pub fn run(cfg: &Config) -> Result<Results> {
     let mut rng = Rng(cfg.seed.max(1));
-    eprintln!("bench: building three sandboxes (none, iptables, eBPF)");
-    let pods = Pods { none: Sandbox::new()?, ipt: Sandbox::new()?, ebpf: Sandbox::new()? };
+    eprintln!("bench: building the sandboxes (none, iptables, eBPF; eBPF --accelerate for its phase)");
+    let accel_sb = if cfg.phase("accel") { Some(Sandbox::new()?) } else { None };
+    let pods = Pods { none: Sandbox::new()?, ipt: Sandbox::new()?, ebpf: Sandbox::new()?, accel: accel_sb };
     pods.ebpf.load_ebpf()?;
     for m in Mode::ALL {
         start(pods.get(m))?;
     }
+    if let Some(sb) = &pods.accel {
+        sb.load_ebpf_accelerated()?;
+        start(sb)?;
+    }
     let mut latency = Vec::new();
     let mut applies = Vec::new();
-    for &k in &cfg.ks {
+    let ks: &[usize] = if cfg.phase("latency") { &cfg.ks } else { &[] };
+    for &k in ks {
         eprintln!("bench: K = {k}");
         let first = policy_with(k, &mut rng);
         let second = policy_with(k, &mut rng);
@@ -276,7 +334,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
                 let (mode, w) = combos[i];
                 let dst = match w {
                     Workload::Pass => PASS_DST,
-                    Workload::Redirect => REDIRECT_DST,
+                    Workload::Redirect | Workload::PingPong => REDIRECT_DST,
                     Workload::Listener => LISTENER,
                 };
                 let (lat, err) = batch(pods.get(mode), dst, cfg.batch)?;
@@ -303,12 +361,30 @@ pub fn run(cfg: &Config) -> Result<Results> {
             });
         }
     }
-    let bulk = bulk(&pods, cfg, &mut rng)?;
-    let bpf_stats = bpf_stats(&pods.ebpf, cfg)?;
+    // The later phases run under the last K's policy (the largest).
+    let later_phases_k = *cfg.ks.last().unwrap_or(&0);
+    if !cfg.phase("latency") {
+        let policy = policy_with(later_phases_k, &mut rng);
+        for mode in [Mode::Iptables, Mode::Ebpf] {
+            apply(&pods, mode, &policy)?;
+        }
+    }
+    if pods.accel.is_some() {
+        apply(&pods, Mode::EbpfAccelerated, &policy_with(later_phases_k, &mut rng))?;
+    }
+    let bulk = if cfg.phase("bulk") { bulk(&pods, cfg, &mut rng)? } else { vec![] };
+    let bpf_stats = if cfg.phase("stats") { bpf_stats(&pods.ebpf, cfg)? } else { vec![] };
+    let cps = if cfg.phase("cps") { cps(&pods, cfg, &mut rng)? } else { vec![] };
+    let accel = if cfg.phase("accel") { Some(acceleration(&pods, cfg, &mut rng)?) } else { None };
     // Every redirected connection must really have been intercepted: a check, not a timing.
     for row in &latency {
         if row.errors > 0 {
             bail!("{} errors in {:?}/{:?} at K={}", row.errors, row.mode, row.workload, row.k);
+        }
+    }
+    for row in &cps {
+        if row.errors > 0 {
+            bail!("{} failed connections in the CPS run of {:?}", row.errors, row.mode);
         }
     }
     Ok(Results {
@@ -321,6 +397,9 @@ pub fn run(cfg: &Config) -> Result<Results> {
         apply: applies,
         bulk,
         bpf_stats,
+        cps,
+        accel,
+        later_phases_k,
     })
 }
 
@@ -351,24 +430,202 @@ fn bulk(pods: &Pods, cfg: &Config, rng: &mut Rng) -> Result<Vec<BulkRow>> {
     Ok(rows)
 }
 
-/// Per-program cost, measured in a separate phase: the kernel's run-time statistics add two
-/// clock reads to every program run, so they stay off while latencies are measured.
-fn bpf_stats(sb: &Sandbox, cfg: &Config) -> Result<Vec<ProgStat>> {
-    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enable BPF run-time statistics")?;
-    let before = prog_totals(sb)?;
-    for _ in 0..cfg.rounds.min(10) {
-        for dst in [PASS_DST, REDIRECT_DST] {
-            batch(sb, dst, cfg.batch)?;
+/// Acceleration against the same eBPF mode without it, rounds interleaved in shuffled order:
+/// connect + request/response + close, request/responses on one connection, and bulk.
+fn acceleration(pods: &Pods, cfg: &Config, rng: &mut Rng) -> Result<AccelResults> {
+    eprintln!("bench: socket-level acceleration");
+    let modes = [Mode::Ebpf, Mode::EbpfAccelerated];
+    let combos: Vec<(Mode, Workload)> =
+        modes.iter().flat_map(|m| [(*m, Workload::Redirect), (*m, Workload::PingPong)]).collect();
+    let mut samples: Vec<Vec<u64>> = vec![Vec::new(); combos.len()];
+    let mut rounds: Vec<Vec<f64>> = vec![Vec::new(); combos.len()];
+    let mut errors = vec![0usize; combos.len()];
+    let exchanges = (cfg.batch * 10).to_string();
+    let mut order: Vec<usize> = (0..combos.len()).collect();
+    for _ in 0..cfg.accel_rounds {
+        shuffle(&mut order, rng);
+        for &i in &order {
+            let (mode, w) = combos[i];
+            let sb = pods.get(mode);
+            let (lat, err) = match w {
+                Workload::PingPong => {
+                    let out = sb.probe(
+                        &sb.in_pod(APP_UID),
+                        &["pingpong", "--to", REDIRECT_DST, "--count", &exchanges],
+                        Duration::from_secs(120),
+                    )?;
+                    let lat: Vec<u64> = out.lines().filter_map(|l| l.parse().ok()).collect();
+                    let err = if lat.len() == cfg.batch * 10 { 0 } else { 1 };
+                    (lat, err)
+                }
+                _ => batch(sb, REDIRECT_DST, cfg.batch)?,
+            };
+            rounds[i].push(stats(lat.clone()).0);
+            samples[i].extend(lat);
+            errors[i] += err;
         }
     }
-    let after = prog_totals(sb)?;
-    drop(stats);
-    let mut out = Vec::new();
-    for ((name, runs0, ns0), (_, runs1, ns1)) in before.into_iter().zip(after) {
-        let runs = runs1 - runs0;
-        let avg_ns = if runs == 0 { 0.0 } else { (ns1 - ns0) as f64 / runs as f64 };
-        out.push(ProgStat { program: name, runs, avg_ns });
+    let mut rows: Vec<LatencyRow> = combos
+        .iter()
+        .enumerate()
+        .map(|(i, &(mode, workload))| {
+            let lat = std::mem::take(&mut samples[i]);
+            let n = lat.len();
+            let (median_us, p99_us, mean_us) = stats(lat);
+            LatencyRow {
+                k: 0,
+                mode,
+                workload,
+                samples: n,
+                errors: errors[i],
+                median_us,
+                p99_us,
+                mean_us,
+                round_medians_us: std::mem::take(&mut rounds[i]),
+            }
+        })
+        .collect();
+    if let Some(r) = rows.iter().find(|r| r.errors > 0) {
+        bail!("{} failed runs in the acceleration phase ({:?}, {:?})", r.errors, r.mode, r.workload);
     }
+    let (rr, pingpong): (Vec<LatencyRow>, Vec<LatencyRow>) =
+        rows.drain(..).partition(|r| r.workload == Workload::Redirect);
+    let mut bulk: Vec<BulkRow> = modes
+        .iter()
+        .map(|m| BulkRow { mode: *m, bytes: cfg.bulk_bytes, mb_per_s: vec![], median_mb_per_s: 0.0 })
+        .collect();
+    let bytes = cfg.bulk_bytes.to_string();
+    for _ in 0..cfg.bulk_reps {
+        let mut o = [0usize, 1];
+        shuffle(&mut o, rng);
+        for i in o {
+            let sb = pods.get(modes[i]);
+            let out = sb.probe(
+                &sb.in_pod(APP_UID),
+                &["bulk", "--to", REDIRECT_DST, "--bytes", &bytes],
+                Duration::from_secs(300),
+            )?;
+            bulk[i].mb_per_s.push(out.trim().parse().context("bulk output")?);
+        }
+    }
+    for b in &mut bulk {
+        let mut v = b.mb_per_s.clone();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        b.median_mb_per_s = v[v.len() / 2];
+    }
+    Ok(AccelResults { rr, pingpong, bulk })
+}
+
+/// The sink's accepting threads: as many as the CPS phase's clients at most.
+const CPS_WORKERS: usize = 16;
+
+/// CPU time used by a sandbox's pod processes so far (cgroup v2 cpu.stat), µs.
+fn cpu_usage_us(sb: &Sandbox) -> Result<u64> {
+    let path = sb.cgroup.join("cpu.stat");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("usage_usec ").and_then(|v| v.trim().parse().ok()))
+        .with_context(|| format!("no usage_usec in {}", path.display()))
+}
+
+/// Connections per second under load, every mode in each round (shuffled): `cps_threads`
+/// clients connect again and again to the 15001 sink (none: directly; iptables and eBPF:
+/// the redirected destination), so both cores are busy.
+fn cps(pods: &Pods, cfg: &Config, rng: &mut Rng) -> Result<Vec<CpsRow>> {
+    eprintln!("bench: connections per second");
+    let threads = cfg.cps_threads.min(CPS_WORKERS);
+    let mut rows: Vec<CpsRow> = Mode::ALL
+        .iter()
+        .map(|m| CpsRow {
+            mode: *m,
+            threads,
+            rounds_cps: vec![],
+            rounds_cpu_us_per_conn: vec![],
+            conns: 0,
+            errors: 0,
+            median_cps: 0.0,
+            median_cpu_us_per_conn: 0.0,
+            median_us: 0.0,
+            p99_us: 0.0,
+        })
+        .collect();
+    let mut latencies: Vec<Vec<u64>> = vec![Vec::new(); Mode::ALL.len()];
+    let (threads_arg, ms_arg) = (threads.to_string(), cfg.cps_ms.to_string());
+    for _ in 0..cfg.cps_rounds {
+        let mut order = [0usize, 1, 2];
+        shuffle(&mut order, rng);
+        for i in order {
+            let mode = Mode::ALL[i];
+            let dst = if mode == Mode::None { LISTENER } else { REDIRECT_DST };
+            let sb = pods.get(mode);
+            let cpu0 = cpu_usage_us(sb)?;
+            let out = sb.probe(
+                &sb.in_pod(APP_UID),
+                &["cps", "--to", dst, "--threads", &threads_arg, "--duration-ms", &ms_arg],
+                Duration::from_secs(120),
+            )?;
+            let cpu1 = cpu_usage_us(sb)?;
+            let mut lines = out.lines();
+            let head: Vec<u128> = lines
+                .next()
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(|v| v.parse())
+                .collect::<Result<_, _>>()
+                .context("cps output")?;
+            let [conns, errors, elapsed_ns] = head[..] else { bail!("cps output: {out:.200}") };
+            let row = &mut rows[i];
+            row.conns += conns as usize;
+            row.errors += errors as usize;
+            row.rounds_cps.push(conns as f64 / (elapsed_ns as f64 / 1e9));
+            row.rounds_cpu_us_per_conn.push((cpu1 - cpu0) as f64 / (conns.max(1)) as f64);
+            latencies[i].extend(lines.filter_map(|l| l.parse::<u64>().ok()));
+        }
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+    };
+    for (row, lat) in rows.iter_mut().zip(latencies) {
+        row.median_cps = median(&row.rounds_cps);
+        row.median_cpu_us_per_conn = median(&row.rounds_cpu_us_per_conn);
+        let (median_us, p99_us, _) = stats(lat);
+        row.median_us = median_us;
+        row.p99_us = p99_us;
+    }
+    Ok(rows)
+}
+
+/// Per-program cost, measured in a separate phase: the kernel's run-time statistics add two
+/// clock reads to every program run, so they stay off while latencies are measured. Each
+/// workload runs alone, so runs and time per connection are the workload's own.
+fn bpf_stats(sb: &Sandbox, cfg: &Config) -> Result<Vec<ProgStat>> {
+    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enable BPF run-time statistics")?;
+    let mut out = Vec::new();
+    for (workload, dst) in [(Workload::Pass, PASS_DST), (Workload::Redirect, REDIRECT_DST)] {
+        let before = prog_totals(sb)?;
+        let mut conns = 0;
+        for _ in 0..cfg.rounds.min(10) {
+            let (lat, _) = batch(sb, dst, cfg.batch)?;
+            conns += lat.len();
+        }
+        let after = prog_totals(sb)?;
+        for ((name, runs0, ns0), (_, runs1, ns1)) in before.into_iter().zip(after) {
+            let runs = runs1 - runs0;
+            let avg_ns = if runs == 0 { 0.0 } else { (ns1 - ns0) as f64 / runs as f64 };
+            let per_conn = |v: f64| if conns == 0 { 0.0 } else { v / conns as f64 };
+            out.push(ProgStat {
+                workload,
+                program: name,
+                runs,
+                runs_per_conn: per_conn(runs as f64),
+                avg_ns,
+                ns_per_conn: per_conn((ns1 - ns0) as f64),
+            });
+        }
+    }
+    drop(stats);
     Ok(out)
 }
 

@@ -321,11 +321,21 @@ impl Sandbox {
 
     /// Loads eBPF mode with tracking limits (node, per pod).
     pub fn load_ebpf_with(&self, node: Option<u32>, per_pod: Option<u32>) -> Result<()> {
+        self.load_ebpf_options(node, per_pod, false)
+    }
+
+    /// Loads eBPF mode with socket-level acceleration (`ebpf load --accelerate`).
+    pub fn load_ebpf_accelerated(&self) -> Result<()> {
+        self.load_ebpf_options(None, None, true)
+    }
+
+    fn load_ebpf_options(&self, node: Option<u32>, per_pod: Option<u32>, accelerate: bool) -> Result<()> {
         interceptor::ebpf::load(&LoadOptions {
             cgroup: Some(self.cgroup.clone()),
             pin_dir: self.pins.clone(),
             max_tracked_connections: node,
             max_tracked_connections_per_pod: per_pod,
+            accelerate,
         })?;
         Ok(())
     }

@@ -94,6 +94,10 @@ pub struct DaemonArgs {
     /// eBPF mode: the same limit per pod (see `ebpf load`).
     #[arg(long)]
     pub max_tracked_connections_per_pod: Option<u32>,
+    /// eBPF mode: socket-level acceleration of app ↔ sidecar connections (see `ebpf load
+    /// --accelerate`).
+    #[arg(long)]
+    pub accelerate: bool,
     #[command(flatten)]
     pub names: NamesArg,
     /// Remove everything the daemon installed (every pod's interception, the pinned eBPF
@@ -210,6 +214,7 @@ async fn run_async(args: DaemonArgs) -> Result<ExitCode> {
         pin_dir: pins.clone(),
         max_tracked_connections: args.max_tracked_connections,
         max_tracked_connections_per_pod: args.max_tracked_connections_per_pod,
+        accelerate: args.accelerate,
     });
     if let Some(load) = load.clone() {
         let outcome = tokio::task::spawn_blocking(move || ebpf::load(&load)).await??;

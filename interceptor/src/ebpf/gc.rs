@@ -30,8 +30,7 @@ use super::{
     enroll::{delete_generation, map_fd, unenroll_locked},
     lock::InstallLock,
     maps::PinnedMaps,
-    object::{CGROUP_PROGRAMS, SK_LOOKUP_PROGRAM},
-    raw,
+    object, raw,
 };
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
@@ -113,7 +112,7 @@ pub fn gc(pins: &PinDir) -> Result<GcReport> {
 /// also scans every policy entry (its cost is the size of the maps, not of one pod).
 pub(crate) fn collect(pins: &PinDir, maps: &mut PinnedMaps, full: bool) -> Result<GcReport> {
     let mut report = GcReport::default();
-    for name in CGROUP_PROGRAMS.iter().map(|(n, _)| *n).chain([SK_LOOKUP_PROGRAM]) {
+    for name in object::program_names() {
         let next = pins.prog_next(name);
         if next.exists() && fs::remove_file(&next).is_ok() {
             report.stale_pins.push(next.display().to_string());

@@ -40,7 +40,7 @@ use super::{
     lock::InstallLock,
     maps::PinnedMaps,
     marker::{Marker, require_installation},
-    object::{self, CGROUP_PROGRAMS, SK_LOOKUP_PROGRAM},
+    object::{self, ACCEL_PROGRAM, CGROUP_PROGRAMS, SK_LOOKUP_PROGRAM},
     pins::require_bpffs_parent,
     probe, raw,
 };
@@ -59,6 +59,10 @@ pub struct LoadOptions {
     /// The same limit per pod (default `capacity::TRACKED_CONNECTIONS_PER_POD`), so that
     /// one pod cannot take the node's.
     pub max_tracked_connections_per_pod: Option<u32>,
+    /// Socket-level acceleration of new redirected connections (sk_msg redirect between the
+    /// application's socket and the sidecar's, see `interceptor-ebpf/src/accelerate.rs`);
+    /// applied at every load, also to an installation already loaded. Off by default.
+    pub accelerate: bool,
 }
 
 impl LoadOptions {
@@ -90,6 +94,9 @@ pub struct LoadReport {
     /// Pods whose namespace was gone (unenrolled), interrupted commands' leftovers removed.
     pub gc: GcReport,
     pub warnings: Vec<String>,
+    /// Acceleration of new connections was switched (to this value) on an installation
+    /// that was already loaded.
+    pub acceleration_switched: Option<bool>,
 }
 
 /// Loads and attaches everything, or does nothing if this build is already loaded.
@@ -103,7 +110,12 @@ pub fn load_report(opts: &LoadOptions) -> Result<LoadReport> {
     require_bpffs_parent(pins)?;
     probe::check()?;
     let lock = InstallLock::with_parent(pins)?;
-    let mut report = LoadReport { outcome: LoadOutcome::AlreadyLoaded, gc: GcReport::default(), warnings: vec![] };
+    let mut report = LoadReport {
+        outcome: LoadOutcome::AlreadyLoaded,
+        gc: GcReport::default(),
+        warnings: vec![],
+        acceleration_switched: None,
+    };
     if lock.dir_locked() && pins.is_empty_dir_on_bpffs() {
         fs::remove_dir(pins.path()).with_context(|| format!("cannot remove {}", pins.path().display()))?;
     }
@@ -142,11 +154,13 @@ pub fn load_report(opts: &LoadOptions) -> Result<LoadReport> {
             ));
         }
         if settings.fingerprint == object::fingerprint() && links_consistent(pins) {
+            report.acceleration_switched = set_acceleration(pins, opts.accelerate)?;
             report.gc.merge(gc::collect(pins, &mut maps, false)?);
             return Ok(report);
         }
         let (pods, dead) = upgrade(pins, &mut maps)?;
         report.outcome = LoadOutcome::Upgraded { pods };
+        report.acceleration_switched = set_acceleration(pins, opts.accelerate)?;
         report.gc.dead_pods.extend(dead);
         report.gc.merge(gc::collect(pins, &mut maps, false)?);
         return Ok(report);
@@ -154,7 +168,7 @@ pub fn load_report(opts: &LoadOptions) -> Result<LoadReport> {
     report.gc.stale_pins = remove_stale_staging(pins);
     let cgroup = attach_cgroup(opts.cgroup.as_deref())?;
     let staging = pins.staging();
-    let result = install(&staging, &cgroup, opts.limits()).and_then(|()| {
+    let result = install(&staging, &cgroup, opts.limits(), opts.accelerate).and_then(|()| {
         crash::point("load-staging-complete");
         fs::rename(staging.path(), pins.path())
             .with_context(|| format!("cannot move {} into place", staging.path().display()))
@@ -178,6 +192,9 @@ fn links_consistent(pins: &PinDir) -> bool {
         if pinned_id(name).is_none() || pinned_id(name) != linked_id(&pins.link(name)) {
             return false;
         }
+    }
+    if !pins.prog(ACCEL_PROGRAM).exists() {
+        return false;
     }
     // Every pod's own program tail-calls the steering program in STEER_PROGRAM[0].
     let steering =
@@ -211,6 +228,7 @@ fn load_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Program> {
         Program::CgroupSockopt(p) => p.load(),
         Program::CgroupSock(p) => p.load(),
         Program::SkLookup(p) => p.load(),
+        Program::SkMsg(p) => p.load(),
         other => bail!("unexpected program type for {name}: {:?}", other.prog_type()),
     };
     result.with_context(|| format!("the kernel refused program {name}"))?;
@@ -222,7 +240,7 @@ fn program_fd<'a>(ebpf: &'a Ebpf, name: &str) -> Result<BorrowedFd<'a>> {
     Ok(prog.fd()?.as_fd())
 }
 
-fn install(staging: &PinDir, cgroup: &Path, (node_limit, pod_limit): (u64, u64)) -> Result<()> {
+fn install(staging: &PinDir, cgroup: &Path, (node_limit, pod_limit): (u64, u64), accelerate: bool) -> Result<()> {
     for dir in ["maps", "progs", "links", "pods"] {
         fs::create_dir_all(staging.path().join(dir))?;
     }
@@ -258,6 +276,10 @@ fn install(staging: &PinDir, cgroup: &Path, (node_limit, pod_limit): (u64, u64))
     )?;
     prog.pin(staging.prog(SK_LOOKUP_PROGRAM))?;
     set_steering_program(staging, prog.fd()?.as_fd())?;
+    let prog = load_program(&mut ebpf, ACCEL_PROGRAM)?;
+    prog.pin(staging.prog(ACCEL_PROGRAM))?;
+    attach_accelerator(staging, prog.fd()?.as_fd())?;
+    set_acceleration(staging, accelerate)?;
     let maps = PinnedMaps::open(staging)?;
     let mut settings_map = maps.settings;
     settings_map.set(
@@ -284,6 +306,36 @@ fn set_steering_program(pins: &PinDir, prog: BorrowedFd<'_>) -> Result<()> {
     Ok(())
 }
 
+/// Attaches the acceleration program to `ACCEL_SOCKETS` (replacing the map's previous one:
+/// sockets already in the map keep the program they joined with until they close). The
+/// attachment belongs to the map: it goes when the map does, at unload.
+fn attach_accelerator(pins: &PinDir, prog: BorrowedFd<'_>) -> Result<()> {
+    let map = raw::obj_get(&pins.map(map_names::ACCEL_SOCKETS)).context("open ACCEL_SOCKETS")?;
+    raw::prog_attach(map.as_fd(), prog, raw::attach_type::SK_MSG_VERDICT)
+        .context("cannot attach the acceleration program to ACCEL_SOCKETS")
+}
+
+/// Switches acceleration of new redirected connections on or off (connections already
+/// accelerated stay so until they close). Returns the new value if it changed.
+pub fn set_acceleration(pins: &PinDir, on: bool) -> Result<Option<bool>> {
+    let map = raw::obj_get(&pins.map(map_names::ACCELERATION)).context("open ACCELERATION")?;
+    let was = raw::u32_array_get(map.as_fd(), 0).context("read ACCELERATION")? != 0;
+    if was == on {
+        return Ok(None);
+    }
+    raw::u32_array_set(map.as_fd(), 0, on as u32).context("write ACCELERATION")?;
+    Ok(Some(on))
+}
+
+/// Whether new redirected connections are accelerated (false for an installation without
+/// the switch, made by an older build).
+pub fn acceleration(pins: &PinDir) -> bool {
+    raw::obj_get(&pins.map(map_names::ACCELERATION))
+        .ok()
+        .and_then(|m| raw::u32_array_get(m.as_fd(), 0).ok())
+        .is_some_and(|v| v != 0)
+}
+
 /// Replaces every program behind its existing link (see the module's comment), keeping maps
 /// and pods. Returns the number of pods kept and the pods found dead.
 fn upgrade(pins: &PinDir, maps: &mut PinnedMaps) -> Result<(usize, Vec<u64>)> {
@@ -293,7 +345,7 @@ fn upgrade(pins: &PinDir, maps: &mut PinnedMaps) -> Result<(usize, Vec<u64>)> {
     crash::point("upgrade-started");
 
     let mut ebpf = open_object(pins, None)?;
-    let names: Vec<&str> = CGROUP_PROGRAMS.iter().map(|(n, _)| *n).chain([SK_LOOKUP_PROGRAM]).collect();
+    let names: Vec<&str> = object::program_names().collect();
     for name in &names {
         let next = pins.prog_next(name);
         let _ = fs::remove_file(&next);
@@ -315,6 +367,7 @@ fn upgrade(pins: &PinDir, maps: &mut PinnedMaps) -> Result<(usize, Vec<u64>)> {
     // Every pod's own sk_lookup program tail-calls the steering program: replacing it in the
     // program array switches every pod at once (pods' links stay as they are).
     set_steering_program(pins, program_fd(&ebpf, SK_LOOKUP_PROGRAM)?)?;
+    attach_accelerator(pins, program_fd(&ebpf, ACCEL_PROGRAM)?)?;
     let mut pods = 0;
     let mut dead = Vec::new();
     for cookie in pinned_pods(pins)? {

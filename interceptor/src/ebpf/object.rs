@@ -39,3 +39,13 @@ pub const CGROUP_PROGRAMS: [(&str, u32); 11] = [
 
 /// The program linked to each enrolled pod's network namespace.
 pub const SK_LOOKUP_PROGRAM: &str = "steer_inbound";
+
+/// The sk_msg program of `ebpf load --accelerate`, attached to the `ACCEL_SOCKETS` map
+/// (loaded and attached in every installation; the `ACCELERATION` switch decides whether
+/// sockets join the map).
+pub const ACCEL_PROGRAM: &str = "accelerate";
+
+/// Every program an installation pins (`progs/<name>`), in load order.
+pub fn program_names() -> impl Iterator<Item = &'static str> {
+    CGROUP_PROGRAMS.iter().map(|(n, _)| *n).chain([SK_LOOKUP_PROGRAM, ACCEL_PROGRAM])
+}

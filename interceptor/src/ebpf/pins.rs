@@ -21,7 +21,7 @@ use anyhow::{Context, Result, bail};
 use interceptor_common::map_names;
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 
-use super::object::{CGROUP_PROGRAMS, SK_LOOKUP_PROGRAM};
+use super::object::{CGROUP_PROGRAMS, SK_LOOKUP_PROGRAM, program_names};
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/interceptor";
 
@@ -102,7 +102,7 @@ impl PinDir {
             out.push(self.link(name));
         }
         out.push(self.root.join("links"));
-        for name in CGROUP_PROGRAMS.iter().map(|(n, _)| *n).chain([SK_LOOKUP_PROGRAM]) {
+        for name in program_names() {
             out.push(self.prog(name));
             out.push(self.prog_next(name));
         }

@@ -14,6 +14,8 @@ const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_PROG_ATTACH: libc::c_long = 8;
+const BPF_PROG_DETACH: libc::c_long = 9;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_CREATE: libc::c_long = 28;
@@ -36,6 +38,7 @@ pub mod attach_type {
     pub const CGROUP_INET4_GETPEERNAME: u32 = 29;
     pub const CGROUP_INET6_GETPEERNAME: u32 = 30;
     pub const SK_LOOKUP: u32 = 36;
+    pub const SK_MSG_VERDICT: u32 = 7;
 }
 
 /// `union bpf_attr` is at most this large for the commands used here; the kernel accepts
@@ -74,6 +77,22 @@ pub fn link_create(prog: BorrowedFd<'_>, target: BorrowedFd<'_>, attach_type: u3
     let mut attr = Attr::new();
     attr.put_u32(0, prog.as_raw_fd() as u32).put_u32(4, target.as_raw_fd() as u32).put_u32(8, attach_type);
     sys_bpf(BPF_LINK_CREATE, &mut attr).map(owned)
+}
+
+/// BPF_PROG_ATTACH: attaches `prog` to `target` the pre-link way; for a sockmap or sockhash
+/// (`SK_MSG_VERDICT`) the program replaces the map's previous one atomically, and the
+/// attachment lives as long as the map (there is no link to pin before Linux 6.10).
+pub fn prog_attach(target: BorrowedFd<'_>, prog: BorrowedFd<'_>, attach_type: u32) -> io::Result<()> {
+    let mut attr = Attr::new();
+    attr.put_u32(0, target.as_raw_fd() as u32).put_u32(4, prog.as_raw_fd() as u32).put_u32(8, attach_type);
+    sys_bpf(BPF_PROG_ATTACH, &mut attr).map(|_| ())
+}
+
+/// BPF_PROG_DETACH of `prog` from `target` (the reverse of `prog_attach`).
+pub fn prog_detach(target: BorrowedFd<'_>, prog: BorrowedFd<'_>, attach_type: u32) -> io::Result<()> {
+    let mut attr = Attr::new();
+    attr.put_u32(0, target.as_raw_fd() as u32).put_u32(4, prog.as_raw_fd() as u32).put_u32(8, attach_type);
+    sys_bpf(BPF_PROG_DETACH, &mut attr).map(|_| ())
 }
 
 /// BPF_LINK_UPDATE: atomically replaces the program behind a link (in-place upgrade).
@@ -360,8 +379,12 @@ fn prog_load_raw(ty: u32, attach: u32, insns: &[super::insn::Insn], name: &str) 
 /// BPF_MAP_UPDATE_ELEM of a program array: slot `index` runs `prog` (atomically replacing
 /// what was there).
 pub fn prog_array_set(map: BorrowedFd<'_>, index: u32, prog: BorrowedFd<'_>) -> io::Result<()> {
+    u32_array_set(map, index, prog.as_raw_fd() as u32)
+}
+
+/// BPF_MAP_UPDATE_ELEM of a map with u32 keys and values (an array, a program array).
+pub fn u32_array_set(map: BorrowedFd<'_>, index: u32, value: u32) -> io::Result<()> {
     use aya_obj::generated::{bpf_attr, bpf_cmd};
-    let value = prog.as_raw_fd() as u32;
     // SAFETY: an all-zero bpf_attr is valid; only the fields set here are read.
     let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
     // SAFETY: writing the fields of the map element member of the union.
@@ -378,6 +401,11 @@ pub fn prog_array_set(map: BorrowedFd<'_>, index: u32, prog: BorrowedFd<'_>) -> 
 
 /// BPF_MAP_LOOKUP_ELEM of a program array: the id of the program in slot `index`.
 pub fn prog_array_get(map: BorrowedFd<'_>, index: u32) -> io::Result<u32> {
+    u32_array_get(map, index)
+}
+
+/// BPF_MAP_LOOKUP_ELEM of a map with u32 keys and values.
+pub fn u32_array_get(map: BorrowedFd<'_>, index: u32) -> io::Result<u32> {
     use aya_obj::generated::{bpf_attr, bpf_cmd};
     let mut value: u32 = 0;
     // SAFETY: an all-zero bpf_attr is valid; only the fields set here are read.

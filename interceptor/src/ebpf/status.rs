@@ -18,7 +18,7 @@ use super::{
     lock::{InstallLock, Mode},
     maps::{PinnedMaps, c_str},
     marker::require_installation,
-    object::{CGROUP_PROGRAMS, SK_LOOKUP_PROGRAM},
+    object::{ACCEL_PROGRAM, CGROUP_PROGRAMS, SK_LOOKUP_PROGRAM, program_names},
     raw,
 };
 
@@ -27,6 +27,8 @@ pub struct Status {
     pub pin_dir: String,
     pub loaded: bool,
     pub debug: bool,
+    /// New redirected connections are accelerated (`ebpf load --accelerate`).
+    pub accelerate: bool,
     pub layout_version: u32,
     pub fingerprint: String,
     /// The cgroup the programs are attached to (from the installation marker).
@@ -99,6 +101,8 @@ fn map_kind(map_type: u32) -> &'static str {
         11 => "lpm_trie",
         12 => "array_of_maps",
         13 => "hash_of_maps",
+        15 => "sockmap",
+        18 => "sockhash",
         24 => "sk_storage",
         27 => "ringbuf",
         _ => "other",
@@ -258,6 +262,7 @@ pub fn status(pins: &PinDir) -> Result<Status> {
         pin_dir: pins.path().display().to_string(),
         loaded: false,
         debug: false,
+        accelerate: false,
         layout_version: 0,
         fingerprint: String::new(),
         cgroup: String::new(),
@@ -290,6 +295,13 @@ pub fn status(pins: &PinDir) -> Result<Status> {
         name: SK_LOOKUP_PROGRAM.into(),
         id,
         attached: format!("{links} pod network namespace(s)"),
+    });
+    let accelerate = super::loader::acceleration(pins);
+    let id = ProgramInfo::from_pin(pins.prog(ACCEL_PROGRAM)).map(|i| i.id()).unwrap_or(0);
+    programs.push(ProgramStatus {
+        name: ACCEL_PROGRAM.into(),
+        id,
+        attached: format!("map ACCEL_SOCKETS (acceleration {})", if accelerate { "on" } else { "off" }),
     });
 
     let steering = pinned_pods(pins)?;
@@ -421,12 +433,12 @@ pub fn status(pins: &PinDir) -> Result<Status> {
     pods.sort_by_key(|p| p.netns_cookie);
     let referenced: std::collections::BTreeSet<u32> = pods.iter().map(|p| p.policy_id).collect();
     let present = gc::present_generations(&maps);
-    let next_pins =
-        CGROUP_PROGRAMS.iter().map(|(n, _)| *n).chain([SK_LOOKUP_PROGRAM]).any(|n| pins.prog_next(n).exists());
+    let next_pins = program_names().any(|n| pins.prog_next(n).exists());
     let mut status = Status {
         pin_dir: pins.path().display().to_string(),
         loaded: true,
         debug: settings.debug != 0,
+        accelerate,
         layout_version: settings.layout_version,
         fingerprint: format!("{:016x}", settings.fingerprint),
         cgroup: marker.cgroup_path(),
@@ -584,10 +596,11 @@ impl std::fmt::Display for Status {
         }
         writeln!(
             f,
-            "eBPF mode: loaded at {} (build {}, debug {}), attached at cgroup {}",
+            "eBPF mode: loaded at {} (build {}, debug {}, acceleration {}), attached at cgroup {}",
             self.pin_dir,
             self.fingerprint,
             if self.debug { "on" } else { "off" },
+            if self.accelerate { "on" } else { "off" },
             self.cgroup
         )?;
         if self.upgrade_interrupted {

@@ -11,6 +11,7 @@
 //! r0 = map_lookup_elem(r1, r2)
 //! if r0 == 0 goto drop
 //! *(u64 *)(r0 + 0) = COOKIE
+//! *(u64 *)(r0 + 8) = r6            ; the context this cookie is for
 //! tail_call(r6, STEER_PROGRAM, 0)  ; does not return when it works
 //! drop: return SK_DROP             ; no steering program: refuse, never pass untouched
 //! ```
@@ -30,10 +31,11 @@ pub fn program(netns_cookie: u64, steer_netns: BorrowedFd<'_>, steer_program: Bo
     let mut p = vec![insn::mov_reg(R6, R1), insn::store_u32_imm(R10, -4, 0)];
     p.extend(insn::load_map_fd(R1, steer_netns));
     p.extend([insn::mov_reg(R2, R10), insn::add_imm(R2, -4), insn::call(helper::MAP_LOOKUP_ELEM)]);
-    // Skips the 8 instructions up to the drop.
-    p.push(insn::jeq_imm(R0, 0, 8));
+    // Skips the 9 instructions up to the drop.
+    p.push(insn::jeq_imm(R0, 0, 9));
     p.extend(insn::load_imm64(R1, netns_cookie));
     p.push(insn::store_u64(R0, 0, R1));
+    p.push(insn::store_u64(R0, 8, R6));
     p.push(insn::mov_reg(R1, R6));
     p.extend(insn::load_map_fd(R2, steer_program));
     p.extend([insn::mov_imm(R3, 0), insn::call(helper::TAIL_CALL)]);

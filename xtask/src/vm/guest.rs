@@ -13,6 +13,9 @@ use super::{
     results::{self, Binary, Refusal},
 };
 
+/// Boots of one guest at most: the first and two more if it dies before /init.
+const MAX_BOOTS: u32 = 3;
+
 /// The documented minimum kernel, as the loader's probe states it (read from its source:
 /// xtask must not depend on the interceptor crates).
 fn minimum_kernel() -> Option<String> {
@@ -71,9 +74,33 @@ pub fn run(
             eprintln!("[{label}] {t}");
         }
     };
-    let boot = qemu::boot(&kernel.vmlinuz, &initrd, &dir.join("console.log"), timeout, show)
-        .with_context(|| format!("booting {}", kernel.release))?;
-    parse(&mut row, &boot, timeout);
+    // A guest that dies before /init (TCG has been seen to oops while booting: an int3 in
+    // the kernel's own text patching) is booted again, up to twice, each attempt logged.
+    // Once /init has run, nothing is retried: a failing test stays a failure.
+    let fresh = row.clone();
+    for attempt in 1..=MAX_BOOTS {
+        let log = if attempt == 1 { dir.join("console.log") } else { dir.join(format!("console-{attempt}.log")) };
+        // Test hook for this retry (never set in CI): the first boot gets an init that does
+        // not exist, so it dies before /init.
+        let broken = attempt == 1 && std::env::var_os("XTASK_VM_BREAK_FIRST_BOOT").is_some();
+        let extra = if broken { "rdinit=/does-not-exist init=/does-not-exist" } else { "" };
+        let boot = qemu::boot(&kernel.vmlinuz, &initrd, &log, timeout, extra, show)
+            .with_context(|| format!("booting {}", kernel.release))?;
+        row = fresh.clone();
+        parse(&mut row, &boot, timeout);
+        let died_before_init = row.boot.is_none() && !boot.timed_out;
+        if !died_before_init || attempt == MAX_BOOTS {
+            if attempt > 1 {
+                row.notes.push(format!("booted {attempt} times: the earlier guests died before /init"));
+            }
+            break;
+        }
+        eprintln!(
+            "xtask: [{label}] the guest died before /init (attempt {attempt}, qemu {:?}; see {}): booting again",
+            boot.status,
+            log.display()
+        );
+    }
     if kernel.spec.expect == Expect::Refuse {
         row.refusal = Some(refusal(&row));
     }

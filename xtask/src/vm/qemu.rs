@@ -26,14 +26,22 @@ pub struct Boot {
 
 /// Boots `vmlinuz` with `initrd`; every console line goes to `log` and through `show`
 /// (which decides what to echo on the terminal).
-pub fn boot(vmlinuz: &Path, initrd: &Path, log: &Path, timeout: Duration, show: impl Fn(&str)) -> Result<Boot> {
+pub fn boot(
+    vmlinuz: &Path,
+    initrd: &Path,
+    log: &Path,
+    timeout: Duration,
+    extra_append: &str,
+    show: impl Fn(&str),
+) -> Result<Boot> {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-machine", "q35", "-cpu", "max", "-m", "2048", "-smp", "2", "-nographic", "-no-reboot", "-nic", "none"])
         .arg("-kernel")
         .arg(vmlinuz)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .arg("-append")
+        .arg(format!("console=ttyS0 panic=-1 quiet {extra_append}"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
