@@ -239,6 +239,13 @@ pub enum EbpfCommand {
         #[command(flatten)]
         pins: PinArg,
     },
+    /// Print the Prometheus metrics of the pinned state once (text format; for
+    /// node-exporter's textfile collector on nodes without the daemon). The daemon serves
+    /// the same, and its own families, on `--metrics-addr` /metrics.
+    Metrics {
+        #[command(flatten)]
+        pins: PinArg,
+    },
     /// Remove every program, link, map and pin (refuses a directory that is not an
     /// interceptor installation; leaves entries it did not create).
     Unload {
@@ -648,6 +655,7 @@ fn run_ebpf(cmd: EbpfCommand) -> Result<ExitCode> {
                 print!("{s}");
             }
         }
+        EbpfCommand::Metrics { pins } => print!("{}", crate::metrics::render_ebpf(&pins.pins())?),
         EbpfCommand::Unload { pins } => match ebpf::unload_report(&pins.pins())? {
             ebpf::Unloaded::Removed { left } if left.is_empty() => {
                 eprintln!("unloaded: every program, link, map and pin removed")

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod ebpf;
 pub mod explain;
 pub mod iptables;
+pub mod metrics;
 pub mod netns;
 pub mod policy;
 pub mod routes;

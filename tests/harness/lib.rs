@@ -6,6 +6,7 @@
 //! between them), addresses are 198.51.100.0/24, 203.0.113.0/24 and 2001:db8::/32, nothing
 //! is added to the root namespace, programs attach to a child cgroup, and Drop removes it
 //! all (also when a test fails).
+pub mod daemon;
 pub mod dns;
 pub mod flows;
 pub mod modes;

@@ -39,6 +39,12 @@ fn apt_packages() -> Result<()> {
         ("/usr/bin/podman", "podman"),
         ("/usr/sbin/runc", "runc"),
         ("/usr/lib/cni/bridge", "containernetworking-plugins"),
+        // The metrics tests: a real Prometheus server scraping the daemon, and promtool
+        // (check metrics, check and test rules). Installing it starts no service where
+        // invoke-rc.d's policy forbids it; the tests run their own server on a test
+        // namespace's loopback.
+        ("/usr/bin/prometheus", "prometheus"),
+        ("/usr/bin/promtool", "prometheus"),
         // The benchmark chart's labels.
         ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "fonts-dejavu-core"),
     ])

@@ -172,11 +172,8 @@ fn print_pod(p: &PodView) {
     if let Some(e) = &p.last_error {
         println!("  LAST ERROR  {e}");
     }
-    if let Some(serde_json::Value::Object(o)) = &p.enforcement
-        && let (Some(out), Some(inb)) = (o.get("outbound"), o.get("inbound"))
-    {
-        println!("  counters    outbound {out}");
-        println!("              inbound  {inb}");
+    if let Some(serde_json::Value::Object(o)) = &p.enforcement {
+        print_traffic(o);
     }
     if p.problems.is_empty() {
         println!("  in force    yes");
@@ -184,5 +181,54 @@ fn print_pod(p: &PodView) {
         for pr in &p.problems {
             println!("  PROBLEM     {pr}");
         }
+    }
+    for pr in &p.observed_problems {
+        println!("  PROBLEM     {pr}");
+    }
+}
+
+/// The pod's counters from its `ebpf status` entry, as the metrics name them: decisions by
+/// direction and action, untracked connections, connections being handed over.
+fn print_traffic(o: &serde_json::Map<String, serde_json::Value>) {
+    let counts = |v: Option<&serde_json::Value>, skip: &[&str]| -> String {
+        let items: Vec<String> = v
+            .and_then(|v| v.as_object())
+            .map(|m| m.iter().filter(|(k, _)| !skip.contains(&k.as_str())).map(|(k, n)| format!("{k} {n}")).collect())
+            .unwrap_or_default();
+        if items.is_empty() { "-".into() } else { items.join(", ") }
+    };
+    for direction in ["outbound", "inbound"] {
+        let Some(c) = o.get(direction) else { continue };
+        let refused: Vec<&str> = c
+            .get("refused")
+            .and_then(|r| r.as_object())
+            .map(|r| r.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        let mut skip = refused.clone();
+        skip.extend(["tracking_lost", "original_dst_unknown"]);
+        println!(
+            "  {:<11} redirected {} ({}); passed {}; refused {}",
+            direction,
+            c.get("redirected").and_then(|n| n.as_u64()).unwrap_or(0),
+            counts(c.get("redirected_by_reason"), &[]),
+            counts(c.get("passed"), &skip),
+            counts(c.get("refused"), &[]),
+        );
+    }
+    if let Some(u) = o.get("untracked").and_then(|u| u.as_object()) {
+        let total: u64 = u.values().filter_map(|n| n.as_u64()).sum();
+        let zero: Vec<&str> = u.iter().filter(|(_, n)| n.as_u64() == Some(0)).map(|(k, _)| k.as_str()).collect();
+        let u = serde_json::Value::Object(u.clone());
+        println!(
+            "  untracked   {total}{}",
+            if total > 0 { format!(" ({})", counts(Some(&u), &zero)) } else { String::new() }
+        );
+    }
+    if let Some(t) = o.get("tracking") {
+        println!(
+            "  handing over {} of {}",
+            t.get("in_flight").and_then(|n| n.as_u64()).unwrap_or(0),
+            t.get("limit").and_then(|n| n.as_u64()).unwrap_or(0)
+        );
     }
 }

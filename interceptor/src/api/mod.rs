@@ -145,6 +145,11 @@ pub struct PodView {
     /// What is wrong with the pod's interception (`GET /v1/pods/{id}` only; empty: in force).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+    /// What the kernel shows going wrong for the pod while its policy is in force (eBPF
+    /// mode, `GET /v1/pods/{id}` only): refused or untracked connections, processes outside
+    /// the attach cgroup — the pod's `problems` in `ebpf status`. They do not fail CHECK.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub observed_problems: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

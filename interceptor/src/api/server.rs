@@ -14,7 +14,10 @@ use axum::{
 use serde::Serialize;
 
 use super::{AddPod, ApiError, DaemonStatus, ErrorBody, codes};
-use crate::daemon::core::{Daemon, Failure};
+use crate::{
+    daemon::core::{Daemon, Failure},
+    metrics::daemon::CniCommand,
+};
 
 pub fn router(d: Arc<Daemon>) -> Router {
     Router::new()
@@ -55,16 +58,19 @@ async fn add(State(d): State<Arc<Daemon>>, body: Bytes) -> Response {
         Ok(r) => r,
         Err(e) => {
             d.counters.inc("api_add_bad_request");
+            d.metrics.cni_request(CniCommand::Add, codes::BAD_REQUEST);
             return error(400, codes::BAD_REQUEST, format!("invalid request body: {e}"));
         }
     };
     match d.add(req).await {
         Ok((view, created)) => {
             d.counters.inc("api_add_ok");
+            d.metrics.cni_request(CniCommand::Add, "ok");
             ok(if created { StatusCode::CREATED } else { StatusCode::OK }, view)
         }
         Err(f) => {
             d.counters.inc(&format!("api_add_{}", f.code));
+            d.metrics.cni_request(CniCommand::Add, f.code);
             tracing::warn!("add refused: {} ({})", f.message, f.code);
             f.into_response()
         }
@@ -75,10 +81,12 @@ async fn delete(State(d): State<Arc<Daemon>>, Path(id): Path<String>) -> Respons
     match d.delete(&id).await {
         Ok(v) => {
             d.counters.inc("api_delete_ok");
+            d.metrics.cni_request(CniCommand::Del, "ok");
             ok(StatusCode::OK, v)
         }
         Err(f) => {
             d.counters.inc(&format!("api_delete_{}", f.code));
+            d.metrics.cni_request(CniCommand::Del, f.code);
             f.into_response()
         }
     }
@@ -88,14 +96,17 @@ async fn check(State(d): State<Arc<Daemon>>, Path(id): Path<String>) -> Response
     match d.check(&id).await {
         Ok(c) if c.problems.is_empty() => {
             d.counters.inc("api_check_ok");
+            d.metrics.cni_request(CniCommand::Check, "ok");
             ok(StatusCode::OK, c)
         }
         Ok(c) => {
             d.counters.inc("api_check_not_enforced");
+            d.metrics.cni_request(CniCommand::Check, codes::NOT_ENFORCED);
             error(409, codes::NOT_ENFORCED, c.problems.join("; "))
         }
         Err(f) => {
             d.counters.inc(&format!("api_check_{}", f.code));
+            d.metrics.cni_request(CniCommand::Check, f.code);
             f.into_response()
         }
     }

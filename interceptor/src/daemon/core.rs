@@ -18,6 +18,7 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 
 use super::{counters::Counters, state};
+use crate::metrics::daemon::{DaemonMetrics, Operation};
 use crate::{
     api::{AddPod, AnnotationSource, CheckResult, Deleted, MeshConfigStatus, Mode, PodList, PodView, codes},
     ebpf::{self, EnrollOptions, PinDir},
@@ -75,12 +76,20 @@ pub struct Daemon {
     pub cfg: Config,
     pods: Mutex<BTreeMap<String, state::PodRecord>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Held shared by every add and removal from before it changes the kernel until its
+    /// record is written or forgotten, exclusively by the adoption of a pod pinned without
+    /// a record: the reconcile never mistakes a pod being added (enrolled, its record not
+    /// yet written) or removed (its record forgotten, its enrollment not yet gone from the
+    /// reconcile's earlier read) for an orphan.
+    membership: tokio::sync::RwLock<()>,
     watchers: Mutex<HashMap<String, JoinHandle<()>>>,
     pub mesh: RwLock<MeshState>,
     save_lock: tokio::sync::Mutex<()>,
     /// Programs attached, state reconciled and the API socket serving.
     pub ready: AtomicBool,
     pub counters: Counters,
+    /// The Prometheus families only the daemon knows (`GET /metrics`).
+    pub metrics: DaemonMetrics,
 }
 
 pub fn now() -> u64 {
@@ -296,9 +305,11 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 impl Daemon {
     pub fn new(cfg: Config, records: Vec<state::PodRecord>, mesh: MeshState) -> Daemon {
         Daemon {
+            metrics: DaemonMetrics::new(cfg.mode),
             cfg,
             pods: Mutex::new(records.into_iter().map(|r| (r.id.clone(), r)).collect()),
             locks: Mutex::new(HashMap::new()),
+            membership: tokio::sync::RwLock::new(()),
             watchers: Mutex::new(HashMap::new()),
             mesh: RwLock::new(mesh),
             save_lock: tokio::sync::Mutex::new(()),
@@ -411,6 +422,7 @@ impl Daemon {
             last_error: r.last_error.clone(),
             enforcement: None,
             problems: Vec::new(),
+            observed_problems: Vec::new(),
         }
     }
 
@@ -431,6 +443,7 @@ impl Daemon {
         if !netns.is_absolute() {
             return Err(bad(format!("netns must be an absolute path, got {:?}", req.netns)));
         }
+        let _member = self.membership.read().await;
         let lock = self.lock_of(&req.container_id);
         let _guard = lock.lock().await;
         let t0 = Instant::now();
@@ -457,9 +470,10 @@ impl Daemon {
             let t = Target::of(self, old);
             let alive = netns_identity(&old.netns).ok() == Some((old.netns_dev, old.netns_ino));
             let cookie = old.netns_cookie;
-            blocking(move || t.remove(alive, cookie))
-                .await
-                .map_err(|e| Failure::new(500, codes::REMOVE_FAILED, format!("{e:#}")))?;
+            let started = Instant::now();
+            let removed = blocking(move || t.remove(alive, cookie)).await;
+            self.metrics.operation(Operation::Unenroll, old.mode, removed.is_ok(), Some(started.elapsed()));
+            removed.map_err(|e| Failure::new(500, codes::REMOVE_FAILED, format!("{e:#}")))?;
             self.forget(&old.id);
         }
         let previous = previous.filter(|o| (o.netns_dev, o.netns_ino) == (dev, ino));
@@ -486,7 +500,11 @@ impl Daemon {
             last_error: None,
         };
         let target = Target::of(self, &record);
-        let applied = blocking(move || target.apply(&policy)).await.map_err(|e| {
+        let op = if previous.is_some() { Operation::Reenroll } else { Operation::Enroll };
+        let started = Instant::now();
+        let applied = blocking(move || target.apply(&policy)).await;
+        self.metrics.operation(op, mode, applied.is_ok(), Some(started.elapsed()));
+        let applied = applied.map_err(|e| {
             self.counters.inc("apply_failed");
             Failure::new(500, codes::APPLY_FAILED, format!("{e:#}"))
         })?;
@@ -520,6 +538,7 @@ impl Daemon {
 
     /// `DELETE /v1/pods/{id}`.
     pub async fn delete(self: &Arc<Self>, id: &str) -> Result<Deleted, Failure> {
+        let _member = self.membership.read().await;
         let lock = self.lock_of(id);
         let guard = lock.lock().await;
         let Some(r) = self.record(id) else {
@@ -529,7 +548,10 @@ impl Daemon {
         let alive = netns_identity(&r.netns).ok() == Some((r.netns_dev, r.netns_ino));
         let t = Target::of(self, &r);
         let cookie = r.netns_cookie;
-        if let Err(e) = blocking(move || t.remove(alive, cookie)).await {
+        let started = Instant::now();
+        let removed = blocking(move || t.remove(alive, cookie)).await;
+        self.metrics.operation(Operation::Unenroll, r.mode, removed.is_ok(), Some(started.elapsed()));
+        if let Err(e) = removed {
             self.counters.inc("remove_failed");
             if r.mode == Mode::Ebpf && alive {
                 self.ensure_watcher(id, &r.netns);
@@ -566,6 +588,10 @@ impl Daemon {
             match blocking(move || t.inspect(&policy, cookie)).await {
                 Ok((p, details)) => {
                     problems.extend(p);
+                    if let Some(serde_json::Value::Array(observed)) = details.get("problems") {
+                        view.observed_problems =
+                            observed.iter().filter_map(|v| v.as_str().map(str::to_string)).collect();
+                    }
                     view.enforcement = Some(details);
                 }
                 Err(e) => problems.push(format!("cannot inspect: {e:#}")),
@@ -605,6 +631,7 @@ impl Daemon {
             Err(f) => {
                 tracing::error!("pod {}/{}: {} (the previous policy stays in force)", r.namespace, r.name, f.message);
                 self.counters.inc("apply_failed");
+                self.metrics.operation(Operation::Reenroll, r.mode, false, None);
                 r.last_error = Some(f.message);
                 self.put(r);
                 return false;
@@ -615,7 +642,6 @@ impl Daemon {
             return false;
         }
         let t = Target::of(self, &r);
-        let started = Instant::now();
         // A policy change alone (MeshConfig, manifest) keeps an eBPF pod's table (its routes
         // are watched apart): only its lists switch, without re-reading its routes.
         let policy_only = !force && r.mode == Mode::Ebpf && r.last_error.is_none();
@@ -628,7 +654,10 @@ impl Daemon {
             }
             t.apply(&policy)
         };
-        match blocking(apply).await {
+        let applying = Instant::now();
+        let result = blocking(apply).await;
+        self.metrics.operation(Operation::Reenroll, r.mode, result.is_ok(), Some(applying.elapsed()));
+        match result {
             Ok(applied) => {
                 self.counters.inc("apply_ok");
                 self.counters.inc(&format!("reapply_{}", reason.replace('-', "_")));
@@ -636,7 +665,7 @@ impl Daemon {
                     "pod {}/{}: policy re-applied ({reason}) in {:?}",
                     r.namespace,
                     r.name,
-                    started.elapsed()
+                    applying.elapsed()
                 );
                 r.policy = value;
                 r.netns_cookie = applied.cookie.or(r.netns_cookie);
@@ -699,6 +728,7 @@ impl Daemon {
 
     /// Removes a pod whose namespace is gone (no DEL came, or it came while we were down).
     pub async fn remove_gone(self: &Arc<Self>, id: &str) {
+        let _member = self.membership.read().await;
         let lock = self.lock_of(id);
         let _guard = lock.lock().await;
         let Some(r) = self.record(id) else { return };
@@ -708,7 +738,10 @@ impl Daemon {
         self.stop_watcher(id);
         let t = Target::of(self, &r);
         let cookie = r.netns_cookie;
-        match blocking(move || t.remove(false, cookie)).await {
+        let started = Instant::now();
+        let removed = blocking(move || t.remove(false, cookie)).await;
+        self.metrics.operation(Operation::Unenroll, r.mode, removed.is_ok(), Some(started.elapsed()));
+        match removed {
             Ok(()) => {
                 tracing::info!(
                     "pod {}/{} ({id}): network namespace {} is gone; removed",
@@ -728,6 +761,15 @@ impl Daemon {
     /// Adds a record for an eBPF pod found pinned without one (state file lost), or
     /// unenrolls it if its namespace is gone.
     pub async fn adopt_pinned(self: &Arc<Self>, cookie: u64, netns: String, pod_name: String) {
+        let member = self.membership.write().await;
+        // What the caller read may be stale: an add or a removal may have finished since.
+        let pins = self.cfg.pins.clone();
+        let still_pinned = blocking(move || Ok(ebpf::maps::PinnedMaps::open(&pins)?.pods.get(&cookie, 0).is_ok()))
+            .await
+            .unwrap_or(false);
+        if !still_pinned || self.records().iter().any(|r| r.netns_cookie == Some(cookie)) {
+            return;
+        }
         let path = PathBuf::from(&netns);
         let live = {
             let p = path.clone();
@@ -735,7 +777,10 @@ impl Daemon {
         };
         if live != Some(cookie) {
             let pins = self.cfg.pins.clone();
-            match blocking(move || ebpf::enroll::unenroll_cookie(&pins, cookie)).await {
+            let started = Instant::now();
+            let removed = blocking(move || ebpf::enroll::unenroll_cookie(&pins, cookie)).await;
+            self.metrics.operation(Operation::Unenroll, Mode::Ebpf, removed.is_ok(), Some(started.elapsed()));
+            match removed {
                 Ok(_) => {
                     tracing::info!("unenrolled orphaned pod {pod_name:?} (netns cookie {cookie}): {netns} is gone")
                 }
@@ -771,6 +816,7 @@ impl Daemon {
             last_reason: "adopted".into(),
             last_error: None,
         });
+        drop(member);
         self.reapply(&id, "adopted", true).await;
         self.ensure_watcher(&id, &path);
     }

@@ -63,6 +63,7 @@ impl Daemon {
                     tracing::error!("{msg}; the previous MeshConfig stays in force");
                     m.status.rejected += 1;
                     self.counters.inc("mesh_config_rejected");
+                    self.metrics.mesh_config_reload(false);
                     m.status.last_error = Some(msg);
                 }
                 return;
@@ -95,6 +96,7 @@ impl Daemon {
                         );
                         m.status.rejected += 1;
                         self.counters.inc("mesh_config_rejected");
+                        self.metrics.mesh_config_reload(false);
                         m.status.last_error = Some(msg);
                     }
                     return;
@@ -106,6 +108,7 @@ impl Daemon {
                     m.status.reloads += 1;
                     m.status.last_error = None;
                     self.counters.inc("mesh_config_reloaded");
+                    self.metrics.mesh_config_reload(true);
                     tracing::info!("MeshConfig {} reloaded ({trigger})", path.display());
                 }
             }

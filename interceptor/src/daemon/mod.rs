@@ -7,7 +7,7 @@
 //!   ADD/DEL/CHECK;
 //! * reconciles at start and periodically ([`reconcile`]), watches each eBPF pod's routes
 //!   ([`netwatch`]) and the MeshConfig and pod manifest files ([`watch`]);
-//! * serves `/healthz` and `/readyz` on `--metrics-addr` ([`http`]).
+//! * serves `/healthz`, `/readyz` and `/metrics` on `--metrics-addr` ([`http`]).
 //!
 //! Stopping it (SIGTERM, SIGINT) never detaches anything: interception stays in force and a
 //! restarted daemon adopts it without re-enrolling. Only `interceptor ebpf unload` or
@@ -80,7 +80,8 @@ pub struct DaemonArgs {
     /// no annotations (watched).
     #[arg(long = "pod-manifest-dir", value_name = "DIR")]
     pub pod_manifest_dir: Option<PathBuf>,
-    /// Serve GET /healthz and /readyz on this TCP address (e.g. 127.0.0.1:9464).
+    /// Serve GET /healthz, /readyz and /metrics (Prometheus) on this TCP address (e.g.
+    /// 127.0.0.1:9464).
     #[arg(long = "metrics-addr", value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
     /// How often to reconcile (e.g. 10s, 500ms).

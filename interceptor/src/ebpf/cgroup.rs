@@ -7,6 +7,7 @@
 //! real root cgroup is the only one without a `cgroup.type` file, so a default attach point
 //! that has one is refused; `--cgroup` chooses another attach point explicitly.
 use std::{
+    collections::{HashMap, HashSet},
     fs,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
@@ -67,17 +68,29 @@ pub fn attach_cgroup(explicit: Option<&Path>) -> Result<PathBuf> {
 
 /// The processes in `netns` whose cgroup is not `attach_id` or below it: (pid, cgroup path).
 pub fn processes_outside(netns: &Netns, attach_id: u64) -> Result<Vec<(u32, String)>> {
+    let want = netns.id()?;
+    Ok(processes_outside_of(&HashSet::from([want]), attach_id)?.remove(&want).unwrap_or_default())
+}
+
+/// A network namespace's identity: (device, inode) of its nsfs file.
+pub type NetnsId = (u64, u64);
+
+/// [`processes_outside`] for several network namespaces in one walk of /proc: (pid, cgroup
+/// path) by namespace, only for the namespaces with such processes.
+pub fn processes_outside_of(
+    netns_ids: &HashSet<NetnsId>,
+    attach_id: u64,
+) -> Result<HashMap<NetnsId, Vec<(u32, String)>>> {
+    let mut out: HashMap<NetnsId, Vec<(u32, String)>> = HashMap::new();
     let root = cgroup2_root()?;
-    if cgroup_id(&root)? == attach_id {
-        return Ok(vec![]);
+    if cgroup_id(&root)? == attach_id || netns_ids.is_empty() {
+        return Ok(out);
     }
-    // Network namespaces all live on nsfs: the link's text names the inode (readlink is
-    // cheaper than a stat through the link, and this walks every process of the node).
-    let want = std::ffi::OsString::from(format!("net:[{}]", netns.id()?.1));
-    let mut out = Vec::new();
     for entry in fs::read_dir("/proc")?.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        if fs::read_link(entry.path().join("ns/net")).map(|l| l.into_os_string()).ok().as_ref() != Some(&want) {
+        let Ok(m) = fs::metadata(entry.path().join("ns/net")) else { continue };
+        let id = (m.dev(), m.ino());
+        if !netns_ids.contains(&id) {
             continue;
         }
         let Ok(text) = fs::read_to_string(entry.path().join("cgroup")) else { continue };
@@ -85,7 +98,7 @@ pub fn processes_outside(netns: &Netns, attach_id: u64) -> Result<Vec<(u32, Stri
         let dir = root.join(rel.trim_start_matches('/'));
         let under = dir.ancestors().take_while(|a| a.starts_with(&root)).any(|a| cgroup_id(a).ok() == Some(attach_id));
         if !under {
-            out.push((pid, rel.to_string()));
+            out.entry(id).or_default().push((pid, rel.to_string()));
         }
     }
     Ok(out)

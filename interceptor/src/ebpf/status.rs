@@ -61,7 +61,13 @@ pub struct Status {
     pub programs: Vec<ProgramStatus>,
     /// Redirected connections being handed over to a sidecar, node-wide.
     pub tracking: Tracking,
+    /// The same limit per pod (each pod's `tracking.limit`).
+    pub pod_tracking_limit: u64,
     pub pods: Vec<PodStatus>,
+    /// What an operator must look at, node-wide (each pod's own are in its `problems`):
+    /// an interrupted upgrade, orphaned state, a table more than 80 % full, pods with
+    /// problems.
+    pub problems: Vec<String>,
 }
 
 /// Redirected connections being handed over (from the application's SYN until the kernel
@@ -81,6 +87,44 @@ pub struct MapUsage {
     /// 6.4 what the map really uses — preallocated tables whole, others by their entries —
     /// before that an estimate from its capacity). `null` if the kernel does not say.
     pub memory_bytes: Option<u64>,
+    /// The map's type (`hash`, `array`, `lpm_trie`, `sk_storage`, …).
+    pub kind: &'static str,
+}
+impl MapUsage {
+    /// An array: every slot always exists (its entries are its capacity), so it never
+    /// "fills up".
+    pub fn fixed_size(&self) -> bool {
+        matches!(self.kind, "array" | "percpu_array" | "prog_array" | "array_of_maps")
+    }
+
+    /// Entries in use as a share of the capacity, for maps that can fill up.
+    pub fn fill(&self) -> Option<f64> {
+        match self.entries {
+            Some(n) if self.max_entries > 0 && !self.fixed_size() => Some(n as f64 / self.max_entries as f64),
+            _ => None,
+        }
+    }
+}
+
+/// The kernel's name of a map type (`enum bpf_map_type`).
+fn map_kind(map_type: u32) -> &'static str {
+    match map_type {
+        1 => "hash",
+        2 => "array",
+        3 => "prog_array",
+        5 => "percpu_hash",
+        6 => "percpu_array",
+        9 => "lru_hash",
+        10 => "lru_percpu_hash",
+        11 => "lpm_trie",
+        12 => "array_of_maps",
+        13 => "hash_of_maps",
+        15 => "sockmap",
+        18 => "sockhash",
+        24 => "sk_storage",
+        27 => "ringbuf",
+        _ => "other",
+    }
 }
 
 #[derive(Debug, Serialize, Clone, PartialEq, Eq)]
@@ -100,11 +144,71 @@ pub struct ProgramStatus {
     pub attached: String,
 }
 
+/// One direction's counters, summed over CPUs, by reason name. `passed` holds every
+/// reason that is not a redirect (refusals and tracking failures included, as it always
+/// did); `refused` repeats the refusals on their own.
 #[derive(Debug, Default, Serialize)]
 pub struct Counters {
     pub redirected: u64,
     pub passed: BTreeMap<String, u64>,
     pub redirected_by_reason: BTreeMap<String, u64>,
+    /// Connections (or DNS queries) refused: no sidecar listener, a tracking limit, no
+    /// memory, the DNS rule's conflict.
+    pub refused: BTreeMap<String, u64>,
+}
+
+/// What the programs did with a connection, for a decision reason (`None`: the reason
+/// counts an event after the decision, not a decision: `tracking_lost`,
+/// `original_dst_unknown`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Redirect,
+    Pass,
+    Refuse,
+}
+
+impl Action {
+    pub fn of(reason: Reason) -> Option<Action> {
+        match reason {
+            Reason::OutTrackingLost | Reason::OrigDstUnknown => None,
+            r if r.is_redirect() => Some(Action::Redirect),
+            Reason::InNoListener
+            | Reason::OutDnsProxyRefused
+            | Reason::OutRefusedPodLimit
+            | Reason::OutRefusedNodeLimit
+            | Reason::OutRefusedNoMemory => Some(Action::Refuse),
+            _ => Some(Action::Pass),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Redirect => "redirect",
+            Action::Pass => "pass",
+            Action::Refuse => "refuse",
+        }
+    }
+}
+
+/// Connections whose original destination could not be tracked: refused at connect()
+/// (the tracking limits, no memory), or redirected but lost (the hand-over table overflowed
+/// its headroom), or asked for and unknown (SO_ORIGINAL_DST answered ENOENT).
+pub const UNTRACKED: [Reason; 5] = [
+    Reason::OutRefusedPodLimit,
+    Reason::OutRefusedNodeLimit,
+    Reason::OutRefusedNoMemory,
+    Reason::OutTrackingLost,
+    Reason::OrigDstUnknown,
+];
+
+/// A process of a pod's network namespace that is not under the attach cgroup: its
+/// connections are not intercepted.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct OutsideProcess {
+    pub pid: u32,
+    /// Its cgroup v2 path.
+    pub cgroup: String,
 }
 
 /// A shared list a pod refers to.
@@ -159,7 +263,14 @@ pub struct PodStatus {
     pub netns_gone: bool,
     pub outbound: Counters,
     pub inbound: Counters,
-    /// What an operator must look at: refused connections, unknown answers.
+    /// Connections that could not be tracked, by reason (every reason of [`UNTRACKED`],
+    /// zeros included).
+    pub untracked: BTreeMap<String, u64>,
+    /// Processes of the pod's network namespace outside the attach cgroup (their traffic is
+    /// not intercepted). Only checked when the programs are not attached at the root.
+    pub processes_outside_cgroup: Vec<OutsideProcess>,
+    /// What an operator must look at: refused connections, unknown answers, processes
+    /// outside the attach cgroup, a namespace that is gone.
     pub problems: Vec<String>,
 }
 
@@ -213,7 +324,12 @@ pub fn map_usage(pins: &PinDir) -> BTreeMap<String, MapUsage> {
         };
         out.insert(
             name.to_string(),
-            MapUsage { entries, max_entries: info.max_entries, memory_bytes: map_memory(fd.as_fd()) },
+            MapUsage {
+                entries,
+                max_entries: info.max_entries,
+                memory_bytes: map_memory(fd.as_fd()),
+                kind: map_kind(info.map_type),
+            },
         );
     }
     out
@@ -364,6 +480,9 @@ fn read_counters(maps: &PinnedMaps) -> Result<BTreeMap<u64, (Counters, Counters)
         } else {
             *c.passed.entry(reason.name().into()).or_default() += total;
         }
+        if Action::of(reason) == Some(Action::Refuse) {
+            *c.refused.entry(reason.name().into()).or_default() += total;
+        }
     }
     Ok(counters)
 }
@@ -387,7 +506,9 @@ pub fn status(pins: &PinDir) -> Result<Status> {
         objects: vec![],
         programs: vec![],
         tracking: Tracking::default(),
+        pod_tracking_limit: 0,
         pods: vec![],
+        problems: vec![],
     };
     let Some(_lock) = InstallLock::acquire(pins, Mode::Shared)? else { return Ok(not_loaded()) };
     let marker = require_installation(pins)?;
@@ -424,6 +545,7 @@ pub fn status(pins: &PinDir) -> Result<Status> {
         .into_iter()
         .map(|(c, t): (u64, interceptor_common::Tracking)| (c, t.in_flight))
         .collect();
+    let outside = processes_outside(&maps, marker.cgroup_id);
     let mut pods = Vec::new();
     for (cookie, cfg) in &snap.pods {
         let (cookie, cfg) = (*cookie, *cfg);
@@ -438,7 +560,31 @@ pub fn status(pins: &PinDir) -> Result<Status> {
             pod_ips.push(IpAddr::from(cfg.pod_ip6));
         }
         let (outbound, inbound) = counters.remove(&cookie).unwrap_or_default();
-        let problems = problems(&outbound, &inbound);
+        let untracked: BTreeMap<String, u64> = UNTRACKED
+            .iter()
+            .map(|r| {
+                let c = if r.is_inbound() { &inbound } else { &outbound };
+                (r.name().to_string(), c.passed.get(r.name()).copied().unwrap_or(0))
+            })
+            .collect();
+        let processes_outside_cgroup = outside.get(&cookie).cloned().unwrap_or_default();
+        let netns_gone = gc::netns_gone(pins, cookie);
+        let mut problems = problems(&outbound, &inbound);
+        if !processes_outside_cgroup.is_empty() {
+            let pids: Vec<String> =
+                processes_outside_cgroup.iter().take(8).map(|p| format!("{} in {}", p.pid, p.cgroup)).collect();
+            problems.push(format!(
+                "{} process(es) of the pod's network namespace are outside the cgroup eBPF mode is attached to \
+                 ({}): their connections are not intercepted (pids {}{})",
+                processes_outside_cgroup.len(),
+                marker.cgroup_path(),
+                pids.join(", "),
+                if processes_outside_cgroup.len() > 8 { ", …" } else { "" }
+            ));
+        }
+        if netns_gone {
+            problems.push("the pod's network namespace is gone: `interceptor ebpf gc` unenrolls it".into());
+        }
         pods.push(PodStatus {
             netns_cookie: cookie,
             netns: info.map(|i| c_str(&i.netns_path)).unwrap_or_default(),
@@ -468,9 +614,11 @@ pub fn status(pins: &PinDir) -> Result<Status> {
                 in_flight: tracking.get(&cookie).copied().unwrap_or(0),
                 limit: settings.max_in_flight_pod,
             },
-            netns_gone: gc::netns_gone(pins, cookie),
+            netns_gone,
             outbound,
             inbound,
+            untracked,
+            processes_outside_cgroup,
             problems,
         });
     }
@@ -489,7 +637,7 @@ pub fn status(pins: &PinDir) -> Result<Status> {
             pods: refs.get(id).copied().unwrap_or(0),
         })
         .collect();
-    Ok(Status {
+    let mut status = Status {
         pin_dir: pins.path().display().to_string(),
         loaded: true,
         debug: settings.debug != 0,
@@ -510,8 +658,116 @@ pub fn status(pins: &PinDir) -> Result<Status> {
             in_flight: maps.node_tracking.get(&0, 0).map(|t| t.in_flight).unwrap_or(0),
             limit: settings.max_in_flight_node,
         },
+        pod_tracking_limit: settings.max_in_flight_pod,
         pods,
-    })
+        problems: vec![],
+    };
+    status.problems = node_problems(&status);
+    Ok(status)
+}
+
+/// A table is "filling up" beyond this share of its capacity.
+pub const FILL_WARNING: f64 = 0.8;
+
+/// The node-wide problems of a status.
+fn node_problems(s: &Status) -> Vec<String> {
+    let mut out = Vec::new();
+    if s.upgrade_interrupted {
+        out.push("an upgrade was interrupted: run `interceptor ebpf load` to complete it".to_string());
+    }
+    if s.orphaned_generations > 0 {
+        out.push(format!(
+            "{} orphaned policy generation(s) (left by interrupted commands): `interceptor ebpf gc` deletes them",
+            s.orphaned_generations
+        ));
+    }
+    if s.dead_pods > 0 {
+        out.push(format!(
+            "{} enrolled pod(s) whose network namespace is gone: `interceptor ebpf gc` unenrolls them",
+            s.dead_pods
+        ));
+    }
+    for (name, m) in &s.maps {
+        if let (Some(fill), Some(n)) = (m.fill(), m.entries)
+            && fill > FILL_WARNING
+        {
+            out.push(format!("map {name} is {:.0} % full ({n} of {})", 100.0 * fill, m.max_entries));
+        }
+    }
+    if s.tracking.limit > 0 && s.tracking.in_flight as f64 > FILL_WARNING * s.tracking.limit as f64 {
+        out.push(format!(
+            "{} of the node's {} connections being handed over are in use: beyond the limit connect()s are refused",
+            s.tracking.in_flight, s.tracking.limit
+        ));
+    }
+    let troubled: Vec<String> = s.pods.iter().filter(|p| !p.problems.is_empty()).map(|p| p.display_name()).collect();
+    if !troubled.is_empty() {
+        out.push(format!("{} pod(s) with problems: {}", troubled.len(), troubled.join(", ")));
+    }
+    out
+}
+
+impl PodStatus {
+    /// `namespace/name` when the pod was enrolled with a name, else its netns cookie.
+    pub fn display_name(&self) -> String {
+        if self.pod.is_empty() { format!("netns-{}", self.netns_cookie) } else { self.pod.clone() }
+    }
+
+    /// Every decision counter of the pod with its action: (reason, action, count).
+    pub fn decisions(&self) -> Vec<(Reason, Action, u64)> {
+        let mut out = Vec::new();
+        for r in Reason::ALL {
+            let Some(action) = Action::of(r) else { continue };
+            let c = if r.is_inbound() { &self.inbound } else { &self.outbound };
+            let n = if r.is_redirect() { c.redirected_by_reason.get(r.name()) } else { c.passed.get(r.name()) };
+            if let Some(&n) = n {
+                out.push((r, action, n));
+            }
+        }
+        out
+    }
+}
+
+/// For each enrolled pod (by cookie), its processes outside the attach cgroup. Empty when
+/// the programs are attached at the cgroup v2 root (every process is under it) or the
+/// check cannot be made (it is advice: a failure only shows in the debug log).
+fn processes_outside(maps: &PinnedMaps, attach_id: u64) -> BTreeMap<u64, Vec<OutsideProcess>> {
+    let mut out = BTreeMap::new();
+    let root_id = super::cgroup::cgroup2_root().and_then(|r| super::cgroup::cgroup_id(&r));
+    if root_id.as_ref().is_ok_and(|id| *id == attach_id) {
+        return out;
+    }
+    // Each pod's namespace identity, from the path it was enrolled with, if that path still
+    // names the same namespace (its cookie says so).
+    let mut wanted = std::collections::HashMap::new();
+    for (cookie, info) in maps.pod_info.iter().filter_map(Result::ok) {
+        let path = c_str(&info.netns_path);
+        if path.is_empty() {
+            continue;
+        }
+        let ns = crate::netns::Netns::at(&path);
+        if ns.cookie().ok() == Some(cookie)
+            && let Ok(id) = ns.id()
+        {
+            wanted.insert(id, cookie);
+        }
+    }
+    if wanted.is_empty() {
+        return out;
+    }
+    match super::cgroup::processes_outside_of(
+        &wanted.keys().copied().collect::<std::collections::HashSet<_>>(),
+        attach_id,
+    ) {
+        Ok(found) => {
+            for (id, procs) in found {
+                let list = procs.into_iter().map(|(pid, cgroup)| OutsideProcess { pid, cgroup }).collect();
+                out.insert(wanted[&id], list);
+            }
+        }
+        Err(e) => tracing::debug!("cannot check the pods' cgroups: {e:#}"),
+    }
+    out
 }
 
 /// The status of one pod, with every range in force for it (its shared lists' and its own);
@@ -594,12 +850,28 @@ impl std::fmt::Display for Status {
             self.dead_pods,
             if self.orphaned_generations + self.dead_pods > 0 { " (run `interceptor ebpf gc`)" } else { "" }
         )?;
+        if self.problems.is_empty() {
+            writeln!(f, "problems: none")?;
+        } else {
+            writeln!(f, "problems: {}", self.problems.len())?;
+            for problem in &self.problems {
+                writeln!(f, "  PROBLEM: {problem}")?;
+            }
+        }
         writeln!(f, "maps ({:.1} MiB of kernel memory):", self.map_memory_bytes as f64 / 1048576.0)?;
         for (name, m) in &self.maps {
             let mem = m.memory_bytes.map(|b| format!("{:>9.1} KiB", b as f64 / 1024.0)).unwrap_or_default();
             match m.entries {
-                Some(n) => writeln!(f, "  {name:<16} {n:>9} / {:<9} {mem}", m.max_entries)?,
-                None => writeln!(f, "  {name:<16} {:>9} / {:<9} {mem} (ring buffer bytes)", "-", m.max_entries)?,
+                Some(n) => match m.fill() {
+                    Some(fill) => {
+                        writeln!(f, "  {name:<16} {n:>9} / {:<9} {mem} ({:.1} %)", m.max_entries, 100.0 * fill)?
+                    }
+                    None => writeln!(f, "  {name:<16} {n:>9} / {:<9} {mem} ({})", m.max_entries, m.kind)?,
+                },
+                None if m.kind == "ringbuf" => {
+                    writeln!(f, "  {name:<16} {:>9} / {:<9} {mem} (ring buffer bytes)", "-", m.max_entries)?
+                }
+                None => writeln!(f, "  {name:<16} {:>9} {mem} ({}: one entry per socket)", "-", m.kind)?,
             }
         }
         let shared: Vec<&ObjectStatus> = self.objects.iter().filter(|o| o.kind != "pod_table").collect();
@@ -655,12 +927,30 @@ impl std::fmt::Display for Status {
                 ports(&p.inbound_port_exclusions),
                 p.interface_exclusion_ifindexes
             )?;
+            for (direction, c) in [("outbound", &p.outbound), ("inbound", &p.inbound)] {
+                let passed: BTreeMap<&String, &u64> =
+                    c.passed.iter().filter(|(r, _)| !c.refused.contains_key(*r) && !is_untracked_event(r)).collect();
+                writeln!(
+                    f,
+                    "    {:<9} redirected {} {} passed {} refused {}",
+                    format!("{direction}:"),
+                    c.redirected,
+                    counts(c.redirected_by_reason.iter()),
+                    counts(passed.into_iter()),
+                    counts(c.refused.iter()),
+                )?;
+            }
+            let untracked: u64 = p.untracked.values().sum();
             writeln!(
                 f,
-                "    outbound: redirected {} {:?} passed {:?}",
-                p.outbound.redirected, p.outbound.redirected_by_reason, p.outbound.passed
+                "    untracked: {}{}",
+                untracked,
+                if untracked > 0 {
+                    format!(" {}", counts(p.untracked.iter().filter(|(_, n)| **n > 0)))
+                } else {
+                    String::new()
+                }
             )?;
-            writeln!(f, "    inbound:  redirected {} passed {:?}", p.inbound.redirected, p.inbound.passed)?;
             writeln!(f, "    being handed over: {} of {}", p.tracking.in_flight, p.tracking.limit)?;
             for problem in &p.problems {
                 writeln!(f, "    PROBLEM: {problem}")?;
@@ -668,4 +958,14 @@ impl std::fmt::Display for Status {
         }
         Ok(())
     }
+}
+
+/// `tracking_lost` and `original_dst_unknown`: events after a decision, shown as untracked.
+fn is_untracked_event(reason: &str) -> bool {
+    reason == Reason::OutTrackingLost.name() || reason == Reason::OrigDstUnknown.name()
+}
+
+/// `{"a": 1, "b": 2}` (as `status` always printed its counters).
+fn counts<'a>(it: impl Iterator<Item = (&'a String, &'a u64)>) -> String {
+    format!("{:?}", it.collect::<BTreeMap<_, _>>())
 }
