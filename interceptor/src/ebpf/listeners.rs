@@ -11,6 +11,7 @@ use std::{
     fs,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     os::unix::fs::MetadataExt,
+    path::Path,
 };
 
 use anyhow::{Context, Result, bail};
@@ -26,10 +27,21 @@ use crate::netns::Netns;
 /// joined: the kernel walks its listening sockets only, where reading /proc/net/tcp walks
 /// the whole established-connection table of the host (milliseconds on a busy node, at
 /// every first enroll).
+///
+/// sock_diag needs the kernel's `inet_diag`/`tcp_diag` modules; where they are modules that
+/// cannot be loaded (no modprobe, as in a minimal guest) the kernel answers ENOENT, and the
+/// listeners are read from the namespace's /proc/net/tcp{,6} instead: slower, same answer.
 fn listeners_on(port: u16, uid: u32) -> Result<Vec<(u64, u16)>> {
     let mut out = Vec::new();
     for family in [AF_INET, AF_INET6] {
-        for (sport, owner, inode) in diag_listeners(family)? {
+        let listeners = match diag_listeners(family) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::debug!("sock_diag unavailable ({e:#}): reading /proc/net instead");
+                proc_net_listeners(family)?
+            }
+        };
+        for (sport, owner, inode) in listeners {
             if sport == port && owner == uid {
                 out.push((inode, family));
             }
@@ -103,6 +115,37 @@ fn diag_listeners(family: u16) -> Result<Vec<(u16, u32, u64)>> {
             msgs = &msgs[len.next_multiple_of(4).min(msgs.len())..];
         }
     }
+}
+
+/// (local port, UID, socket inode) of every listening TCP socket of `family`, from
+/// /proc/thread-self/net/tcp{,6}: the namespace this thread has joined, not the process's.
+fn proc_net_listeners(family: u16) -> Result<Vec<(u16, u32, u64)>> {
+    let file = if family == AF_INET { "tcp" } else { "tcp6" };
+    let path = Path::new("/proc/thread-self/net").join(file);
+    match fs::read_to_string(&path) {
+        Ok(text) => Ok(parse_proc_net_listeners(&text)),
+        // No IPv6 in this kernel: no IPv6 listeners.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// The listening sockets of a /proc/net/tcp{,6} table: after a header line, each line is
+/// `sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout
+/// inode ...`, addresses as hex `ADDR:PORT`, state 0A = TCP_LISTEN.
+fn parse_proc_net_listeners(text: &str) -> Vec<(u16, u32, u64)> {
+    let mut out = Vec::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(local), Some(state), Some(uid), Some(inode)) = (f.get(1), f.get(3), f.get(7), f.get(9)) else {
+            continue;
+        };
+        let port = local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+        if let (true, Some(port), Ok(uid), Ok(inode)) = (*state == "0A", port, uid.parse(), inode.parse()) {
+            out.push((port, uid, inode));
+        }
+    }
+    out
 }
 
 /// A process of the namespace (device, inode) holding socket `inode`, and its fd number.
@@ -184,4 +227,47 @@ pub fn adopt(netns: &Netns, pins: &PinDir, cookie: u64, port: u16, uid: u32) -> 
         n += registered as usize;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::TcpListener, os::fd::AsFd};
+
+    use super::*;
+
+    /// A listener of this process, found by both readers with its port, UID and inode.
+    fn finds(read: fn(u16) -> Result<Vec<(u16, u32, u64)>>, family: u16, addr: &str) {
+        let l = TcpListener::bind(addr).expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let inode = nix::sys::stat::fstat(l.as_fd()).expect("fstat").st_ino;
+        let uid = nix::unistd::geteuid().as_raw();
+        let found = match read(family) {
+            Ok(found) => found,
+            // sock_diag without tcp_diag (a module not loaded): what the fallback is for.
+            Err(e) if e.to_string().contains("sock_diag") => return eprintln!("skipped: {e:#}"),
+            Err(e) => panic!("{e:#}"),
+        };
+        assert!(found.contains(&(port, uid, inode)), "{addr} port {port} inode {inode} not in {found:?}");
+    }
+
+    #[test]
+    fn proc_net_tcp_lists_this_processs_listeners() {
+        finds(proc_net_listeners, AF_INET, "127.0.0.1:0");
+        finds(proc_net_listeners, AF_INET6, "[::1]:0");
+    }
+
+    #[test]
+    fn sock_diag_lists_this_processs_listeners() {
+        finds(diag_listeners, AF_INET, "127.0.0.1:0");
+        finds(diag_listeners, AF_INET6, "[::1]:0");
+    }
+
+    #[test]
+    fn proc_net_tcp_lines_are_parsed_listening_only() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:3A9B 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1500        0 4242 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:3A99 0100007F:D431 01 00000000:00000000 00:00000000 00000000  1000        0 4343 1 0000000000000000 20 4 30 10 -1
+";
+        assert_eq!(parse_proc_net_listeners(text), vec![(15003, 1500, 4242)]);
+    }
 }
