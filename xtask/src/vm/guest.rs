@@ -36,8 +36,10 @@ pub fn run(
     let dir = vm_dir.join(label);
     let mut row = results::Kernel { label: label.to_string(), release: kernel.release.clone(), ..Default::default() };
 
-    let mut mods =
-        modules::resolve(&kernel.modules, &[modules::WANTED, modules::OPTIONAL].concat(), &dir.join("modules"))?;
+    // Per release: a newer package of the series must not be given the older one's modules
+    // (insmod refuses them all: another version magic).
+    let modules_dir = dir.join("modules").join(&kernel.release);
+    let mut mods = modules::resolve(&kernel.modules, &[modules::WANTED, modules::OPTIONAL].concat(), &modules_dir)?;
     mods.not_found.retain(|m| !modules::OPTIONAL.contains(&m.as_str()));
     if !mods.not_found.is_empty() {
         row.notes.push(format!("modules neither shipped nor built in: {}", mods.not_found.join(", ")));
