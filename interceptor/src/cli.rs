@@ -11,10 +11,10 @@ use crate::{
     iptables::{self, ApplyOptions, Format, apply::default_families},
     netns::{self, Netns},
     policy::{
-        ChainNames, Family, Flow, Policy, PolicyInputs, build_policy,
+        ChainNames, Family, Flow, Policy, PolicyInputs,
         chains::Proto,
         error::PolicyErrors,
-        sources::{FlagValues, manifest_name, read_manifest},
+        sources::{AnnotationLimits, FlagValues, NamedPolicy, PortOverrides, build_named_policy},
     },
 };
 
@@ -397,49 +397,68 @@ pub struct PolicyArgs {
 
 impl PolicyArgs {
     pub fn inputs(&self) -> PolicyInputs {
-        let mut ports = Vec::new();
-        for (name, v) in [
-            ("admin", &self.admin_port),
-            ("outbound", &self.outbound_port),
-            ("inbound", &self.inbound_port),
-            ("prometheus", &self.prometheus_port),
-            ("liveness-probe", &self.liveness_probe_port),
-            ("readiness-probe", &self.readiness_probe_port),
-            ("startup-probe", &self.startup_probe_port),
-            ("healthcheck", &self.healthcheck_port),
-        ] {
-            if let Some(v) = v {
-                ports.push((name, v.clone()));
-            }
-        }
+        // Every field named: a flag added here and not passed on does not compile.
+        let PolicyArgs {
+            outbound_ip_range_exclusion_list,
+            outbound_ip_range_inclusion_list,
+            outbound_port_exclusion_list,
+            inbound_port_exclusion_list,
+            network_interface_exclusion_list,
+            proxy_uid,
+            local_proxy_mode,
+            local_dns_proxy,
+            mesh_config,
+            pod,
+            max_annotation_cidrs,
+            max_annotation_ports,
+            admin_port,
+            outbound_port,
+            inbound_port,
+            prometheus_port,
+            liveness_probe_port,
+            readiness_probe_port,
+            startup_probe_port,
+            healthcheck_port,
+        } = self.clone();
         PolicyInputs {
             flags: FlagValues {
-                outbound_ip_range_exclusion_list: self.outbound_ip_range_exclusion_list.clone(),
-                outbound_ip_range_inclusion_list: self.outbound_ip_range_inclusion_list.clone(),
-                outbound_port_exclusion_list: self.outbound_port_exclusion_list.clone(),
-                inbound_port_exclusion_list: self.inbound_port_exclusion_list.clone(),
-                network_interface_exclusion_list: self.network_interface_exclusion_list.clone(),
-                proxy_uid: self.proxy_uid,
-                local_proxy_mode: self.local_proxy_mode.clone(),
-                local_dns_proxy: self.local_dns_proxy,
-                ports,
-                annotation_limits: crate::policy::sources::AnnotationLimits {
-                    cidrs: self.max_annotation_cidrs,
-                    ports: self.max_annotation_ports,
+                outbound_ip_range_exclusion_list,
+                outbound_ip_range_inclusion_list,
+                outbound_port_exclusion_list,
+                inbound_port_exclusion_list,
+                network_interface_exclusion_list,
+                proxy_uid,
+                local_proxy_mode,
+                local_dns_proxy,
+                ports: PortOverrides {
+                    admin: admin_port,
+                    outbound: outbound_port,
+                    inbound: inbound_port,
+                    prometheus: prometheus_port,
+                    liveness_probe: liveness_probe_port,
+                    readiness_probe: readiness_probe_port,
+                    startup_probe: startup_probe_port,
+                    healthcheck: healthcheck_port,
                 },
+                annotation_limits: AnnotationLimits { cidrs: max_annotation_cidrs, ports: max_annotation_ports },
             },
-            mesh_config: self.mesh_config.clone(),
-            pod: self.pod.clone(),
+            mesh_config,
+            pod,
         }
     }
 
     /// Builds the policy, printing warnings to stderr.
     pub fn build(&self) -> Result<Policy> {
-        let (policy, warnings) = build_policy(&self.inputs())?;
-        for w in warnings {
+        Ok(self.build_named()?.policy)
+    }
+
+    /// [`Self::build`], with the pod's name from its manifest.
+    pub fn build_named(&self) -> Result<NamedPolicy> {
+        let built = build_named_policy(&self.inputs())?;
+        for w in &built.warnings {
             eprintln!("warning: {w}");
         }
-        Ok(policy)
+        Ok(built)
     }
 }
 
@@ -554,7 +573,7 @@ fn run_ebpf(cmd: EbpfCommand) -> Result<ExitCode> {
             }
         }
         EbpfCommand::Enroll { netns, pod_ip, allow_host_netns, policy_only, policy, pins } => {
-            let p = policy.build()?;
+            let NamedPolicy { policy: p, pod_name, .. } = policy.build_named()?;
             if policy_only {
                 let cookie = open_netns(&netns, allow_host_netns)?.cookie()?;
                 match ebpf::enroll::update_policy(&pins.pins(), cookie, &p)? {
@@ -579,10 +598,6 @@ fn run_ebpf(cmd: EbpfCommand) -> Result<ExitCode> {
                     ),
                 }
             }
-            let pod_name = match &policy.pod {
-                Some(path) => read_manifest(path).ok().and_then(|d| manifest_name(&d)),
-                None => None,
-            };
             let opts = EnrollOptions {
                 netns: open_netns(&netns, allow_host_netns)?,
                 pod_ips: pod_ip,

@@ -25,7 +25,7 @@ use crate::{
     iptables::{self, ApplyOptions, apply::default_families},
     netns::Netns,
     policy::{
-        ChainNames, LocalProxyMode, Policy,
+        ChainNames, LocalProxyMode, PodIps, Policy,
         sources::{Document, FlagValues, build_policy_from_documents, read_manifest},
     },
     routes,
@@ -156,10 +156,12 @@ impl Target {
     }
 
     fn iptables_options(&self, policy: Option<&Policy>) -> Result<ApplyOptions> {
-        let mut pod_ips = self.ips.clone();
-        if pod_ips.is_empty() && policy.is_some_and(|p| p.local_proxy_mode == LocalProxyMode::PodIp) {
-            pod_ips = routes::snapshot(&Netns::at(&self.netns))?.global_addrs().collect();
+        // PodIP mode: the addresses the runtime gave, completed from the namespace's own.
+        let mut pod_ips = PodIps::given(&self.ips);
+        if !pod_ips.is_complete() && policy.is_some_and(|p| p.local_proxy_mode == LocalProxyMode::PodIp) {
+            pod_ips = pod_ips.or_from(routes::snapshot(&Netns::at(&self.netns))?.global_addrs());
         }
+        let pod_ips = pod_ips.to_vec();
         Ok(ApplyOptions {
             netns: Netns::at(&self.netns),
             pod_ips,

@@ -501,7 +501,7 @@ fn check_addresses(
             maps.pod_info.get(&other, 0).map(|i| super::maps::c_str(&i.netns_path)).unwrap_or_else(|_| "?".into());
         bail!(
             "address {} of {} is already enrolled for the pod of network namespace {other_netns} (cookie {other}): pod addresses must be unique on a node; unenroll that pod first",
-            crate::ebpf::status::addr_text(k),
+            k.ip(),
             netns.display(),
         );
     }

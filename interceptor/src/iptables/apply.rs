@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     netns::{Netns, in_scratch_netns},
-    policy::{ChainNames, Family, LocalProxyMode, Policy},
+    policy::{ChainNames, Family, PodIps, Policy},
 };
 
 #[derive(Clone, Debug)]
@@ -35,6 +35,24 @@ pub struct Plan {
     pub payload: String,
     /// The nat table before the change, for rolling back.
     pub before: String,
+}
+
+/// The iptables programs of a family.
+impl Family {
+    /// `iptables-restore` or `ip6tables-restore`.
+    pub fn restore_command(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "iptables-restore",
+            Family::Ipv6 => "ip6tables-restore",
+        }
+    }
+
+    pub fn save_command(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "iptables-save",
+            Family::Ipv6 => "ip6tables-save",
+        }
+    }
 }
 
 /// The families to program by default: IPv4, and IPv6 when the kernel and ip6tables have it.
@@ -94,13 +112,12 @@ fn restore(netns: &Netns, family: Family, payload: &str, test_only: bool) -> Res
 /// The families to program: PodIP mode needs the pod's address of each family; a family
 /// that was not asked for explicitly and has none is left out (with a warning).
 fn families(policy: &Policy, opts: &ApplyOptions) -> Vec<Family> {
+    let pod_ips = PodIps::given(&opts.pod_ips);
     opts.families
         .iter()
         .copied()
         .filter(|f| {
-            let skip = !opts.families_explicit
-                && policy.local_proxy_mode == LocalProxyMode::PodIp
-                && !opts.pod_ips.iter().any(|ip| Family::of(ip) == *f);
+            let skip = !opts.families_explicit && pod_ips.require(policy, *f).is_err();
             if skip {
                 tracing::warn!(
                     "localProxyMode PodIP without an {f} pod address: {f} rules not programmed (pass --pod-ip)"
@@ -112,14 +129,7 @@ fn families(policy: &Policy, opts: &ApplyOptions) -> Vec<Family> {
 }
 
 fn pod_ip_for(policy: &Policy, pod_ips: &[IpAddr], family: Family) -> Result<Option<String>> {
-    let ip = pod_ips.iter().find(|ip| Family::of(ip) == family).map(IpAddr::to_string);
-    if policy.local_proxy_mode == LocalProxyMode::PodIp && ip.is_none() {
-        bail!(
-            "localProxyMode PodIP needs the pod's {family} address: pass --pod-ip or set POD_IP{}",
-            if family == Family::Ipv6 { " (or drop IPv6 with --family ipv4)" } else { "" }
-        );
-    }
-    Ok(ip)
+    Ok(PodIps::given(pod_ips).require(policy, family)?.map(|ip| ip.to_string()))
 }
 
 /// The payloads apply would send: osm-edge's rules, preceded by deletions of the hooks a

@@ -5,7 +5,7 @@ use interceptor_common::Reason;
 
 use super::{
     decide::{Flow, Verdict, decide},
-    sources::{FlagValues, PolicyInputs, build_policy, parse_manifest},
+    sources::{FlagValues, PolicyInputs, PortOverrides, build_policy, parse_manifest},
     *,
 };
 
@@ -108,7 +108,7 @@ fn every_error_is_collected_and_nothing_is_built() {
             inbound_port_exclusion_list: vec!["0,65536,x".into()],
             network_interface_exclusion_list: vec!["way-too-long-name".into()],
             local_proxy_mode: Some("podip".into()),
-            ports: vec![("outbound", "99999".into())],
+            ports: PortOverrides { outbound: Some("99999".into()), ..Default::default() },
             ..Default::default()
         },
         mesh_config: Some(write("bad-kind.yaml", "kind: Pod\nspec: {}\n")),
