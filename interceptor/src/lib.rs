@@ -7,14 +7,14 @@
 //! * [`daemon`], [`api`], [`cni`]: the node daemon, its local API and the chained CNI plugin.
 pub mod api;
 pub mod cells;
-pub mod cli;
 pub mod cni;
 pub mod daemon;
 pub mod ebpf;
 pub mod explain;
+pub mod files;
 pub mod iptables;
+pub mod logging;
 pub mod metrics;
 pub mod netns;
 pub mod policy;
 pub mod routes;
-pub mod userns;

@@ -392,7 +392,7 @@ impl Sandbox {
         pins: &PinDir,
         policy: &interceptor::policy::Policy,
     ) -> Result<interceptor::ebpf::enroll::EnrollReport> {
-        interceptor::ebpf::enroll(
+        Ok(interceptor::ebpf::enroll(
             policy,
             &interceptor::ebpf::EnrollOptions {
                 netns: interceptor::netns::Netns::at(self.pod_netns()),
@@ -401,7 +401,7 @@ impl Sandbox {
                 pod_name: Some(format!("test/{}", self.id)),
                 allow_host_netns: false,
             },
-        )
+        )?)
     }
 
     pub fn enroll(&self, policy: &interceptor::policy::Policy) -> Result<interceptor::ebpf::enroll::EnrollReport> {

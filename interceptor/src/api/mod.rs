@@ -13,7 +13,6 @@
 //! `{id}` is the container ID the runtime gave the CNI plugin (CNI_CONTAINERID). Every
 //! answer other than 2xx carries an [`ErrorBody`]: `{"error": {"code": "...", "message": "..."}}`
 //! with one of the [`codes`].
-pub mod cli;
 pub mod client;
 pub mod server;
 

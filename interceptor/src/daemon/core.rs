@@ -300,8 +300,12 @@ fn compare<T: Ord + Clone + std::fmt::Debug>(problems: &mut Vec<String>, what: &
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.context("blocking task failed")?
+async fn blocking<T, E>(f: impl FnOnce() -> Result<T, E> + Send + 'static) -> Result<T>
+where
+    T: Send + 'static,
+    E: Into<anyhow::Error> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await.context("blocking task failed")?.map_err(Into::into)
 }
 
 impl Daemon {
@@ -766,9 +770,11 @@ impl Daemon {
         let member = self.membership.write().await;
         // What the caller read may be stale: an add or a removal may have finished since.
         let pins = self.cfg.pins.clone();
-        let still_pinned = blocking(move || Ok(ebpf::maps::PinnedMaps::open(&pins)?.pods.get(&cookie, 0).is_ok()))
-            .await
-            .unwrap_or(false);
+        let still_pinned = blocking(move || {
+            Ok::<_, ebpf::EbpfError>(ebpf::maps::PinnedMaps::open(&pins)?.pods.get(&cookie, 0).is_ok())
+        })
+        .await
+        .unwrap_or(false);
         if !still_pinned || self.records().iter().any(|r| r.netns_cookie == Some(cookie)) {
             return;
         }

@@ -12,7 +12,6 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use anyhow::Result;
 use interceptor_common::{
     CidrData, CidrKey, GenerationRecord, IfaceKey, PodAddrKey, PodConfig, PortKey, RouteValue, object_kind, pod_flags,
     port_flags, route_flags,
@@ -21,7 +20,7 @@ use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    policy::{Family, LocalProxyMode, PodIps, Policy, interface_matches},
+    policy::{Family, LocalProxyMode, PodIpError, PodIps, Policy, interface_matches},
     routes::{NetSnapshot, RouteKind},
 };
 
@@ -147,7 +146,7 @@ pub fn lpm(policy_id: u32, net: &IpNet) -> Lpm {
     CidrKey::of(policy_id, net.addr(), net.prefix_len()).parts()
 }
 
-pub fn compile(policy: &Policy, snap: &NetSnapshot, given_pod_ips: &[IpAddr]) -> Result<Compiled> {
+pub fn compile(policy: &Policy, snap: &NetSnapshot, given_pod_ips: &[IpAddr]) -> Result<Compiled, PodIpError> {
     let pod_ips = PodIps::given(given_pod_ips).or_from(snap.global_addrs());
     pod_ips.require_any(policy)?;
     let mut flags = policy_flags(policy);

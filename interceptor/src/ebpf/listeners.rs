@@ -13,12 +13,13 @@ use std::{
     os::unix::fs::MetadataExt,
 };
 
-use anyhow::{Context, Result, bail};
 use aya::maps::{Map, MapData, SockHash};
 use interceptor_common::{AF_INET, AF_INET6, ListenerKey, capacity::LISTENER_SLOTS, map_names};
 
-use super::PinDir;
+use super::{EbpfError, PinDir, error::Context};
 use crate::netns::Netns;
+
+type Result<T, E = EbpfError> = std::result::Result<T, E>;
 
 /// The listening TCP sockets of the namespace on `port` owned by `uid` (the kernel's UID,
 /// as the initial user namespace sees it): (socket inode, family). Asked over sock_diag
@@ -76,7 +77,8 @@ fn diag_listeners(family: u16) -> Result<Vec<(u16, u32, u64)>> {
             let len = u32::from_ne_bytes(msgs[0..4].try_into().expect("4 bytes")) as usize;
             let kind = u16::from_ne_bytes(msgs[4..6].try_into().expect("2 bytes"));
             if len < 16 || len > msgs.len() {
-                bail!("malformed sock_diag answer");
+                let malformed = std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed answer");
+                return Err(malformed).context("sock_diag");
             }
             match kind {
                 // NLMSG_DONE
@@ -145,7 +147,7 @@ fn take_fd(pid: i32, fd: i32) -> Result<OwnedFd> {
 
 fn open_listeners(pins: &PinDir) -> Result<SockHash<MapData, ListenerKey>> {
     let data = MapData::from_pin(pins.map(map_names::LISTENERS)).context("open LISTENERS")?;
-    Ok(SockHash::try_from(Map::SockHash(data))?)
+    SockHash::try_from(Map::SockHash(data)).context("open LISTENERS")
 }
 
 /// Forgets every listener registered for the pod (a changed inbound port, or unenroll).

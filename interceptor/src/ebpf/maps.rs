@@ -1,7 +1,6 @@
 //! Typed handles on the pinned maps, for the loader, enroll and status.
 use std::path::Path;
 
-use anyhow::{Context, Result};
 use std::os::fd::{AsFd, BorrowedFd};
 
 use aya::maps::{Array, HashMap, IterableMap, LpmTrie, Map, MapData, PerCpuHashMap};
@@ -10,7 +9,9 @@ use interceptor_common::{
     PodConfig, PodInfo, PortKey, RouteValue, Settings, Tracking, map_names,
 };
 
-use super::PinDir;
+use super::{EbpfError, PinDir, error::Context};
+
+type Result<T, E = EbpfError> = std::result::Result<T, E>;
 
 pub struct PinnedMaps {
     pub pods: HashMap<MapData, u64, PodConfig>,

@@ -24,6 +24,7 @@ pub mod compile;
 pub mod crash;
 pub mod debug;
 pub mod enroll;
+pub mod error;
 pub mod gc;
 pub mod insn;
 pub mod listeners;
@@ -40,6 +41,7 @@ pub mod status;
 pub mod trampoline;
 
 pub use enroll::{EnrollOptions, enroll, unenroll};
+pub use error::{EbpfError, NotInstallation};
 pub use gc::{GcReport, gc};
 pub use loader::{LoadOptions, LoadOutcome, LoadReport, Unloaded, load, load_report, unload, unload_report};
 pub use lock::InstallLock;

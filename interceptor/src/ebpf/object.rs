@@ -1,13 +1,13 @@
 //! The eBPF object built by build.rs from `interceptor-ebpf`, embedded in the binary.
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use anyhow::{Result, bail};
+use super::EbpfError;
 
 /// The ELF object (aligned: aya parses it in place).
-pub fn bytes() -> Result<&'static [u8]> {
+pub fn bytes() -> Result<&'static [u8], EbpfError> {
     let b: &'static [u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/interceptor"));
     if b.is_empty() {
-        bail!("this binary was built without its eBPF programs (AYA_BUILD_SKIP); rebuild with `cargo xtask build`");
+        return Err(EbpfError::NoPrograms);
     }
     Ok(b)
 }

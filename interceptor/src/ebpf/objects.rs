@@ -24,19 +24,22 @@
 //! every pod — except for the last pod of a list.
 use std::{collections::BTreeSet, os::fd::BorrowedFd};
 
-use anyhow::{Context, Result, bail};
 use bytemuck::Zeroable;
 use interceptor_common::{
     GENERATION_CHUNK, GenerationChunk, GenerationKey, GenerationRecord, ObjectInfo, PodConfig, object_kind,
 };
 
 use super::{
+    EbpfError,
     compile::Object,
     crash,
     enroll::map_fd,
+    error::Context,
     maps::{PinnedMaps, read_all},
     raw,
 };
+
+type Result<T, E = EbpfError> = std::result::Result<T, E>;
 
 /// The map a record kind's entries live in.
 fn target<'a>(maps: &'a PinnedMaps, kind: u32) -> Option<BorrowedFd<'a>> {
@@ -111,7 +114,7 @@ pub fn store(maps: &mut PinnedMaps, obj: &Object) -> Result<Stored> {
         }
         id = id.wrapping_add(1).max(1);
     }
-    bail!("no free policy object id near {:08x} (OBJECTS full?)", first_id(&digest))
+    Err(EbpfError::NoObjectId { near: first_id(&digest) })
 }
 
 fn write(maps: &mut PinnedMaps, id: u32, obj: &Object, digest: &[u8; 32]) -> Result<()> {

@@ -158,14 +158,10 @@ pub fn missing_features() -> Vec<Missing> {
 }
 
 /// The error for a kernel without every feature.
-pub fn check() -> anyhow::Result<()> {
+pub fn check() -> Result<(), super::EbpfError> {
     let missing = missing_features();
     if missing.is_empty() {
         return Ok(());
     }
-    let list: Vec<String> = missing.iter().map(|m| format!("  - {} (Linux {}+)", m.feature, m.since)).collect();
-    anyhow::bail!(
-        "this kernel lacks what eBPF mode needs (minimum Linux {MINIMUM_KERNEL}):\n{}\nuse iptables mode instead: `interceptor iptables apply`",
-        list.join("\n")
-    )
+    Err(super::EbpfError::KernelLacks(missing))
 }

@@ -10,15 +10,15 @@ use std::{
     os::fd::{AsFd, BorrowedFd},
 };
 
-use anyhow::Result;
 use aya::programs::ProgramInfo;
+use aya_obj::generated::bpf_map_type;
 use interceptor_common::{
     CidrKey, CounterKey, PodConfig, PortKey, Reason, map_names, pod_flags, port_flags, route_flags,
 };
 use serde::Serialize;
 
 use super::{
-    PinDir,
+    EbpfError, PinDir,
     enroll::map_fd,
     gc,
     loader::pinned_pods,
@@ -28,6 +28,8 @@ use super::{
     object::{ACCEL_PROGRAM, CGROUP_PROGRAMS, SK_LOOKUP_PROGRAM, program_names},
     objects, raw,
 };
+
+type Result<T, E = EbpfError> = std::result::Result<T, E>;
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -292,11 +294,13 @@ pub fn map_usage(pins: &PinDir) -> BTreeMap<String, MapUsage> {
     for name in map_names::ALL.iter().chain(&map_names::USER) {
         let Ok(fd) = raw::obj_get(&pins.map(name)) else { continue };
         let Ok(info) = raw::map_info(fd.as_fd()) else { continue };
-        let entries = if info.map_type == raw::BPF_MAP_TYPE_RINGBUF {
+        let entries = if info.is(bpf_map_type::BPF_MAP_TYPE_RINGBUF) {
             None
         } else {
             // Per-CPU maps hand back one value per possible CPU, each rounded up to 8 bytes.
-            let value = if matches!(info.map_type, raw::BPF_MAP_TYPE_PERCPU_HASH | raw::BPF_MAP_TYPE_PERCPU_ARRAY) {
+            let value = if info.is(bpf_map_type::BPF_MAP_TYPE_PERCPU_HASH)
+                || info.is(bpf_map_type::BPF_MAP_TYPE_PERCPU_ARRAY)
+            {
                 (info.value_size as usize).div_ceil(8) * 8 * cpus
             } else {
                 info.value_size as usize
@@ -424,7 +428,7 @@ impl Snapshot {
 
 /// Decision counters per pod: (outbound, inbound).
 fn read_counters(maps: &PinnedMaps) -> Result<BTreeMap<u64, (Counters, Counters)>> {
-    let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+    let cpus = aya::util::nr_cpus().map_err(|(what, e)| EbpfError::Io { what: what.to_string(), source: e })?;
     let (keys, values, n) = raw::lookup_batch(map_fd(&maps.counters), size_of::<CounterKey>(), 8 * cpus)?;
     let mut counters: BTreeMap<u64, (Counters, Counters)> = BTreeMap::new();
     for i in 0..n {
