@@ -34,10 +34,6 @@ fn listing(what: &'static str) -> impl FnOnce(rtnetlink::Error) -> RoutesError {
     move |source| RoutesError::Netlink { what, source }
 }
 
-/// The kernel's local and main routing tables (ip rule priorities 0 and 32766).
-pub const TABLE_LOCAL: u32 = 255;
-pub const TABLE_MAIN: u32 = 254;
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RouteKind {
     /// A local address of the namespace (delivered through `lo`).
@@ -96,12 +92,6 @@ pub struct NetSnapshot {
 impl NetSnapshot {
     pub fn link_name(&self, index: u32) -> Option<&str> {
         self.links.iter().find(|(i, _)| *i == index).map(|(_, n)| n.as_str())
-    }
-
-    /// The first global address of an interface in a family: what the kernel picks as the
-    /// source of a route without a preferred source.
-    pub fn primary_addr(&self, ifindex: u32, v6: bool) -> Option<IpAddr> {
-        self.addrs.iter().find(|a| a.ifindex == ifindex && a.global && a.addr.is_ipv6() == v6).map(|a| a.addr)
     }
 
     /// The namespace's global addresses (candidates for the pod IP).

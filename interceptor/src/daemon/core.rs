@@ -156,9 +156,8 @@ impl Target {
     }
 
     fn iptables_options(&self, policy: Option<&Policy>) -> Result<ApplyOptions> {
-        // PodIP mode: the addresses the runtime gave, completed from the namespace's own.
         let mut pod_ips = PodIps::given(&self.ips);
-        if !pod_ips.is_complete() && policy.is_some_and(|p| p.local_proxy_mode == LocalProxyMode::PodIp) {
+        if self.ips.is_empty() && policy.is_some_and(|p| p.local_proxy_mode == LocalProxyMode::PodIp) {
             pod_ips = pod_ips.or_from(routes::snapshot(&Netns::at(&self.netns))?.global_addrs());
         }
         let pod_ips = pod_ips.to_vec();

@@ -21,16 +21,22 @@ type Result<T, E = EbpfError> = std::result::Result<T, E>;
 /// The cgroup v2 mount point, from /proc/mounts (/sys/fs/cgroup on most nodes,
 /// /sys/fs/cgroup/unified on hybrid hierarchies).
 pub fn cgroup2_root() -> Result<PathBuf> {
-    let mounts = fs::read_to_string("/proc/mounts").context("cannot read /proc/mounts")?;
-    mounts
+    let mounts = mount_points("cgroup2").context("cannot read /proc/mounts")?;
+    mounts.into_iter().next().ok_or(EbpfError::NoCgroup2)
+}
+
+/// Where filesystems of `fstype` (`cgroup2`, `cgroup`, `bpf`, …) are mounted, in
+/// /proc/mounts' order.
+pub fn mount_points(fstype: &str) -> std::io::Result<Vec<PathBuf>> {
+    let mounts = fs::read_to_string("/proc/mounts")?;
+    Ok(mounts
         .lines()
         .filter_map(|l| {
             let mut f = l.split_whitespace();
-            let (_dev, dir, fstype) = (f.next()?, f.next()?, f.next()?);
-            (fstype == "cgroup2").then(|| PathBuf::from(dir))
+            let (_dev, dir, kind) = (f.next()?, f.next()?, f.next()?);
+            (kind == fstype).then(|| PathBuf::from(dir))
         })
-        .next()
-        .ok_or(EbpfError::NoCgroup2)
+        .collect())
 }
 
 /// Whether a cgroup2 directory is the root cgroup of the whole hierarchy (the kernel gives

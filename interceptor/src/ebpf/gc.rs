@@ -169,13 +169,6 @@ pub fn netns_gone(pins: &PinDir, cookie: u64) -> bool {
     raw::link_info(link.as_fd()).is_ok_and(|i| i.netns_gone())
 }
 
-/// Objects present anywhere in the maps: registered, with a record list, or owning entries.
-pub fn present_generations(maps: &PinnedMaps) -> Result<BTreeSet<u32>> {
-    let mut ids = objects::recorded(maps)?;
-    ids.extend(objects::ids_in_maps(maps)?);
-    Ok(ids)
-}
-
 /// Removes the staging directories of interrupted loads of this installation (the caller
 /// holds the parent directory's lock, which every load holds while it stages). Only the
 /// entries an installation holds are removed; a staging directory holding anything else

@@ -250,25 +250,15 @@ fn install(staging: &PinDir, cgroup: &Path, (node_limit, pod_limit): (u64, u64),
     }
     let mut ebpf = open_object(staging, Some(node_limit))?;
     // Maps only user space uses: created here, pinned with the rest.
-    let info = raw::hash_map_create(map_names::POD_INFO, 8, size_of::<PodInfo>() as u32, capacity::PODS as u32)
-        .context("cannot create the POD_INFO map")?;
-    raw::obj_pin(info.as_fd(), &staging.map(map_names::POD_INFO))?;
-    let generations = raw::hash_map_create(
-        map_names::GENERATIONS,
-        size_of::<GenerationKey>() as u32,
-        size_of::<GenerationChunk>() as u32,
-        capacity::GENERATIONS as u32,
-    )
-    .context("cannot create the GENERATIONS map")?;
-    raw::obj_pin(generations.as_fd(), &staging.map(map_names::GENERATIONS))?;
-    let objects = raw::hash_map_create(
-        map_names::OBJECTS,
-        size_of::<u32>() as u32,
-        size_of::<ObjectInfo>() as u32,
-        capacity::OBJECTS as u32,
-    )
-    .context("cannot create the OBJECTS map")?;
-    raw::obj_pin(objects.as_fd(), &staging.map(map_names::OBJECTS))?;
+    for (name, key_size, value_size, max_entries) in [
+        (map_names::POD_INFO, size_of::<u64>(), size_of::<PodInfo>(), capacity::PODS),
+        (map_names::GENERATIONS, size_of::<GenerationKey>(), size_of::<GenerationChunk>(), capacity::GENERATIONS),
+        (map_names::OBJECTS, size_of::<u32>(), size_of::<ObjectInfo>(), capacity::OBJECTS),
+    ] {
+        let map = raw::hash_map_create(name, key_size as u32, value_size as u32, max_entries as u32)
+            .with_context(|| format!("cannot create the {name} map"))?;
+        raw::obj_pin(map.as_fd(), &staging.map(name)).with_context(|| format!("cannot pin the {name} map"))?;
+    }
 
     let cg = File::open(cgroup).with_context(|| format!("cannot open cgroup {}", cgroup.display()))?;
     for (i, (name, attach_type)) in CGROUP_PROGRAMS.iter().enumerate() {

@@ -1,6 +1,8 @@
 //! The eBPF object built by build.rs from `interceptor-ebpf`, embedded in the binary.
 use std::hash::{DefaultHasher, Hash, Hasher};
 
+use aya_obj::generated::bpf_attach_type;
+
 use super::EbpfError;
 
 /// The ELF object (aligned: aya parses it in place).
@@ -21,7 +23,7 @@ pub fn fingerprint() -> u64 {
 }
 
 /// Cgroup programs: (name in the object, attach type).
-pub const CGROUP_PROGRAMS: [(&str, u32); 11] = [
+pub const CGROUP_PROGRAMS: [(&str, bpf_attach_type); 11] = [
     ("intercept_connect4", super::raw::attach_type::CGROUP_INET4_CONNECT),
     ("intercept_connect6", super::raw::attach_type::CGROUP_INET6_CONNECT),
     ("dialled_peer4", super::raw::attach_type::CGROUP_INET4_GETPEERNAME),

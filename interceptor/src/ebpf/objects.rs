@@ -308,20 +308,6 @@ pub fn end(maps: &mut PinnedMaps) {
     let _ = maps.objects.remove(&ObjectInfo::JOURNAL);
 }
 
-/// Ids of the entries of every policy map (full gc and status: the cost is the maps' size).
-pub fn ids_in_maps(maps: &PinnedMaps) -> Result<BTreeSet<u32>> {
-    let mut ids = BTreeSet::new();
-    for kind in GenerationRecord::KINDS {
-        let fd = target(maps, kind).expect("a record kind");
-        let size = GenerationRecord::key_len(kind);
-        let (keys, _, n) = raw::lookup_batch(fd, size, GenerationRecord::value_len(kind))?;
-        for i in 0..n {
-            ids.insert(GenerationRecord::from_key_bytes(kind, &keys[i * size..(i + 1) * size]).object_id());
-        }
-    }
-    Ok(ids)
-}
-
 /// Deletes policy entries whose id is not in `keep` (full gc); returns how many.
 pub fn delete_unrecorded(maps: &PinnedMaps, keep: &BTreeSet<u32>) -> Result<usize> {
     let mut n = 0;

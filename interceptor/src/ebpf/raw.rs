@@ -21,23 +21,35 @@ use aya_obj::generated::{
 
 use super::{EbpfError, insn};
 
-/// `enum bpf_attach_type` values (UAPI, from aya-obj's bindings) of the hooks used here.
+/// `enum bpf_attach_type` (UAPI, from aya-obj's bindings): the hooks used here.
 pub mod attach_type {
-    use super::bpf_attach_type::*;
+    pub use aya_obj::generated::bpf_attach_type::{
+        BPF_CGROUP_GETSOCKOPT as CGROUP_GETSOCKOPT, BPF_CGROUP_INET4_CONNECT as CGROUP_INET4_CONNECT,
+        BPF_CGROUP_INET4_GETPEERNAME as CGROUP_INET4_GETPEERNAME, BPF_CGROUP_INET4_POST_BIND as CGROUP_INET4_POST_BIND,
+        BPF_CGROUP_INET6_CONNECT as CGROUP_INET6_CONNECT, BPF_CGROUP_INET6_GETPEERNAME as CGROUP_INET6_GETPEERNAME,
+        BPF_CGROUP_INET6_POST_BIND as CGROUP_INET6_POST_BIND, BPF_CGROUP_SOCK_OPS as CGROUP_SOCK_OPS,
+        BPF_CGROUP_UDP4_RECVMSG as CGROUP_UDP4_RECVMSG, BPF_CGROUP_UDP4_SENDMSG as CGROUP_UDP4_SENDMSG,
+        BPF_CGROUP_UDP6_RECVMSG as CGROUP_UDP6_RECVMSG, BPF_SK_LOOKUP as SK_LOOKUP,
+        BPF_SK_MSG_VERDICT as SK_MSG_VERDICT,
+    };
+}
 
-    pub const CGROUP_SOCK_OPS: u32 = BPF_CGROUP_SOCK_OPS as u32;
-    pub const CGROUP_INET4_CONNECT: u32 = BPF_CGROUP_INET4_CONNECT as u32;
-    pub const CGROUP_INET6_CONNECT: u32 = BPF_CGROUP_INET6_CONNECT as u32;
-    pub const CGROUP_INET4_POST_BIND: u32 = BPF_CGROUP_INET4_POST_BIND as u32;
-    pub const CGROUP_INET6_POST_BIND: u32 = BPF_CGROUP_INET6_POST_BIND as u32;
-    pub const CGROUP_UDP4_SENDMSG: u32 = BPF_CGROUP_UDP4_SENDMSG as u32;
-    pub const CGROUP_UDP4_RECVMSG: u32 = BPF_CGROUP_UDP4_RECVMSG as u32;
-    pub const CGROUP_UDP6_RECVMSG: u32 = BPF_CGROUP_UDP6_RECVMSG as u32;
-    pub const CGROUP_GETSOCKOPT: u32 = BPF_CGROUP_GETSOCKOPT as u32;
-    pub const CGROUP_INET4_GETPEERNAME: u32 = BPF_CGROUP_INET4_GETPEERNAME as u32;
-    pub const CGROUP_INET6_GETPEERNAME: u32 = BPF_CGROUP_INET6_GETPEERNAME as u32;
-    pub const SK_LOOKUP: u32 = BPF_SK_LOOKUP as u32;
-    pub const SK_MSG_VERDICT: u32 = BPF_SK_MSG_VERDICT as u32;
+/// An attach type as the kernel numbers it: one of the bindings' (`bpf_attach_type`), or a
+/// bare number (a probe may ask about a hook newer than the bindings).
+pub trait AttachTypeNumber {
+    fn number(self) -> u32;
+}
+
+impl AttachTypeNumber for bpf_attach_type {
+    fn number(self) -> u32 {
+        self as u32
+    }
+}
+
+impl AttachTypeNumber for u32 {
+    fn number(self) -> u32 {
+        self
+    }
 }
 
 type Result<T, E = EbpfError> = std::result::Result<T, E>;
@@ -73,37 +85,27 @@ fn ptr<T>(p: *const T) -> u64 {
 
 /// BPF_LINK_CREATE: attaches `prog` to `target` (a cgroup or network namespace fd).
 /// `flags` stay 0 for cgroups: a link attachment is always multi-program.
-pub fn link_create(prog: BorrowedFd<'_>, target: BorrowedFd<'_>, attach_type: u32) -> Result<OwnedFd> {
+pub fn link_create(prog: BorrowedFd<'_>, target: BorrowedFd<'_>, attach_type: bpf_attach_type) -> Result<OwnedFd> {
     let mut attr = zeroed_attr();
     // SAFETY: the BPF_LINK_CREATE member of the zeroed union; plain integer fields.
     let a = unsafe { &mut attr.link_create };
     a.__bindgen_anon_1.prog_fd = fd_u32(prog);
     a.__bindgen_anon_2.target_fd = fd_u32(target);
-    a.attach_type = attach_type;
+    a.attach_type = attach_type as u32;
     sys_bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr).map(owned)
-}
-
-/// The BPF_PROG_ATTACH / BPF_PROG_DETACH attribute.
-fn attach_attr(target: BorrowedFd<'_>, prog: BorrowedFd<'_>, attach_type: u32) -> bpf_attr {
-    let mut attr = zeroed_attr();
-    // SAFETY: the BPF_PROG_ATTACH member of the zeroed union; plain integer fields.
-    let a = unsafe { &mut attr.__bindgen_anon_5 };
-    a.__bindgen_anon_1.target_fd = fd_u32(target);
-    a.attach_bpf_fd = fd_u32(prog);
-    a.attach_type = attach_type;
-    attr
 }
 
 /// BPF_PROG_ATTACH: attaches `prog` to `target` the pre-link way; for a sockmap or sockhash
 /// (`SK_MSG_VERDICT`) the program replaces the map's previous one atomically, and the
 /// attachment lives as long as the map (there is no link to pin before Linux 6.10).
-pub fn prog_attach(target: BorrowedFd<'_>, prog: BorrowedFd<'_>, attach_type: u32) -> Result<()> {
-    sys_bpf(bpf_cmd::BPF_PROG_ATTACH, &mut attach_attr(target, prog, attach_type)).map(drop)
-}
-
-/// BPF_PROG_DETACH of `prog` from `target` (the reverse of `prog_attach`).
-pub fn prog_detach(target: BorrowedFd<'_>, prog: BorrowedFd<'_>, attach_type: u32) -> Result<()> {
-    sys_bpf(bpf_cmd::BPF_PROG_DETACH, &mut attach_attr(target, prog, attach_type)).map(drop)
+pub fn prog_attach(target: BorrowedFd<'_>, prog: BorrowedFd<'_>, attach_type: bpf_attach_type) -> Result<()> {
+    let mut attr = zeroed_attr();
+    // SAFETY: the BPF_PROG_ATTACH member of the zeroed union; plain integer fields.
+    let a = unsafe { &mut attr.__bindgen_anon_5 };
+    a.__bindgen_anon_1.target_fd = fd_u32(target);
+    a.attach_bpf_fd = fd_u32(prog);
+    a.attach_type = attach_type as u32;
+    sys_bpf(bpf_cmd::BPF_PROG_ATTACH, &mut attr).map(drop)
 }
 
 /// BPF_LINK_UPDATE: atomically replaces the program behind a link (in-place upgrade).
@@ -418,9 +420,9 @@ pub fn prog_load(prog_type: ProgType, insns: &[insn::Insn], name: &str) -> Resul
 /// `r0 = 1; exit` (a valid return for every cgroup sock_addr hook) and closes it. A kernel
 /// that does not know the attach type refuses the load (EINVAL), so this tells which hooks
 /// exist without attaching anything.
-pub fn prog_load_probe(prog_type: u32, expected_attach_type: u32) -> bool {
+pub fn prog_load_probe(prog_type: u32, expected_attach_type: impl AttachTypeNumber) -> bool {
     use insn::{R0, exit, mov_imm};
-    prog_load_raw(prog_type, expected_attach_type, &[mov_imm(R0, 1), exit()], "probe").is_ok()
+    prog_load_raw(prog_type, expected_attach_type.number(), &[mov_imm(R0, 1), exit()], "probe").is_ok()
 }
 
 /// BPF_PROG_LOAD with the UAPI numbers of the program type and attach type.

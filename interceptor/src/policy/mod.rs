@@ -84,8 +84,6 @@ pub enum LocalProxyMode {
 }
 
 impl LocalProxyMode {
-    pub const VALUES: [&'static str; 2] = ["Localhost", "PodIP"];
-
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "Localhost" => Some(Self::Localhost),

@@ -1,8 +1,10 @@
 //! The pod's own addresses for localProxyMode PodIP (the proxy's connections to 127.0.0.1
 //! go to the pod's address of the same family), resolved one way for every mode: the
 //! address given for a family (`--pod-ip`, `POD_IP`, the CNI result), else the first
-//! global address of that family the pod's network namespace has, when the caller reads
-//! the namespace (eBPF mode and the daemon do; the init container is given `POD_IP`).
+//! global address of that family the pod's network namespace has, where the caller reads
+//! the namespace (eBPF mode, for each family; the daemon in iptables mode, when the runtime
+//! gave no address; the init container is given `POD_IP`). The errors of a PodIP policy
+//! without the address it needs are here too.
 use std::net::IpAddr;
 
 use super::{Family, LocalProxyMode, Policy};
@@ -36,11 +38,6 @@ impl PodIps {
             Family::Ipv4 => self.v4,
             Family::Ipv6 => self.v6,
         }
-    }
-
-    /// Every family has one.
-    pub fn is_complete(&self) -> bool {
-        self.v4.is_some() && self.v6.is_some()
     }
 
     pub fn to_vec(&self) -> Vec<IpAddr> {
@@ -93,7 +90,6 @@ mod tests {
             ip("2001:db8::8"),
         ]);
         assert_eq!(ips, PodIps { v4: Some(ip("203.0.113.9")), v6: Some(ip("2001:db8::7")) });
-        assert!(ips.is_complete());
         assert_eq!(ips.to_vec(), [ip("203.0.113.9"), ip("2001:db8::7")]);
     }
 

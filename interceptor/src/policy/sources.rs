@@ -490,44 +490,42 @@ fn pod_annotations(c: &mut Collect, path: &str, doc: &Value, limits: AnnotationL
             }
         }
     };
-    // Counted before parsing: a list too long is refused whatever its items.
-    let within = |c: &mut Collect, o: &Origin, s: &str, what: &'static str, limit: usize, flag: &'static str| {
-        let count = s.split(',').count();
-        if count > limit {
-            c.errors.push(PolicyError::TooManyItems { origin: o.clone(), what, count, limit, flag });
-            return false;
-        }
-        true
-    };
+    let cidrs = ("ranges", limits.cidrs, "--max-annotation-cidrs");
     for (name, target) in [
         (ANNOTATION_OUTBOUND_IP_EXCLUSION, &mut lists.ip_exclusions),
         (ANNOTATION_OUTBOUND_IP_INCLUSION, &mut lists.ip_inclusions),
     ] {
-        if let Some((o, s)) = value(c, name)
-            && within(c, &o, &s, "ranges", limits.cidrs, "--max-annotation-cidrs")
-        {
-            for item in s.split(',') {
-                if let Some(v) = c.ok(parse_cidr(&o, item)) {
-                    target.push(Sourced { value: v, origin: o.clone() });
-                }
-            }
+        if let Some(annotation) = value(c, name) {
+            target.extend(annotation_items(c, annotation, cidrs, parse_cidr));
         }
     }
+    let ports = ("ports", limits.ports, "--max-annotation-ports");
     for (name, target) in [
         (ANNOTATION_OUTBOUND_PORT_EXCLUSION, &mut lists.out_port_exclusions),
         (ANNOTATION_INBOUND_PORT_EXCLUSION, &mut lists.in_port_exclusions),
     ] {
-        if let Some((o, s)) = value(c, name)
-            && within(c, &o, &s, "ports", limits.ports, "--max-annotation-ports")
-        {
-            for item in s.split(',') {
-                if let Some(v) = c.ok(parse_port(&o, item)) {
-                    target.push(Sourced { value: v, origin: o.clone() });
-                }
-            }
+        if let Some(annotation) = value(c, name) {
+            target.extend(annotation_items(c, annotation, ports, parse_port));
         }
     }
     lists
+}
+
+/// The items of one annotation (comma separated), parsed. A list of more than `limit` items
+/// is refused whatever its items: counted before parsing.
+fn annotation_items<T>(
+    c: &mut Collect,
+    (origin, text): (Origin, String),
+    (what, limit, flag): (&'static str, usize, &'static str),
+    parse: fn(&Origin, &str) -> Result<T, PolicyError>,
+) -> Vec<Sourced<T>> {
+    let count = text.split(',').count();
+    if count > limit {
+        c.errors.push(PolicyError::TooManyItems { origin, what, count, limit, flag });
+        return Vec::new();
+    }
+    let parsed: Vec<T> = text.split(',').filter_map(|item| c.ok(parse(&origin, item))).collect();
+    parsed.into_iter().map(|value| Sourced { value, origin: origin.clone() }).collect()
 }
 
 /// `metadata.namespace/metadata.name` of a manifest, for display.

@@ -15,7 +15,7 @@ use interceptor::{
 };
 
 /// The policy flags (osm-edge's keys), and the manifests.
-#[derive(Args, Debug, Clone, Default)]
+#[derive(Args, Debug)]
 pub struct PolicyArgs {
     /// CIDRs never redirected (comma separated, repeatable).
     #[arg(long = "outbound-ip-range-exclusion-list", value_name = "CIDRS")]
@@ -75,65 +75,47 @@ pub struct PolicyArgs {
 }
 
 impl PolicyArgs {
-    pub fn inputs(&self) -> PolicyInputs {
-        // Every field named: a flag added here and not passed on does not compile.
-        let PolicyArgs {
-            outbound_ip_range_exclusion_list,
-            outbound_ip_range_inclusion_list,
-            outbound_port_exclusion_list,
-            inbound_port_exclusion_list,
-            network_interface_exclusion_list,
-            proxy_uid,
-            local_proxy_mode,
-            local_dns_proxy,
-            mesh_config,
-            pod,
-            max_annotation_cidrs,
-            max_annotation_ports,
-            admin_port,
-            outbound_port,
-            inbound_port,
-            prometheus_port,
-            liveness_probe_port,
-            readiness_probe_port,
-            startup_probe_port,
-            healthcheck_port,
-        } = self.clone();
+    /// The library's inputs (clap stays out of the library's types: the flags are moved
+    /// into them here).
+    pub fn into_inputs(self) -> PolicyInputs {
         PolicyInputs {
             flags: FlagValues {
-                outbound_ip_range_exclusion_list,
-                outbound_ip_range_inclusion_list,
-                outbound_port_exclusion_list,
-                inbound_port_exclusion_list,
-                network_interface_exclusion_list,
-                proxy_uid,
-                local_proxy_mode,
-                local_dns_proxy,
+                outbound_ip_range_exclusion_list: self.outbound_ip_range_exclusion_list,
+                outbound_ip_range_inclusion_list: self.outbound_ip_range_inclusion_list,
+                outbound_port_exclusion_list: self.outbound_port_exclusion_list,
+                inbound_port_exclusion_list: self.inbound_port_exclusion_list,
+                network_interface_exclusion_list: self.network_interface_exclusion_list,
+                proxy_uid: self.proxy_uid,
+                local_proxy_mode: self.local_proxy_mode,
+                local_dns_proxy: self.local_dns_proxy,
                 ports: PortOverrides {
-                    admin: admin_port,
-                    outbound: outbound_port,
-                    inbound: inbound_port,
-                    prometheus: prometheus_port,
-                    liveness_probe: liveness_probe_port,
-                    readiness_probe: readiness_probe_port,
-                    startup_probe: startup_probe_port,
-                    healthcheck: healthcheck_port,
+                    admin: self.admin_port,
+                    outbound: self.outbound_port,
+                    inbound: self.inbound_port,
+                    prometheus: self.prometheus_port,
+                    liveness_probe: self.liveness_probe_port,
+                    readiness_probe: self.readiness_probe_port,
+                    startup_probe: self.startup_probe_port,
+                    healthcheck: self.healthcheck_port,
                 },
-                annotation_limits: AnnotationLimits { cidrs: max_annotation_cidrs, ports: max_annotation_ports },
+                annotation_limits: AnnotationLimits {
+                    cidrs: self.max_annotation_cidrs,
+                    ports: self.max_annotation_ports,
+                },
             },
-            mesh_config,
-            pod,
+            mesh_config: self.mesh_config,
+            pod: self.pod,
         }
     }
 
     /// Builds the policy, printing warnings to stderr.
-    pub fn build(&self) -> Result<Policy> {
+    pub fn build(self) -> Result<Policy> {
         Ok(self.build_named()?.policy)
     }
 
     /// [`Self::build`], with the pod's name from its manifest.
-    pub fn build_named(&self) -> Result<NamedPolicy> {
-        let built = build_named_policy(&self.inputs())?;
+    pub fn build_named(self) -> Result<NamedPolicy> {
+        let built = build_named_policy(&self.into_inputs())?;
         for w in &built.warnings {
             eprintln!("warning: {w}");
         }

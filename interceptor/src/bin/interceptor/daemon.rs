@@ -101,45 +101,26 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 pub fn run(args: DaemonArgs) -> Result<ExitCode> {
-    // Every field named: a flag added here and not passed on does not compile.
-    let DaemonArgs {
-        mode,
-        pin_dir,
-        cgroup,
-        socket,
-        state_dir,
-        mesh_config,
-        pod_manifest_dir,
-        metrics_addr,
-        reconcile_interval,
-        max_tracked_connections,
-        max_tracked_connections_per_pod,
-        accelerate,
-        max_annotation_cidrs,
-        max_annotation_ports,
-        names,
-        uninstall,
-    } = args;
     interceptor::daemon::run(DaemonOptions {
-        mode: match mode {
+        mode: match args.mode {
             ModeArg::Auto => ModeChoice::Auto,
             ModeArg::Ebpf => ModeChoice::Ebpf,
             ModeArg::Iptables => ModeChoice::Iptables,
         },
-        pin_dir,
-        cgroup,
-        socket,
-        state_dir,
-        mesh_config,
-        pod_manifest_dir,
-        metrics_addr,
-        reconcile_interval,
-        max_tracked_connections,
-        max_tracked_connections_per_pod,
-        accelerate,
-        annotation_limits: AnnotationLimits { cidrs: max_annotation_cidrs, ports: max_annotation_ports },
-        names: names.names(),
-        uninstall,
+        pin_dir: args.pin_dir,
+        cgroup: args.cgroup,
+        socket: args.socket,
+        state_dir: args.state_dir,
+        mesh_config: args.mesh_config,
+        pod_manifest_dir: args.pod_manifest_dir,
+        metrics_addr: args.metrics_addr,
+        reconcile_interval: args.reconcile_interval,
+        max_tracked_connections: args.max_tracked_connections,
+        max_tracked_connections_per_pod: args.max_tracked_connections_per_pod,
+        accelerate: args.accelerate,
+        annotation_limits: AnnotationLimits { cidrs: args.max_annotation_cidrs, ports: args.max_annotation_ports },
+        names: args.names.names(),
+        uninstall: args.uninstall,
     })
 }
 
