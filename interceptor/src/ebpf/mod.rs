@@ -37,6 +37,7 @@ pub mod objects;
 pub mod pins;
 pub mod probe;
 pub mod raw;
+pub mod sock_diag;
 pub mod status;
 pub mod trampoline;
 
