@@ -16,6 +16,7 @@
 //!
 //! Output: a markdown table on stdout, JSON and a PNG chart under target/bench/.
 mod chart;
+mod daemon_scale;
 mod measure;
 mod report;
 mod scale;

@@ -118,6 +118,8 @@ pub struct ScaleResults {
     pub real_failures: Vec<String>,
     pub map_checks: usize,
     pub map_failures: Vec<String>,
+    /// The same pods and MeshConfig change through the node daemon.
+    pub daemon: super::daemon_scale::DaemonScale,
 }
 
 /// The lightweight pods' namespaces, deleted on drop (also on failure).
@@ -214,13 +216,16 @@ fn mesh_config(k: usize, rng: &mut Rng, changed: bool) -> Document {
 }
 
 /// A pod's annotations: one excluded range and one excluded port of its own.
-fn annotations(range: &str, port: u16) -> Document {
-    let map: BTreeMap<String, String> = [
+fn annotation_map(range: &str, port: u16) -> BTreeMap<String, String> {
+    [
         ("openservicemesh.io/outbound-ip-range-exclusion-list".to_string(), range.to_string()),
         ("openservicemesh.io/outbound-port-exclusion-list".to_string(), port.to_string()),
     ]
-    .into();
-    Document::pod_annotations("pod annotations", &map)
+    .into()
+}
+
+fn annotations(range: &str, port: u16) -> Document {
+    Document::pod_annotations("pod annotations", &annotation_map(range, port))
 }
 
 fn policy(mesh: &Document, pod: &Document) -> Result<Policy> {
@@ -278,7 +283,7 @@ fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn quantile(v: &[f64], q: f64) -> f64 {
+pub fn quantile(v: &[f64], q: f64) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.partial_cmp(b).unwrap());
     if s.is_empty() { f64::NAN } else { s[((s.len() - 1) as f64 * q).round() as usize] }
@@ -445,12 +450,27 @@ pub fn run(cfg: &ScaleConfig) -> Result<ScaleResults> {
         real_failures,
         map_checks,
         map_failures,
+        daemon: super::daemon_scale::DaemonScale::default(),
     };
-    // Unenrolled with the installation (the full sandboxes' drop unloads it), then the
-    // namespaces go (Namespaces' drop).
+    // Unenrolled with the installation (the full sandboxes' drop unloads it); the
+    // lightweight pods are then added to the node daemon, with the same MeshConfigs; the
+    // namespaces go last (Namespaces' drop).
+    let light_pods: Vec<(String, BTreeMap<String, String>)> = node
+        .light
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| (name.clone(), annotation_map(&own_range(i), own_port(i))))
+        .collect();
     drop(node);
+    eprintln!("scale: the node daemon, {} pods", light_pods.len());
+    let daemon = super::daemon_scale::run(
+        &light_pods,
+        &serde_json::to_string(&mesh.doc)?,
+        &serde_json::to_string(&changed.doc)?,
+        cfg.sample,
+    )?;
     drop(namespaces);
-    Ok(results)
+    Ok(ScaleResults { daemon, ..results })
 }
 
 /// Real connections of the full sandboxes, and the maps' decisions for a sample of the
@@ -676,7 +696,40 @@ pub fn markdown(r: &ScaleResults) -> String {
         let v: Vec<String> = r.entries.iter().filter(|(_, e)| **e > 0).map(|(n, e)| format!("{n} {e}")).collect();
         v.join(", ")
     });
-    for f in r.real_failures.iter().chain(&r.map_failures).take(20) {
+    let d = &r.daemon;
+    let _ = writeln!(
+        s,
+        "\nThrough the node daemon (`interceptor daemon`, the same {} lightweight pods added through its API, the MeshConfig file then edited):\n",
+        d.pods
+    );
+    let _ = writeln!(s, "| measure | value | goal | |");
+    let _ = writeln!(s, "|---|---:|---:|---|");
+    let _ = writeln!(
+        s,
+        "| pod added (API answer): 1st / median / last | {:.1} ms / {:.1} ms / {:.1} ms | | |",
+        d.add_first_ms, d.add_median_ms, d.add_last_ms
+    );
+    let _ = writeln!(
+        s,
+        "| MeshConfig file written → re-applied to all {} pods | {:.0} ms | ≤ {:.0} ms | {} |",
+        d.pods,
+        d.change_in_force_ms,
+        GOAL_CHANGE_S * 1e3,
+        met(d.change_in_force_ms <= GOAL_CHANGE_S * 1e3)
+    );
+    let _ = writeln!(
+        s,
+        "| daemon memory (RSS) with {} pods / after the change / state file | {:.0} MiB / {:.0} MiB / {:.0} KiB | | |",
+        d.pods, d.rss_mib, d.rss_after_change_mib, d.state_file_kib
+    );
+    let _ = writeln!(
+        s,
+        "| pods whose check (kernel lists against the policy) passed after the change | {} of {} | all | {} |",
+        d.checked - d.check_failures.len(),
+        d.checked,
+        met(d.check_failures.is_empty())
+    );
+    for f in r.real_failures.iter().chain(&r.map_failures).chain(&d.check_failures).take(20) {
         let _ = writeln!(s, "\nDISAGREEMENT: {f}");
     }
     s

@@ -112,6 +112,11 @@ impl TestDaemon {
         Ok(d)
     }
 
+    /// The daemon's process ID, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.lock().unwrap().as_ref().map(Child::id)
+    }
+
     /// Reads the daemon's output until a line contains `needle`.
     pub fn wait_line(&self, needle: &str, timeout: Duration) -> Result<String> {
         let deadline = Instant::now() + timeout;

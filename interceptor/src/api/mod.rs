@@ -121,8 +121,14 @@ pub struct PodView {
     pub netns_cookie: Option<u64>,
     pub ips: Vec<IpAddr>,
     pub annotations_from: AnnotationSource,
-    /// The merged policy in force (as `interceptor policy --json` prints it).
-    pub policy: serde_json::Value,
+    /// The pod's merged policy (MeshConfig + annotations, as `interceptor policy --json`
+    /// prints it) that the kernel is checked against (`GET /v1/pods/{id}` only: a list
+    /// would repeat the MeshConfig's lists for every pod).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<serde_json::Value>,
+    /// The digest of the policy last applied (hex; changes with every policy change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_digest: Option<String>,
     /// Unix time of the ADD, and of the last time the policy was (re)applied.
     pub added_at: u64,
     pub applied_at: u64,

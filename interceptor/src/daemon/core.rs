@@ -26,7 +26,7 @@ use crate::{
     netns::Netns,
     policy::{
         ChainNames, LocalProxyMode, PodIps, Policy,
-        sources::{Document, FlagValues, build_policy_from_documents, read_manifest},
+        sources::{Document, FlagValues, GlobalPolicy, build_policy_from_documents, read_manifest},
     },
     routes,
 };
@@ -62,9 +62,12 @@ impl Failure {
 }
 
 /// The MeshConfig in force.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct MeshState {
     pub doc: Option<Document>,
+    /// `doc` parsed with the flags, once for every pod ([`GlobalPolicy::policy_for`]);
+    /// `None` without a MeshConfig.
+    pub global: Option<GlobalPolicy>,
     /// Its text (an edit that leaves it unchanged is no reload).
     pub raw: Option<String>,
     /// Bumped at every reload: a pod added while one happened is re-checked.
@@ -110,6 +113,15 @@ pub fn fingerprint(bytes: &[u8]) -> u64 {
         h = h.wrapping_mul(0x100000001b3);
     }
     h
+}
+
+/// A policy as one number: what the daemon keeps of a pod's applied policy (a pod's merged
+/// policy repeats the MeshConfig's global lists, which may hold thousands of ranges).
+pub fn policy_digest(policy: &Policy) -> u64 {
+    use sha2::Digest;
+    let bytes = serde_json::to_vec(policy).unwrap_or_default();
+    let hash = sha2::Sha256::digest(&bytes);
+    u64::from_le_bytes(hash[..8].try_into().expect("32 bytes"))
 }
 
 /// The routes and addresses of a namespace, as one number.
@@ -401,8 +413,11 @@ impl Daemon {
     ) -> Result<(Policy, AnnotationSource, u64), Failure> {
         let (doc, source) = self.pod_document(namespace, name, annotations)?;
         let mesh = self.mesh.read().unwrap();
-        let (policy, warnings) = build_policy_from_documents(&self.cfg.flags, mesh.doc.as_ref(), doc.as_ref())
-            .map_err(|e| Failure::new(422, codes::INVALID_POLICY, e.to_string()))?;
+        let built = match &mesh.global {
+            Some(global) => global.policy_for(&self.cfg.flags, doc.as_ref()),
+            None => build_policy_from_documents(&self.cfg.flags, mesh.doc.as_ref(), doc.as_ref()),
+        };
+        let (policy, warnings) = built.map_err(|e| Failure::new(422, codes::INVALID_POLICY, e.to_string()))?;
         for w in warnings {
             tracing::warn!("pod {namespace}/{name}: {w}");
         }
@@ -419,7 +434,8 @@ impl Daemon {
             netns_cookie: r.netns_cookie,
             ips: r.ips.clone(),
             annotations_from: r.annotations_from.clone(),
-            policy: r.policy.clone(),
+            policy: None,
+            policy_digest: r.policy_digest.map(|d| format!("{d:016x}")),
             added_at: r.added_at,
             applied_at: r.applied_at,
             applies: r.applies,
@@ -496,7 +512,7 @@ impl Daemon {
             ips: req.ips.clone(),
             annotations: req.annotations.clone(),
             annotations_from: source,
-            policy: serde_json::to_value(&policy).unwrap_or_default(),
+            policy_digest: Some(policy_digest(&policy)),
             routes_fingerprint: None,
             added_at: previous.as_ref().map(|p| p.added_at).unwrap_or_else(now),
             applied_at: now(),
@@ -587,6 +603,7 @@ impl Daemon {
         }
         let (policy, _, _) = self.pod_policy(&r.namespace, &r.name, r.annotations.as_ref())?;
         let mut view = self.view(&r);
+        view.policy = Some(serde_json::to_value(&policy).unwrap_or_default());
         if problems.is_empty() {
             let t = Target::of(self, &r);
             let cookie = r.netns_cookie;
@@ -642,8 +659,8 @@ impl Daemon {
                 return false;
             }
         };
-        let value = serde_json::to_value(&policy).unwrap_or_default();
-        if !force && value == r.policy && r.last_error.is_none() {
+        let digest = policy_digest(&policy);
+        if !force && Some(digest) == r.policy_digest && r.last_error.is_none() {
             return false;
         }
         let t = Target::of(self, &r);
@@ -672,7 +689,7 @@ impl Daemon {
                     r.name,
                     applying.elapsed()
                 );
-                r.policy = value;
+                r.policy_digest = Some(digest);
                 r.netns_cookie = applied.cookie.or(r.netns_cookie);
                 r.routes_fingerprint = applied.routes_fingerprint;
                 r.applied_at = now();
@@ -815,7 +832,7 @@ impl Daemon {
             ips: vec![],
             annotations: None,
             annotations_from: AnnotationSource::None,
-            policy: Value::Null,
+            policy_digest: None,
             routes_fingerprint: None,
             added_at: now(),
             applied_at: now(),

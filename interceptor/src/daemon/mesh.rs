@@ -14,17 +14,17 @@ use crate::{
     api::MeshConfigStatus,
     policy::{
         error::PolicyErrors,
-        sources::{Document, FlagValues, build_policy_from_documents, parse_manifest},
+        sources::{Document, FlagValues, GlobalPolicy, parse_manifest},
     },
 };
 
-/// Parses and validates a MeshConfig text (as the global part of every pod's policy).
-pub fn validate(path: &Path, text: &str, flags: &FlagValues) -> Result<Document, PolicyErrors> {
+/// Parses and validates a MeshConfig text: the global part of every pod's policy.
+pub fn validate(path: &Path, text: &str, flags: &FlagValues) -> Result<(Document, GlobalPolicy), PolicyErrors> {
     let shown = path.display().to_string();
     let doc = parse_manifest(&shown, text).map_err(|e| PolicyErrors(vec![e]))?;
     let document = Document { shown, doc };
-    build_policy_from_documents(flags, Some(&document), None)?;
-    Ok(document)
+    let global = GlobalPolicy::prepare(flags, Some(&document))?;
+    Ok((document, global))
 }
 
 /// The MeshConfig at start: the file if valid; else the last valid text the daemon kept
@@ -36,14 +36,22 @@ pub fn initial(path: Option<&Path>, last_good: Option<&str>, flags: &FlagValues)
         .map_err(|e| anyhow::anyhow!("cannot read the MeshConfig {}: {e}", path.display()));
     let attempt = text.and_then(|t| validate(path, &t, flags).map(|d| (t, d)).map_err(anyhow::Error::from));
     match attempt {
-        Ok((text, doc)) => Ok(MeshState { doc: Some(doc), raw: Some(text), generation: 1, status }),
+        Ok((text, (doc, global))) => {
+            Ok(MeshState { doc: Some(doc), global: Some(global), raw: Some(text), generation: 1, status })
+        }
         Err(e) => match last_good {
             Some(good) => {
-                let doc = validate(path, good, flags)?;
+                let (doc, global) = validate(path, good, flags)?;
                 tracing::error!("{e:#}\nkeeping the last valid MeshConfig (saved by a previous run)");
                 status.rejected = 1;
                 status.last_error = Some(format!("{e:#}"));
-                Ok(MeshState { doc: Some(doc), raw: Some(good.to_string()), generation: 1, status })
+                Ok(MeshState {
+                    doc: Some(doc),
+                    global: Some(global),
+                    raw: Some(good.to_string()),
+                    generation: 1,
+                    status,
+                })
             }
             None => Err(e),
         },
@@ -101,8 +109,9 @@ impl Daemon {
                     }
                     return;
                 }
-                Ok(doc) => {
+                Ok((doc, global)) => {
                     m.doc = Some(doc);
+                    m.global = Some(global);
                     m.raw = Some(text);
                     m.generation += 1;
                     m.status.reloads += 1;

@@ -19,7 +19,11 @@ use crate::{
 };
 
 pub const STATE_FILE: &str = "pods.json";
-const FORMAT: u32 = 1;
+/// 2: a pod's applied policy is kept as a digest (format 1 kept the whole policy, every
+/// global list copied into every pod: hundreds of MB at a thousand pods).
+const FORMAT: u32 = 2;
+/// Format 1 is still read: its records have no digest, and are re-applied once at start.
+const OLDEST_READABLE: u32 = 1;
 
 /// One pod the daemon intercepts.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -41,8 +45,11 @@ pub struct PodRecord {
     #[serde(default)]
     pub annotations: Option<BTreeMap<String, String>>,
     pub annotations_from: AnnotationSource,
-    /// The policy last applied (serialized), to tell whether a change needs a re-apply.
-    pub policy: serde_json::Value,
+    /// The digest of the policy last applied ([`super::core::policy_digest`]), to tell
+    /// whether a change needs a re-apply. `None`: not known (adopted, or written by format
+    /// 1): the next re-apply does not skip.
+    #[serde(default)]
+    pub policy_digest: Option<u64>,
     /// A fingerprint of the routes and addresses the eBPF policy was compiled with.
     #[serde(default)]
     pub routes_fingerprint: Option<u64>,
@@ -73,7 +80,12 @@ pub fn load(dir: &Path) -> Result<State> {
     match fs::read(&p) {
         Ok(bytes) => {
             let s: State = serde_json::from_slice(&bytes).with_context(|| format!("{} is corrupt", p.display()))?;
-            anyhow::ensure!(s.format == FORMAT, "{} has format {} (this build reads {FORMAT})", p.display(), s.format);
+            anyhow::ensure!(
+                (OLDEST_READABLE..=FORMAT).contains(&s.format),
+                "{} has format {} (this build reads {OLDEST_READABLE} to {FORMAT})",
+                p.display(),
+                s.format
+            );
             Ok(s)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State { format: FORMAT, ..Default::default() }),
@@ -110,7 +122,7 @@ mod tests {
             ips: vec!["198.51.100.2".parse().unwrap()],
             annotations: Some(BTreeMap::from([("a".into(), "b".into())])),
             annotations_from: AnnotationSource::Runtime,
-            policy: serde_json::json!({"proxy_uid": 1500}),
+            policy_digest: Some(0x1234_5678_9abc_def0),
             routes_fingerprint: Some(7),
             added_at: 1,
             applied_at: 2,
@@ -128,6 +140,31 @@ mod tests {
         assert_eq!(leftovers, vec![std::ffi::OsString::from(STATE_FILE)], "no temporary file is left behind");
         fs::write(path(&dir), b"{not json").unwrap();
         assert!(load(&dir).unwrap_err().to_string().contains("corrupt"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_format_1_state_is_read_without_digests_and_a_newer_one_is_refused() {
+        let dir = std::env::temp_dir().join(format!("interceptor-state-v1-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        // As format 1 wrote it: the whole policy with every pod.
+        let v1 = serde_json::json!({"format": 1, "pods": [{
+            "id": "c1", "namespace": "default", "name": "web", "netns": "/var/run/netns/x",
+            "netns_dev": 4, "netns_ino": 5, "mode": "ebpf", "netns_cookie": 9,
+            "annotations_from": {"kind": "none"},
+            "policy": {"proxy_uid": 1500, "outbound_ip_range_exclusions": [{"text": "10.0.0.0/8"}]},
+            "added_at": 1, "applied_at": 2, "applies": 1, "last_reason": "add"}]});
+        fs::write(path(&dir), serde_json::to_vec(&v1).unwrap()).unwrap();
+        let st = load(&dir).unwrap();
+        assert_eq!(st.pods.len(), 1);
+        assert_eq!(st.pods[0].netns_cookie, Some(9));
+        assert_eq!(st.pods[0].policy_digest, None, "unknown: the next re-apply does not skip the pod");
+        save(&dir, &st).unwrap();
+        let written: serde_json::Value = serde_json::from_slice(&fs::read(path(&dir)).unwrap()).unwrap();
+        assert_eq!(written["format"], FORMAT);
+        assert!(written["pods"][0].get("policy").is_none(), "the policy itself is no longer kept: {written}");
+        fs::write(path(&dir), br#"{"format": 99, "pods": []}"#).unwrap();
+        assert!(load(&dir).unwrap_err().to_string().contains("has format 99"));
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -4,9 +4,10 @@
 //! The sock_ops program registers the sidecar's 15003 listener when the sidecar calls
 //! listen(); a sidecar already listening when its pod is enrolled (e.g. eBPF mode loaded on
 //! a running node) would never be registered, and its pod's inbound connections would be
-//! refused until it restarts. At enroll, the listener is found over sock_diag (`sock_diag`),
-//! its socket is taken from the owning process with pidfd_getfd(2) (Linux 5.6+) and put in
-//! `LISTENERS`, exactly as the program does.
+//! refused until it restarts. At enroll, the listener is found over sock_diag (or in
+//! /proc/net where sock_diag cannot answer: `sock_diag`), its socket is taken from the
+//! owning process with pidfd_getfd(2) (Linux 5.6+) and put in `LISTENERS`, exactly as the
+//! program does.
 use std::{
     fs,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
@@ -22,8 +23,9 @@ use crate::netns::Netns;
 type Result<T, E = EbpfError> = std::result::Result<T, E>;
 
 /// The listening TCP sockets of the namespace on `port` owned by `uid` (the kernel's UID,
-/// as the initial user namespace sees it): (socket inode, family). Asked over sock_diag in
-/// the namespace the calling thread has joined.
+/// as the initial user namespace sees it): (socket inode, family), in the namespace the
+/// calling thread has joined ([`tcp_listeners`]: sock_diag, or /proc/net where the kernel's
+/// sock_diag cannot answer).
 fn listeners_on(port: u16, uid: u32) -> Result<Vec<(u64, u16)>> {
     let mut out = Vec::new();
     for family in [AF_INET, AF_INET6] {

@@ -1,10 +1,20 @@
 //! The listening TCP sockets of the calling thread's network namespace, asked over
 //! `NETLINK_SOCK_DIAG` (listening sockets only: the kernel walks its listening sockets, where
-//! reading /proc/net/tcp walks the whole established-connection table of the host). The
-//! messages are the kernel's structures (`linux/netlink.h`, `linux/inet_diag.h`), by name.
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+//! reading /proc/net/tcp walks the whole established-connection table of the host,
+//! milliseconds on a busy node at every first enroll). The messages are the kernel's
+//! structures (`linux/netlink.h`, `linux/inet_diag.h`), by name.
+//!
+//! sock_diag needs the kernel's `inet_diag`/`tcp_diag` modules; where they are modules that
+//! cannot be loaded (no modprobe, as in a minimal guest) the kernel answers ENOENT, and the
+//! listeners are read from the namespace's /proc/net/tcp{,6} instead: slower, same answer.
+use std::{
+    fs,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::Path,
+};
 
 use bytemuck::{Pod, Zeroable};
+use interceptor_common::AF_INET;
 
 use super::{EbpfError, error::Context};
 
@@ -81,8 +91,20 @@ pub struct Listener {
     pub inode: u64,
 }
 
-/// Every listening TCP socket of `family` (AF_INET or AF_INET6).
+/// Every listening TCP socket of `family` (AF_INET or AF_INET6): over sock_diag, or from
+/// /proc/net where sock_diag cannot answer.
 pub fn tcp_listeners(family: u16) -> Result<Vec<Listener>, EbpfError> {
+    match diag_listeners(family) {
+        Ok(found) => Ok(found),
+        Err(e) => {
+            tracing::debug!("sock_diag unavailable ({e:#}): reading /proc/net instead");
+            proc_net_listeners(family)
+        }
+    }
+}
+
+/// Every listening TCP socket of `family`, over sock_diag.
+fn diag_listeners(family: u16) -> Result<Vec<Listener>, EbpfError> {
     // SAFETY: plain socket call; the descriptor is owned below.
     let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, NETLINK_SOCK_DIAG) };
     if fd < 0 {
@@ -148,8 +170,43 @@ pub fn tcp_listeners(family: u16) -> Result<Vec<Listener>, EbpfError> {
     }
 }
 
+/// Every listening TCP socket of `family`, from /proc/thread-self/net/tcp{,6}: the
+/// namespace this thread has joined, not the process's.
+fn proc_net_listeners(family: u16) -> Result<Vec<Listener>, EbpfError> {
+    let file = if family == AF_INET { "tcp" } else { "tcp6" };
+    let path = Path::new("/proc/thread-self/net").join(file);
+    match fs::read_to_string(&path) {
+        Ok(text) => Ok(parse_proc_net_listeners(&text)),
+        // No IPv6 in this kernel: no IPv6 listeners.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// The listening sockets of a /proc/net/tcp{,6} table: after a header line, each line is
+/// `sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout
+/// inode ...`, addresses as hex `ADDR:PORT`, state 0A = TCP_LISTEN.
+fn parse_proc_net_listeners(text: &str) -> Vec<Listener> {
+    let mut out = Vec::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(local), Some(state), Some(uid), Some(inode)) = (f.get(1), f.get(3), f.get(7), f.get(9)) else {
+            continue;
+        };
+        let port = local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+        if let (true, Some(port), Ok(uid), Ok(inode)) = (*state == "0A", port, uid.parse(), inode.parse()) {
+            out.push(Listener { port, uid, inode });
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    use std::{net::TcpListener, os::fd::AsFd};
+
+    use interceptor_common::AF_INET6;
+
     use super::*;
 
     #[test]
@@ -158,5 +215,42 @@ mod tests {
         assert_eq!(size_of::<InetDiagReqV2>(), 56);
         assert_eq!(size_of::<InetDiagMsg>(), 72);
         assert_eq!(std::mem::offset_of!(InetDiagMsg, uid), 64);
+    }
+
+    /// A listener of this process, found by both readers with its port, UID and inode.
+    fn finds(read: fn(u16) -> Result<Vec<Listener>, EbpfError>, family: u16, addr: &str) {
+        let l = TcpListener::bind(addr).expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let inode = nix::sys::stat::fstat(l.as_fd()).expect("fstat").st_ino;
+        let uid = nix::unistd::geteuid().as_raw();
+        let found = match read(family) {
+            Ok(found) => found,
+            // sock_diag without tcp_diag (a module not loaded): what the fallback is for.
+            Err(e) if e.to_string().contains("sock_diag") => return eprintln!("skipped: {e:#}"),
+            Err(e) => panic!("{e:#}"),
+        };
+        let want = Listener { port, uid, inode };
+        assert!(found.contains(&want), "{addr} port {port} inode {inode} not in {found:?}");
+    }
+
+    #[test]
+    fn proc_net_tcp_lists_this_processs_listeners() {
+        finds(proc_net_listeners, AF_INET, "127.0.0.1:0");
+        finds(proc_net_listeners, AF_INET6, "[::1]:0");
+    }
+
+    #[test]
+    fn sock_diag_lists_this_processs_listeners() {
+        finds(diag_listeners, AF_INET, "127.0.0.1:0");
+        finds(diag_listeners, AF_INET6, "[::1]:0");
+    }
+
+    #[test]
+    fn proc_net_tcp_lines_are_parsed_listening_only() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:3A9B 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1500        0 4242 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:3A99 0100007F:D431 01 00000000:00000000 00:00000000 00000000  1000        0 4343 1 0000000000000000 20 4 30 10 -1
+";
+        assert_eq!(parse_proc_net_listeners(text), vec![Listener { port: 15003, uid: 1500, inode: 4242 }]);
     }
 }

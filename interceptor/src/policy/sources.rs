@@ -1,13 +1,17 @@
 //! The three sources of a policy: flags (named after osm's keys), a MeshConfig manifest and
 //! a Pod manifest (its annotations), in YAML or JSON as kubectl prints them.
-use std::path::{Path, PathBuf};
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+};
 
+use ipnet::IpNet;
 use serde_json::Value;
 
 use super::{
     Cidr, LocalProxyMode, PodRanges, Policy, Ports,
     error::{Origin, PolicyError, PolicyErrors, Warning},
-    merge::{self, Sourced},
+    merge::{self, GlobalRanges, Sourced},
     validate::{parse_cidr, parse_interface, parse_port, warnings},
 };
 
@@ -174,26 +178,82 @@ fn build(
     pod_source: Option<Source<'_>>,
 ) -> Result<NamedPolicy, PolicyErrors> {
     let mut c = Collect::default();
+    let global = global_part(&mut c, flags, mesh_source);
+    finish(c, flags, &global, pod_source)
+}
+
+/// The part of every pod's policy that the MeshConfig and the flags give, parsed and
+/// validated once ([`GlobalPolicy::prepare`]): the node daemon builds each pod's policy from
+/// it ([`GlobalPolicy::policy_for`]), where parsing a MeshConfig of thousands of ranges
+/// again for every pod would dominate a MeshConfig change.
+pub struct GlobalPolicy {
+    /// The global lists but the ranges (`ip_exclusions`, `ip_inclusions` are empty).
+    lists: Lists,
+    excluded: GlobalRanges,
+    included: GlobalRanges,
+    mode: Option<LocalProxyMode>,
+    dns: bool,
+}
+
+impl GlobalPolicy {
+    /// The MeshConfig (if any) and the flags' global part, or every error found in them.
+    pub fn prepare(flags: &FlagValues, mesh_config: Option<&Document>) -> Result<GlobalPolicy, PolicyErrors> {
+        let mut c = Collect::default();
+        let global = global_part(&mut c, flags, mesh_config.map(Source::Memory));
+        if c.errors.is_empty() { Ok(global) } else { Err(PolicyErrors(c.errors)) }
+    }
+
+    /// One pod's merged policy: this global part with the pod's annotations (same result
+    /// as [`build_policy_from_documents`] with the same MeshConfig and flags).
+    pub fn policy_for(
+        &self,
+        flags: &FlagValues,
+        pod: Option<&Document>,
+    ) -> Result<(Policy, Vec<Warning>), PolicyErrors> {
+        finish(Collect::default(), flags, self, pod.map(Source::Memory)).map(|b| (b.policy, b.warnings))
+    }
+}
+
+fn global_part(c: &mut Collect, flags: &FlagValues, mesh_source: Option<Source<'_>>) -> GlobalPolicy {
     let mut global = Lists::default();
-    let mut pod = Lists::default();
     let mut mode: Option<LocalProxyMode> = None;
     let mut dns = flags.local_dns_proxy;
 
     if let Some(source) = &mesh_source
-        && let Some((shown, doc)) = source.read(&mut c)
+        && let Some((shown, doc)) = source.read(c)
     {
-        let (lists, m, d) = mesh_config(&mut c, &shown, &doc);
+        let (lists, m, d) = mesh_config(c, &shown, &doc);
         global.append(lists);
         mode = m;
         dns |= d;
     }
-    global.append(flag_lists(&mut c, flags));
+    global.append(flag_lists(c, flags));
     if let Some(raw) = &flags.local_proxy_mode {
         let origin = Origin::Flag("local-proxy-mode".into());
         mode = c
             .ok(LocalProxyMode::parse(raw.trim())
                 .ok_or(PolicyError::UnknownLocalProxyMode { origin, item: raw.clone() }));
     }
+    GlobalPolicy {
+        excluded: GlobalRanges::new(std::mem::take(&mut global.ip_exclusions)),
+        included: GlobalRanges::new(std::mem::take(&mut global.ip_inclusions)),
+        lists: global,
+        mode,
+        dns,
+    }
+}
+
+/// Merges the pod's annotations into the global part (errors: everything found so far
+/// in `c`, then the pod's and the port flags').
+fn finish(
+    mut c: Collect,
+    flags: &FlagValues,
+    global_policy: &GlobalPolicy,
+    pod_source: Option<Source<'_>>,
+) -> Result<NamedPolicy, PolicyErrors> {
+    let GlobalPolicy { lists: global, excluded, included, mode, dns } = global_policy;
+    let (mode, dns) = (*mode, *dns);
+    let mut pod = Lists::default();
     let mut pod_name = None;
     if let Some(source) = &pod_source
         && let Some((shown, doc)) = source.read(&mut c)
@@ -210,8 +270,8 @@ fn build(
     let policy = Policy {
         proxy_uid: flags.proxy_uid.unwrap_or(1500),
         ports,
-        outbound_ip_range_exclusions: merge::ip_ranges(&global.ip_exclusions, &pod.ip_exclusions, &mut warns),
-        outbound_ip_range_inclusions: merge::ip_ranges(&global.ip_inclusions, &pod.ip_inclusions, &mut warns),
+        outbound_ip_range_exclusions: excluded.merge(&pod.ip_exclusions, &mut warns),
+        outbound_ip_range_inclusions: included.merge(&pod.ip_inclusions, &mut warns),
         outbound_port_exclusions: merge::ports(&global.out_port_exclusions, &pod.out_port_exclusions, &mut warns),
         inbound_port_exclusions: merge::ports(&global.in_port_exclusions, &pod.in_port_exclusions, &mut warns),
         network_interface_exclusions: merge::merge_dedup(
@@ -224,18 +284,17 @@ fn build(
         local_proxy_mode: mode.unwrap_or_default(),
         local_dns_proxy: dns,
         pod_ranges: PodRanges {
-            exclusions: pod_only(&global.ip_exclusions, &pod.ip_exclusions),
-            inclusions: pod_only(&global.ip_inclusions, &pod.ip_inclusions),
+            exclusions: pod_only(&excluded.nets, &pod.ip_exclusions),
+            inclusions: pod_only(&included.nets, &pod.ip_inclusions),
         },
     };
     warns.extend(warnings(&policy));
     Ok(NamedPolicy { policy, warnings: warns, pod_name })
 }
 
-/// The networks of `pod` that no range of `global` has (first occurrence kept).
-fn pod_only(global: &[Sourced<Cidr>], pod: &[Sourced<Cidr>]) -> Vec<ipnet::IpNet> {
-    let global: std::collections::HashSet<ipnet::IpNet> = global.iter().map(|c| c.value.net.trunc()).collect();
-    let mut seen = std::collections::HashSet::new();
+/// The networks of `pod` that no range of the global lists has (first occurrence kept).
+fn pod_only(global: &HashSet<IpNet>, pod: &[Sourced<Cidr>]) -> Vec<IpNet> {
+    let mut seen = HashSet::new();
     pod.iter().map(|c| c.value.net.trunc()).filter(|n| !global.contains(n) && seen.insert(*n)).collect()
 }
 

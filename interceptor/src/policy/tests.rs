@@ -272,6 +272,44 @@ fn documents_in_memory_merge_like_files() {
 }
 
 #[test]
+fn a_prepared_global_policy_builds_what_the_documents_build() {
+    use super::sources::{Document, GlobalPolicy, build_policy_from_documents};
+    let mesh = Document { shown: "mc".into(), doc: parse_manifest("mc", MESH_CONFIG_YAML).unwrap() };
+    let flags = FlagValues {
+        outbound_ip_range_exclusion_list: vec!["10.244.0.0/16,192.168.7.0/24".into()],
+        outbound_port_exclusion_list: vec!["7070".into()],
+        ports: PortOverrides { admin: Some("15100".into()), ..Default::default() },
+        ..Default::default()
+    };
+    let annotations = |pairs: &[(&str, &str)]| -> Document {
+        let map: std::collections::BTreeMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Document::pod_annotations("pod shop/web", &map)
+    };
+    let pods = [
+        None,
+        Some(parse_manifest("pod", POD_YAML).map(|doc| Document { shown: "pod".into(), doc }).unwrap()),
+        Some(annotations(&[("openservicemesh.io/outbound-ip-range-inclusion-list", "203.0.113.0/24")])),
+        Some(annotations(&[("openservicemesh.io/outbound-port-exclusion-list", "http")])),
+    ];
+    for mesh in [None, Some(&mesh)] {
+        let global = GlobalPolicy::prepare(&flags, mesh).unwrap();
+        for pod in &pods {
+            let prepared = global.policy_for(&flags, pod.as_ref()).map_err(|e| e.to_string());
+            let direct = build_policy_from_documents(&flags, mesh, pod.as_ref()).map_err(|e| e.to_string());
+            assert_eq!(prepared, direct, "mesh {:?}, pod {:?}", mesh.is_some(), pod.as_ref().map(|d| &d.doc));
+        }
+    }
+    let bad = Document {
+        shown: "bad".into(),
+        doc: serde_json::json!({"kind": "MeshConfig",
+        "spec": {"traffic": {"outboundIPRangeExclusionList": ["10.0.0.0/33"]}}}),
+    };
+    let err = GlobalPolicy::prepare(&flags, Some(&bad)).err().expect("an invalid MeshConfig is refused");
+    assert!(err.to_string().contains("10.0.0.0/33"), "{err}");
+}
+
+#[test]
 fn the_local_dns_proxy_rule_decides_udp_to_127_0_0_153_port_53_only() {
     let on = Policy { local_dns_proxy: true, ..Policy::default() };
     let udp = |dst: &str, uid: u32| Flow::outbound(sa(dst), uid).local().udp();

@@ -40,8 +40,11 @@ pub const WANTED: &[&str] = &[
 ];
 
 /// Needed where they are modules, and no news where they are not: nft_counter (every
-/// iptables-nft rule has a counter) is its own module on 5.10 and part of nf_tables later.
-pub const OPTIONAL: &[&str] = &["nft_counter"];
+/// iptables-nft rule has a counter) is its own module on 5.10 and part of nf_tables later;
+/// inet_diag + tcp_diag answer sock_diag's TCP dumps (listener adoption), loaded on demand
+/// by a node's modprobe, which a guest does not have (without them the adoption reads
+/// /proc/net/tcp instead: the unit tests check both readers).
+pub const OPTIONAL: &[&str] = &["nft_counter", "inet_diag", "tcp_diag"];
 
 /// Module names compare with `-` and `_` alike (as modprobe does).
 fn norm(name: &str) -> String {

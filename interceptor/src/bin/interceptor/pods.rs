@@ -151,13 +151,25 @@ fn print_pod(p: &PodView) {
     };
     println!("  annotations {from}");
     println!("  applied     {} time(s), last: {}", p.applies, p.last_reason);
+    // A MeshConfig list may hold thousands of ranges: the first few, and how many (`--json`
+    // prints them all).
+    const SHOWN: usize = 8;
     let list = |key: &str| -> String {
-        match p.policy.get(key) {
-            Some(serde_json::Value::Array(a)) if !a.is_empty() => a
-                .iter()
-                .map(|v| v.get("text").and_then(|t| t.as_str()).map(str::to_string).unwrap_or_else(|| v.to_string()))
-                .collect::<Vec<_>>()
-                .join(","),
+        match p.policy.as_ref().and_then(|policy| policy.get(key)) {
+            Some(serde_json::Value::Array(a)) if !a.is_empty() => {
+                let mut text = a
+                    .iter()
+                    .take(SHOWN)
+                    .map(|v| {
+                        v.get("text").and_then(|t| t.as_str()).map(str::to_string).unwrap_or_else(|| v.to_string())
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",");
+                if a.len() > SHOWN {
+                    text.push_str(&format!(",… ({} in all)", a.len()));
+                }
+                text
+            }
             _ => "-".to_string(),
         }
     };
