@@ -150,6 +150,7 @@ fn explain_shows_the_local_dns_proxy_rule_for_udp_only() {
 
 #[test]
 fn a_bad_policy_leaves_the_tables_untouched() -> Result<()> {
+    interceptor_tests::needs_root!();
     let sb = Sandbox::new()?;
     let netns = sb.pod_netns();
     let ns = netns.to_str().unwrap();

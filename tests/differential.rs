@@ -88,6 +88,7 @@ fn compare(label: &str, policy: &Policy, flows: &[FlowCase]) -> Result<(Vec<Stri
 
 #[test]
 fn both_modes_land_every_flow_at_the_same_place() -> Result<()> {
+    interceptor_tests::needs_root!();
     let outbound: Vec<FlowCase> = matrix().into_iter().filter(|c| c.actor != Actor::Peer).collect();
     let cases: Vec<(&str, Policy, Vec<FlowCase>)> = vec![
         ("exclusions", matrix_policy(), matrix()),

@@ -201,6 +201,10 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    if !interceptor_tests::sandbox::is_root() {
+        interceptor_tests::sandbox::report_skipped();
+        return;
+    }
     let a = match args() {
         Ok(a) => a,
         Err(e) => {

@@ -211,16 +211,19 @@ fn both_modes(title: &str, dns: bool, listener: bool) -> Result<()> {
 
 #[test]
 fn with_the_option_queries_reach_the_dns_proxy_and_replies_come_from_port_53() -> Result<()> {
+    interceptor_tests::needs_root!();
     both_modes("local DNS proxy enabled, dnsmasq on 127.0.0.153:5300 and :53", true, true)
 }
 
 #[test]
 fn without_the_option_queries_reach_127_0_0_153_port_53_unchanged() -> Result<()> {
+    interceptor_tests::needs_root!();
     both_modes("local DNS proxy disabled, dnsmasq on 127.0.0.153:5300 and :53", false, true)
 }
 
 #[test]
 fn without_the_proxy_listener_queries_fail_as_under_the_dnat_rule_never_reaching_port_53() -> Result<()> {
+    interceptor_tests::needs_root!();
     both_modes("local DNS proxy enabled, nothing on :5300, dnsmasq on :53", true, false)
 }
 
@@ -231,6 +234,7 @@ fn dns_counter(sb: &Sandbox, pins: &ebpf::PinDir) -> Result<u64> {
 
 #[test]
 fn ebpf_counts_each_rewrite_shows_it_in_status_and_follows_policy_changes() -> Result<()> {
+    interceptor_tests::needs_root!();
     let p = pod(Mode::Ebpf, true, true)?;
     let sb = &p.sb;
     let app = sb.in_pod(APP_UID);
@@ -301,6 +305,7 @@ fn ebpf_counts_each_rewrite_shows_it_in_status_and_follows_policy_changes() -> R
 
 #[test]
 fn ebpf_pods_without_the_option_on_the_same_node_are_untouched() -> Result<()> {
+    interceptor_tests::needs_root!();
     let a = pod(Mode::Ebpf, true, true)?;
     // b: enrolled without the option; c: not enrolled. Both under a's programs.
     let mut results = BTreeMap::new();

@@ -69,6 +69,7 @@ fn check(case: &str, v: &Value, bytes: u64) -> Result<u64> {
 /// for blocking and splice() readers.
 #[test]
 fn accelerated_connections_deliver_the_same_bytes_addresses_and_original_destination() -> Result<()> {
+    interceptor_tests::needs_root!();
     let cases: [(&str, u64, &str); 5] = [
         ("1 byte", 1, "write"),
         ("64 KiB", 64 * 1024, "write"),
@@ -99,6 +100,7 @@ fn accelerated_connections_deliver_the_same_bytes_addresses_and_original_destina
 /// byte arrives. (If a kernel lifts the limitation, this test fails: update README.)
 #[test]
 fn a_sidecar_reading_with_splice_gets_every_byte_only_without_acceleration() -> Result<()> {
+    interceptor_tests::needs_root!();
     for accelerate in [false, true] {
         let sb = sandbox(accelerate)?;
         start_sidecar(&sb, true)?;
@@ -123,6 +125,7 @@ fn a_sidecar_reading_with_splice_gets_every_byte_only_without_acceleration() -> 
 /// waits). Without acceleration it always reads the end.
 #[test]
 fn a_blocking_reader_sees_the_end_of_stream_only_without_acceleration() -> Result<()> {
+    interceptor_tests::needs_root!();
     for accelerate in [false, true] {
         let sb = sandbox(accelerate)?;
         let args = ["stream-server", "--listen", "0.0.0.0:15001", "--close-delay-ms", "200"];
@@ -155,6 +158,7 @@ fn a_blocking_reader_sees_the_end_of_stream_only_without_acceleration() -> Resul
 /// connections.
 #[test]
 fn acceleration_is_switched_at_load_for_new_connections() -> Result<()> {
+    interceptor_tests::needs_root!();
     let sb = sandbox(true)?;
     start_sidecar(&sb, false)?;
     let v = stream(&sb, 1000, "write")?;
@@ -178,6 +182,7 @@ fn acceleration_is_switched_at_load_for_new_connections() -> Result<()> {
 /// loaded, attached or pinned.
 #[test]
 fn unload_keeps_live_accelerated_connections_whole_and_frees_everything_after_them() -> Result<()> {
+    interceptor_tests::needs_root!();
     let sb = sandbox(true)?;
     // The sidecar reads only after 1.5 s: the client's bytes wait in its socket meanwhile.
     let args = ["stream-server", "--listen", "0.0.0.0:15001", "--delay-ms", "1500"];
@@ -221,6 +226,7 @@ fn unload_keeps_live_accelerated_connections_whole_and_frees_everything_after_th
 /// the line and the original destination, in both modes.
 #[test]
 fn bytes_sent_before_a_close_or_reset_reach_a_sidecar_that_accepts_late() -> Result<()> {
+    interceptor_tests::needs_root!();
     use interceptor_tests::procs::{Collecting, command, netprobe};
     for accelerate in [false, true] {
         let sb = sandbox(accelerate)?;

@@ -39,6 +39,7 @@ fn slow_sidecar_idle(sb: &Sandbox, wait_ms: u64, backlog: u32, idle_ms: u64) -> 
 /// while the sidecar is slow to accept; conntrack keeps the entry, so must we.
 #[test]
 fn the_original_destination_outlives_a_client_that_closes_before_the_sidecar_accepts() -> Result<()> {
+    interceptor_tests::needs_root!();
     let mut results = BTreeMap::new();
     for mode in Mode::BOTH {
         let sb = Sandbox::new()?;
@@ -99,6 +100,7 @@ fn the_original_destination_outlives_a_client_that_closes_before_the_sidecar_acc
 /// the socket's bound address), where osm-edge's rules let it through.
 #[test]
 fn unspecified_destinations_are_loopback_as_the_kernel_makes_them() -> Result<()> {
+    interceptor_tests::needs_root!();
     let cases: [(Actor, &str, Option<&str>); 5] = [
         (Actor::App, "0.0.0.0:8080", None),
         (Actor::App, "[::]:8080", None),
@@ -133,6 +135,7 @@ fn unspecified_destinations_are_loopback_as_the_kernel_makes_them() -> Result<()
 /// different kernel UID; its traffic must still be recognised and never redirected.
 #[test]
 fn a_user_namespaced_pod_keeps_its_proxy_traffic_direct() -> Result<()> {
+    interceptor_tests::needs_root!();
     for mode in Mode::BOTH {
         let sb = Sandbox::with_userns()?;
         sb.intercept(mode, &Policy::default())?;
@@ -161,6 +164,7 @@ fn a_user_namespaced_pod_keeps_its_proxy_traffic_direct() -> Result<()> {
 /// Item 5: a connection is only ever steered to a listener of its own network namespace.
 #[test]
 fn inbound_steering_never_crosses_network_namespaces() -> Result<()> {
+    interceptor_tests::needs_root!();
     let a = Sandbox::new()?;
     a.load_ebpf()?;
     let b = Sandbox::with_host(3)?;
@@ -194,6 +198,7 @@ fn inbound_steering_never_crosses_network_namespaces() -> Result<()> {
 /// changed inbound port takes effect on re-enroll.
 #[test]
 fn several_reuseport_listeners_and_only_the_proxys() -> Result<()> {
+    interceptor_tests::needs_root!();
     let sb = Sandbox::new()?;
     sb.load_ebpf()?;
     sb.enroll(&Policy::default())?;
@@ -236,6 +241,7 @@ fn several_reuseport_listeners_and_only_the_proxys() -> Result<()> {
 /// the right peer and source: no stale record, no stale bind.
 #[test]
 fn a_socket_reused_after_a_failed_redirect_has_no_stale_state() -> Result<()> {
+    interceptor_tests::needs_root!();
     let cases = [
         // (first destination: fails, second destination)
         ("203.0.113.20:80", "203.0.113.200:80"), // redirected (no sidecar) → excluded interface eth1
@@ -271,6 +277,7 @@ fn a_socket_reused_after_a_failed_redirect_has_no_stale_state() -> Result<()> {
 /// exactly as under REDIRECT.
 #[test]
 fn the_peer_address_follows_the_kernels_source_selection() -> Result<()> {
+    interceptor_tests::needs_root!();
     let dsts = ["203.0.113.40:80", "203.0.113.5:80", "[2001:db8:2::10]:80", "198.51.100.1:80"];
     let mut seen: Vec<Vec<Option<String>>> = vec![Vec::new(); dsts.len()];
     for mode in Mode::BOTH {
@@ -307,6 +314,7 @@ fn the_peer_address_follows_the_kernels_source_selection() -> Result<()> {
 /// wrong answer. Another pod keeps its own share.
 #[test]
 fn beyond_the_tracking_limits_connects_are_refused_and_counted_never_wrong() -> Result<()> {
+    interceptor_tests::needs_root!();
     let a = Sandbox::new()?;
     a.load_ebpf_with(Some(64), Some(16))?;
     let b = Sandbox::with_host(3)?;
@@ -390,6 +398,7 @@ fn ip_of(addr: &[u8; 16], family: u32) -> std::net::IpAddr {
 /// counter.
 #[test]
 fn thousands_of_concurrent_connections_from_one_cpu_are_correct_or_refused() -> Result<()> {
+    interceptor_tests::needs_root!();
     let sb = Sandbox::new()?;
     sb.load_ebpf_with(Some(256), Some(256))?;
     sb.enroll(&Policy::default())?;
@@ -424,6 +433,7 @@ fn thousands_of_concurrent_connections_from_one_cpu_are_correct_or_refused() -> 
 /// the sidecar not listening yet) nor by completed ones.
 #[test]
 fn connections_that_never_establish_leave_nothing_behind() -> Result<()> {
+    interceptor_tests::needs_root!();
     let sb = Sandbox::new()?;
     sb.load_ebpf()?;
     sb.enroll(&Policy::default())?;
@@ -473,6 +483,7 @@ fn connections_that_never_establish_leave_nothing_behind() -> Result<()> {
 /// ours adds its flags to the socket's instead of replacing them, so the other keeps working.
 #[test]
 fn another_sock_ops_program_keeps_its_callbacks() -> Result<()> {
+    interceptor_tests::needs_root!();
     use std::os::fd::AsFd;
 
     use aya::maps::IterableMap;

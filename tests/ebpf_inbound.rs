@@ -25,6 +25,7 @@ fn app_only(sb: &Sandbox) -> Result<()> {
 
 #[test]
 fn without_a_sidecar_inbound_connections_are_refused_never_delivered_to_the_app() -> Result<()> {
+    interceptor_tests::needs_root!();
     let sb = Sandbox::new()?;
     sb.load_ebpf()?;
     sb.enroll(&policy_from(&[("inbound-port-exclusion-list", "9090")]))?;
@@ -63,6 +64,7 @@ fn without_a_sidecar_inbound_connections_are_refused_never_delivered_to_the_app(
 
 #[test]
 fn five_hundred_concurrent_inbound_connections_each_see_their_original_destination() -> Result<()> {
+    interceptor_tests::needs_root!();
     let sb = Sandbox::new()?;
     sb.load_ebpf()?;
     sb.enroll(&Policy::default())?;
@@ -98,6 +100,7 @@ fn five_hundred_concurrent_inbound_connections_each_see_their_original_destinati
 
 #[test]
 fn live_inbound_policy_changes_and_unenroll() -> Result<()> {
+    interceptor_tests::needs_root!();
     let sb = Sandbox::new()?;
     sb.load_ebpf()?;
     sb.enroll(&Policy::default())?;
@@ -137,6 +140,7 @@ fn live_inbound_policy_changes_and_unenroll() -> Result<()> {
 
 #[test]
 fn a_sidecar_listening_before_enrollment_is_adopted() -> Result<()> {
+    interceptor_tests::needs_root!();
     let sb = Sandbox::new()?;
     sb.load_ebpf()?;
     app_only(&sb)?;

@@ -29,6 +29,7 @@ fn program_ids(sb: &Sandbox) -> Result<BTreeSet<u32>> {
 
 #[test]
 fn two_pods_with_different_policies_and_a_pod_that_is_not_enrolled() -> Result<()> {
+    interceptor_tests::needs_root!();
     let a = Sandbox::new()?;
     a.load_ebpf()?;
     // Pods on one node have distinct addresses.
@@ -74,6 +75,7 @@ fn two_pods_with_different_policies_and_a_pod_that_is_not_enrolled() -> Result<(
 
 #[test]
 fn identical_lists_are_stored_once_and_a_pods_own_ranges_stay_its_own() -> Result<()> {
+    interceptor_tests::needs_root!();
     let a = Sandbox::new()?;
     a.load_ebpf()?;
     let b = Sandbox::with_host(3)?;
@@ -153,6 +155,7 @@ fn identical_lists_are_stored_once_and_a_pods_own_ranges_stay_its_own() -> Resul
 
 #[test]
 fn re_enrolling_changes_new_connections_only() -> Result<()> {
+    interceptor_tests::needs_root!();
     let sb = Sandbox::new()?;
     sb.load_ebpf()?;
     let before = sb.enroll(&Policy::default())?;
@@ -190,6 +193,7 @@ fn re_enrolling_changes_new_connections_only() -> Result<()> {
 
 #[test]
 fn interception_continues_after_the_loader_exits_and_load_is_idempotent() -> Result<()> {
+    interceptor_tests::needs_root!();
     let sb = Sandbox::new()?;
     let bin = sibling_binary("interceptor");
     let pin = sb.pins.path().to_str().unwrap().to_string();
@@ -250,6 +254,7 @@ fn interception_continues_after_the_loader_exits_and_load_is_idempotent() -> Res
 
 #[test]
 fn unload_removes_every_program_link_map_and_pin() -> Result<()> {
+    interceptor_tests::needs_root!();
     let sb = Sandbox::new()?;
     sb.load_ebpf()?;
     sb.enroll(&matrix_policy())?;
@@ -275,6 +280,7 @@ fn unload_removes_every_program_link_map_and_pin() -> Result<()> {
 
 #[test]
 fn a_thousand_concurrent_connections_each_see_their_own_original_destination() -> Result<()> {
+    interceptor_tests::needs_root!();
     let sb = Sandbox::new()?;
     sb.load_ebpf()?;
     sb.enroll(&Policy::default())?;
@@ -296,6 +302,7 @@ fn a_thousand_concurrent_connections_each_see_their_own_original_destination() -
 
 #[test]
 fn kernel_feature_probe_passes_on_this_kernel() {
+    interceptor_tests::needs_root!();
     assert_eq!(ebpf::probe::missing_features(), vec![]);
     // The attach-type probe tells a hook the kernel has from one it does not.
     const CGROUP_SOCK_ADDR: u32 = 18;
@@ -305,6 +312,7 @@ fn kernel_feature_probe_passes_on_this_kernel() {
 
 #[test]
 fn debug_logging_is_switched_at_run_time() -> Result<()> {
+    interceptor_tests::needs_root!();
     let sb = Sandbox::new()?;
     sb.load_ebpf()?;
     sb.enroll(&Policy::default())?;
@@ -330,6 +338,7 @@ fn debug_logging_is_switched_at_run_time() -> Result<()> {
 
 #[test]
 fn a_pod_whose_namespace_is_gone_is_unenrolled_by_cookie() -> Result<()> {
+    interceptor_tests::needs_root!();
     let sb = Sandbox::new()?;
     sb.load_ebpf()?;
     let r = sb.enroll(&matrix_policy())?;
@@ -357,6 +366,7 @@ fn a_pod_whose_namespace_is_gone_is_unenrolled_by_cookie() -> Result<()> {
 
 #[test]
 fn a_load_over_an_older_layout_names_the_layout_not_an_incomplete_installation() -> Result<()> {
+    interceptor_tests::needs_root!();
     let sb = Sandbox::new()?;
     sb.load_ebpf()?;
     // What an older build left: another layout, without a program this build attaches.

@@ -54,6 +54,7 @@ fn run_all(sb: &Sandbox, policy: &Policy, flows: &[FlowCase]) -> Result<()> {
 
 #[test]
 fn every_flow_of_the_matrix_lands_where_the_decision_function_says() -> Result<()> {
+    interceptor_tests::needs_root!();
     let sb = Sandbox::new()?;
     sb.start_servers()?;
     let policy = matrix_policy();
@@ -63,6 +64,7 @@ fn every_flow_of_the_matrix_lands_where_the_decision_function_says() -> Result<(
 
 #[test]
 fn inclusion_list_redirects_only_included_ranges() -> Result<()> {
+    interceptor_tests::needs_root!();
     let sb = Sandbox::new()?;
     sb.start_servers()?;
     let policy = policy_from(&[("outbound-ip-range-inclusion-list", "203.0.113.0/25")]);
@@ -79,6 +81,7 @@ fn inclusion_list_redirects_only_included_ranges() -> Result<()> {
 
 #[test]
 fn pod_ip_mode_sends_the_proxys_localhost_connections_to_the_pod_ip() -> Result<()> {
+    interceptor_tests::needs_root!();
     let sb = Sandbox::new()?;
     sb.start_servers()?;
     let policy = policy_from(&[("local-proxy-mode", "PodIP")]);
@@ -95,6 +98,7 @@ fn pod_ip_mode_sends_the_proxys_localhost_connections_to_the_pod_ip() -> Result<
 
 #[test]
 fn more_than_15_excluded_ports_apply_and_work() -> Result<()> {
+    interceptor_tests::needs_root!();
     let sb = Sandbox::new()?;
     sb.start_servers()?;
     let ports: Vec<String> = (7000..7020).map(|p| p.to_string()).chain(["6379".to_string()]).collect();
@@ -118,6 +122,7 @@ fn more_than_15_excluded_ports_apply_and_work() -> Result<()> {
 
 #[test]
 fn apply_is_idempotent_and_a_changed_policy_replaces_the_old_one() -> Result<()> {
+    interceptor_tests::needs_root!();
     let sb = Sandbox::new()?;
     let opts = options(&sb);
     let pod_ip = policy_from(&[("local-proxy-mode", "PodIP"), ("outbound-port-exclusion-list", "6379")]);
@@ -143,6 +148,7 @@ fn apply_is_idempotent_and_a_changed_policy_replaces_the_old_one() -> Result<()>
 
 #[test]
 fn cleanup_restores_the_tables_exactly_and_keeps_other_rules() -> Result<()> {
+    interceptor_tests::needs_root!();
     let sb = Sandbox::new()?;
     let ns = Netns::at(sb.pod_netns());
     // Somebody else's rules, which must survive.
@@ -167,6 +173,7 @@ fn cleanup_restores_the_tables_exactly_and_keeps_other_rules() -> Result<()> {
 
 #[test]
 fn verify_reports_a_tampered_table() -> Result<()> {
+    interceptor_tests::needs_root!();
     let sb = Sandbox::new()?;
     let opts = options(&sb);
     let policy = matrix_policy();
@@ -188,6 +195,7 @@ fn verify_reports_a_tampered_table() -> Result<()> {
 
 #[test]
 fn ipv6_ranges_are_applied_to_ip6tables_only() -> Result<()> {
+    interceptor_tests::needs_root!();
     let sb = Sandbox::new()?;
     let opts = options(&sb);
     iptables::apply(&matrix_policy(), &opts)?;

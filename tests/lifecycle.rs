@@ -193,6 +193,7 @@ fn killed(o: &Output) -> bool {
 
 #[test]
 fn unload_refuses_what_is_not_an_installation_and_deletes_nothing() -> Result<()> {
+    interceptor_tests::needs_root!();
     require_root();
     let base = std::env::temp_dir().join(format!("interceptor-test-ict{}xunload", std::process::id()));
     // A plain directory with someone's file.
@@ -336,6 +337,7 @@ fn check_chain(outs: &[(usize, (u32, Option<u32>))], prev: Option<u32>, current:
 
 #[test]
 fn concurrent_enrolls_and_unenrolls_are_serialized() -> Result<()> {
+    interceptor_tests::needs_root!();
     let a = Sandbox::new()?;
     a.load_ebpf()?;
     let b = Sandbox::with_host(3)?;
@@ -442,6 +444,7 @@ fn concurrent_enrolls_and_unenrolls_are_serialized() -> Result<()> {
 
 #[test]
 fn a_command_waiting_for_the_lock_says_so() -> Result<()> {
+    interceptor_tests::needs_root!();
     let sb = Sandbox::new()?;
     sb.load_ebpf()?;
     let lock = InstallLock::exclusive(&sb.pins)?.expect("loaded");
@@ -481,6 +484,7 @@ fn a_command_waiting_for_the_lock_says_so() -> Result<()> {
 
 #[test]
 fn sigkill_at_each_step_of_enroll_leaves_other_pods_intercepted_and_the_next_command_repairs() -> Result<()> {
+    interceptor_tests::needs_root!();
     let (a, b, _) = two_pods()?;
     let before = footprint(&a.pins)?;
     // a: its table, its excluded list, its ports; b: its table, its ports.
@@ -526,6 +530,7 @@ fn sigkill_at_each_step_of_enroll_leaves_other_pods_intercepted_and_the_next_com
 #[test]
 fn sigkill_at_each_step_of_a_policy_only_switch_leaves_other_pods_intercepted_and_the_next_command_repairs()
 -> Result<()> {
+    interceptor_tests::needs_root!();
     let (a, b, b_cookie) = two_pods()?;
     let before = footprint(&a.pins)?;
     let mut held = Held::open(&netprobe(), &a.in_pod(APP_UID), "203.0.113.20:443")?;
@@ -591,6 +596,7 @@ fn sigkill_at_each_step_of_a_policy_only_switch_leaves_other_pods_intercepted_an
 
 #[test]
 fn sigkill_at_each_step_of_unenroll_leaves_other_pods_intercepted_and_the_next_command_completes_it() -> Result<()> {
+    interceptor_tests::needs_root!();
     let (a, b, _) = two_pods()?;
     let with_b = footprint(&a.pins)?;
     let (pin, ns_b) = (pin_arg(&a), netns_arg(&b));
@@ -643,6 +649,7 @@ fn assert_links_consistent(pins: &PinDir, when: &str) -> Result<()> {
 
 #[test]
 fn sigkill_at_each_step_of_an_upgrade_never_stops_interception_and_the_next_load_completes_it() -> Result<()> {
+    interceptor_tests::needs_root!();
     let (a, b, _) = two_pods()?;
     let before = footprint(&a.pins)?;
     let mut held = Held::open(&netprobe(), &a.in_pod(APP_UID), "203.0.113.20:443")?;
@@ -680,6 +687,7 @@ fn sigkill_at_each_step_of_an_upgrade_never_stops_interception_and_the_next_load
 
 #[test]
 fn sigkill_during_a_first_load_leaves_nothing_the_next_load_does_not_remove() -> Result<()> {
+    interceptor_tests::needs_root!();
     let (a, _b, _) = two_pods()?;
     for step in crash::LOAD_STEPS {
         let c = Sandbox::with_host(5)?;
@@ -725,6 +733,7 @@ fn delete_pod_netns(sb: &Sandbox, pins: &PinDir, cookie: u64) -> Result<()> {
 
 #[test]
 fn an_upgrade_with_a_pod_whose_namespace_is_gone_succeeds_and_reports_it() -> Result<()> {
+    interceptor_tests::needs_root!();
     let (a, b, b_cookie) = two_pods()?;
     delete_pod_netns(&b, &a.pins, b_cookie)?;
     let s = ebpf::status(&a.pins)?;
@@ -746,6 +755,7 @@ fn an_upgrade_with_a_pod_whose_namespace_is_gone_succeeds_and_reports_it() -> Re
 
 #[test]
 fn gc_unenrolls_a_pod_whose_namespace_is_gone() -> Result<()> {
+    interceptor_tests::needs_root!();
     let (a, b, b_cookie) = two_pods()?;
     let pin = pin_arg(&a);
     let v: serde_json::Value = serde_json::from_slice(&run(&["ebpf", "gc", "--json", "--pin-dir", &pin])?.stdout)?;
@@ -765,6 +775,7 @@ fn gc_unenrolls_a_pod_whose_namespace_is_gone() -> Result<()> {
 
 #[test]
 fn a_new_pod_with_the_address_of_a_pod_whose_namespace_is_gone_takes_it_over() -> Result<()> {
+    interceptor_tests::needs_root!();
     let (a, b, b_cookie) = two_pods()?;
     // b is deleted without an unenroll (its DEL never came); a new pod gets its address.
     delete_pod_netns(&b, &a.pins, b_cookie)?;
@@ -788,6 +799,7 @@ fn a_new_pod_with_the_address_of_a_pod_whose_namespace_is_gone_takes_it_over() -
 
 #[test]
 fn enroll_warns_when_the_pods_processes_are_outside_the_attach_cgroup() -> Result<()> {
+    interceptor_tests::needs_root!();
     let a = Sandbox::new()?;
     a.load_ebpf()?;
     // c's processes stay in c's own cgroup, not under a's, where the programs are attached.
@@ -802,6 +814,7 @@ fn enroll_warns_when_the_pods_processes_are_outside_the_attach_cgroup() -> Resul
 
 #[test]
 fn load_refuses_a_private_cgroup_namespace_instead_of_attaching_to_its_subtree() -> Result<()> {
+    interceptor_tests::needs_root!();
     use std::{ffi::CString, os::unix::process::CommandExt};
     let c = Sandbox::new()?;
     let root = ebpf::loader::cgroup2_root()?;
@@ -846,6 +859,7 @@ fn load_refuses_a_private_cgroup_namespace_instead_of_attaching_to_its_subtree()
 
 #[test]
 fn netns_that_is_not_a_pods_network_namespace_is_refused_clearly_and_at_once() -> Result<()> {
+    interceptor_tests::needs_root!();
     let sb = Sandbox::new()?;
     sb.load_ebpf()?;
     let dir = std::env::temp_dir().join(format!("interceptor-test-ict{}xnetns", std::process::id()));

@@ -107,6 +107,7 @@ fn connect(sb: &Sandbox, who: &Identity, dst: &str, timeout_ms: u32) -> Result<V
 
 #[test]
 fn every_counter_family_moves_and_promtool_accepts_the_metrics() -> Result<()> {
+    interceptor_tests::needs_root!();
     if let Some(why) = prometheus_missing() {
         panic!("{why}");
     }
@@ -277,6 +278,7 @@ fn every_counter_family_moves_and_promtool_accepts_the_metrics() -> Result<()> {
 
 #[test]
 fn prometheus_scrapes_the_daemon_and_counts_every_connection() -> Result<()> {
+    interceptor_tests::needs_root!();
     if let Some(why) = prometheus_missing() {
         panic!("{why}");
     }

@@ -204,6 +204,7 @@ fn write_mesh_config(node: &Node, ports: &str) -> Result<()> {
 
 #[test]
 fn podman_pods_in_ebpf_mode_daemon_restart_mesh_config_edits_and_fail_closed() -> Result<()> {
+    interceptor_tests::needs_root!();
     if let Some(why) = unavailable() {
         eprintln!("SKIPPED: podman cannot run here: {why}");
         return Ok(());
@@ -425,6 +426,7 @@ fn podman_pods_in_ebpf_mode_daemon_restart_mesh_config_edits_and_fail_closed() -
 
 #[test]
 fn podman_pods_in_iptables_mode_and_del_leaves_the_tables_clean() -> Result<()> {
+    interceptor_tests::needs_root!();
     if let Some(why) = unavailable() {
         eprintln!("SKIPPED: podman cannot run here: {why}");
         return Ok(());

@@ -5,6 +5,8 @@
 //! arrays (IPv4 in the first 4 bytes); ports in host byte order unless a field says otherwise.
 #![no_std]
 
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
 use bytemuck::{Pod, Zeroable};
 
 /// Names of the maps, as the loader pins them (`<pin-dir>/maps/<NAME>`).
@@ -362,6 +364,40 @@ pub struct PodAddrKey {
     pub addr: [u8; 16],
 }
 
+impl PodAddrKey {
+    pub fn new(ip: IpAddr) -> PodAddrKey {
+        PodAddrKey { family: family_of(&ip) as u32, addr: addr_bytes(&ip) }
+    }
+
+    pub fn ip(&self) -> IpAddr {
+        ip_of(self.family, &self.addr)
+    }
+}
+
+/// `AF_INET` or `AF_INET6`.
+pub fn family_of(ip: &IpAddr) -> u16 {
+    if ip.is_ipv4() { AF_INET } else { AF_INET6 }
+}
+
+/// An address as the maps store it: network-order bytes, IPv4 in the first 4.
+pub fn addr_bytes(ip: &IpAddr) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    match ip {
+        IpAddr::V4(v4) => out[..4].copy_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => out = v6.octets(),
+    }
+    out
+}
+
+/// The address of stored bytes (`family`: `AF_INET`, else IPv6).
+pub fn ip_of(family: u32, addr: &[u8; 16]) -> IpAddr {
+    if family == AF_INET as u32 {
+        IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*addr))
+    }
+}
+
 /// Key of the LPM tries `EXCLUDED_CIDRS`, `INCLUDED_CIDRS` and `ROUTES`.
 ///
 /// `prefix_len` counts bits of `data`: 64 bits of (object id, family) followed by the
@@ -384,12 +420,40 @@ impl CidrKey {
     pub const HEADER_BITS: u32 = 64;
 
     pub fn new(policy_id: u32, family: u16, addr: [u8; 16], addr_prefix_len: u32) -> Self {
-        Self {
-            prefix_len: Self::HEADER_BITS + addr_prefix_len,
-            policy_id_be: policy_id.to_be_bytes(),
-            family_be: (family as u32).to_be_bytes(),
-            addr,
-        }
+        Self::from_parts(Self::HEADER_BITS + addr_prefix_len, CidrData::new(policy_id, family, addr))
+    }
+
+    /// The key of a network (`addr`/`addr_prefix_len`, host bits as given) in object `policy_id`.
+    pub fn of(policy_id: u32, addr: IpAddr, addr_prefix_len: u8) -> Self {
+        Self::new(policy_id, family_of(&addr), addr_bytes(&addr), addr_prefix_len as u32)
+    }
+
+    /// From aya's LPM `Key<CidrData>` (its prefix length and data).
+    pub fn from_parts(prefix_len: u32, data: CidrData) -> Self {
+        Self { prefix_len, policy_id_be: data.policy_id_be, family_be: data.family_be, addr: data.addr }
+    }
+
+    /// The prefix length and data of aya's LPM `Key<CidrData>`.
+    pub fn parts(&self) -> (u32, CidrData) {
+        (self.prefix_len, CidrData { policy_id_be: self.policy_id_be, family_be: self.family_be, addr: self.addr })
+    }
+
+    /// The id of the object the entry belongs to.
+    pub fn policy_id(&self) -> u32 {
+        u32::from_be_bytes(self.policy_id_be)
+    }
+
+    pub fn with_policy_id(self, policy_id: u32) -> Self {
+        Self { policy_id_be: policy_id.to_be_bytes(), ..self }
+    }
+
+    /// The prefix length of the network itself (without the id and family).
+    pub fn addr_prefix_len(&self) -> u32 {
+        self.prefix_len.saturating_sub(Self::HEADER_BITS)
+    }
+
+    pub fn ip(&self) -> IpAddr {
+        ip_of(u32::from_be_bytes(self.family_be), &self.addr)
     }
 }
 
@@ -400,6 +464,17 @@ pub struct CidrData {
     pub policy_id_be: [u8; 4],
     pub family_be: [u8; 4],
     pub addr: [u8; 16],
+}
+
+impl CidrData {
+    #[inline(always)]
+    pub fn new(policy_id: u32, family: u16, addr: [u8; 16]) -> Self {
+        Self { policy_id_be: policy_id.to_be_bytes(), family_be: (family as u32).to_be_bytes(), addr }
+    }
+
+    pub fn policy_id(&self) -> u32 {
+        u32::from_be_bytes(self.policy_id_be)
+    }
 }
 
 /// `RouteValue::flags` bits.
@@ -649,13 +724,17 @@ pub struct GenerationKey {
     pub chunk: u32,
 }
 
-/// One entry an object wrote: which map (`GenerationRecord::KIND_*`) and its key, padded.
+/// One entry an object wrote: which map (`GenerationRecord::KIND_*`) and its key, padded
+/// to the largest key (`CidrKey`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct GenerationRecord {
     pub kind: u32,
-    pub key: [u8; 28],
+    pub key: [u8; size_of::<CidrKey>()],
 }
+
+// The record's size is part of the layout (`GENERATIONS` values).
+const _: () = assert!(size_of::<GenerationRecord>() == 32);
 
 impl GenerationRecord {
     pub const KIND_UNUSED: u32 = 0;
@@ -664,6 +743,74 @@ impl GenerationRecord {
     pub const KIND_ROUTE: u32 = 3;
     pub const KIND_PORT: u32 = 4;
     pub const KIND_IFACE: u32 = 5;
+
+    /// Every kind of map entry an object may own.
+    pub const KINDS: [u32; 5] =
+        [Self::KIND_EXCLUDED, Self::KIND_INCLUDED, Self::KIND_ROUTE, Self::KIND_PORT, Self::KIND_IFACE];
+
+    /// A record of `kind` from the map key's bytes (`key_len(kind)` of them).
+    pub fn from_key_bytes(kind: u32, key: &[u8]) -> Self {
+        let mut r = GenerationRecord { kind, key: [0; size_of::<CidrKey>()] };
+        r.key[..key.len()].copy_from_slice(key);
+        r
+    }
+
+    /// An entry of `EXCLUDED_CIDRS`, `INCLUDED_CIDRS` or `ROUTES`.
+    pub fn lpm(kind: u32, key: CidrKey) -> Self {
+        Self::from_key_bytes(kind, bytemuck::bytes_of(&key))
+    }
+
+    pub fn port(key: PortKey) -> Self {
+        Self::from_key_bytes(Self::KIND_PORT, bytemuck::bytes_of(&key))
+    }
+
+    pub fn iface(key: IfaceKey) -> Self {
+        Self::from_key_bytes(Self::KIND_IFACE, bytemuck::bytes_of(&key))
+    }
+
+    /// The length of the map key a record of `kind` holds (the rest is padding).
+    pub fn key_len(kind: u32) -> usize {
+        match kind {
+            Self::KIND_PORT => size_of::<PortKey>(),
+            Self::KIND_IFACE => size_of::<IfaceKey>(),
+            _ => size_of::<CidrKey>(),
+        }
+    }
+
+    /// The size of the values of the map a record of `kind` goes to: a `RouteValue`, or a
+    /// flag byte.
+    pub fn value_len(kind: u32) -> usize {
+        match kind {
+            Self::KIND_ROUTE => size_of::<RouteValue>(),
+            _ => 1,
+        }
+    }
+
+    /// The map key, as the map stores it.
+    pub fn key_bytes(&self) -> &[u8] {
+        &self.key[..Self::key_len(self.kind)]
+    }
+
+    /// The id of the object the entry belongs to (in its key: the hash keys' `policy_id`,
+    /// the LPM keys' big-endian prefix).
+    pub fn object_id(&self) -> u32 {
+        match self.kind {
+            Self::KIND_PORT => bytemuck::pod_read_unaligned::<PortKey>(self.key_bytes()).policy_id,
+            Self::KIND_IFACE => bytemuck::pod_read_unaligned::<IfaceKey>(self.key_bytes()).policy_id,
+            _ => bytemuck::pod_read_unaligned::<CidrKey>(self.key_bytes()).policy_id(),
+        }
+    }
+
+    /// The same entry in object `id`.
+    pub fn with_object_id(&self, id: u32) -> Self {
+        match self.kind {
+            Self::KIND_PORT => Self::port(PortKey { policy_id: id, ..bytemuck::pod_read_unaligned(self.key_bytes()) }),
+            Self::KIND_IFACE => {
+                Self::iface(IfaceKey { policy_id: id, ..bytemuck::pod_read_unaligned(self.key_bytes()) })
+            }
+            kind => Self::lpm(kind, bytemuck::pod_read_unaligned::<CidrKey>(self.key_bytes()).with_policy_id(id)),
+        }
+    }
 }
 
 /// Value of `GENERATIONS`.

@@ -50,12 +50,43 @@ impl Endpoint {
         let bits = if self.family == AF_INET { 32 } else { 128 };
         aya_ebpf::maps::lpm_trie::Key::new(
             CidrKey::HEADER_BITS + bits,
-            CidrData {
-                policy_id_be: policy_id.to_be_bytes(),
-                family_be: (self.family as u32).to_be_bytes(),
-                addr: self.bytes(),
-            },
+            CidrData::new(policy_id, self.family, self.bytes()),
         )
+    }
+}
+
+/// `struct sockaddr_in`: what bpf_bind() takes and SO_ORIGINAL_DST answers.
+#[repr(C)]
+pub struct SockaddrIn {
+    pub family: u16,
+    /// Network byte order.
+    pub port: u16,
+    pub addr: u32,
+    pub zero: [u8; 8],
+}
+
+impl SockaddrIn {
+    #[inline(always)]
+    pub const fn new(addr: u32, port_be: u16) -> Self {
+        Self { family: AF_INET, port: port_be, addr, zero: [0; 8] }
+    }
+}
+
+/// `struct sockaddr_in6`.
+#[repr(C)]
+pub struct SockaddrIn6 {
+    pub family: u16,
+    /// Network byte order.
+    pub port: u16,
+    pub flowinfo: u32,
+    pub addr: [u32; 4],
+    pub scope_id: u32,
+}
+
+impl SockaddrIn6 {
+    #[inline(always)]
+    pub const fn new(addr: [u32; 4], port_be: u16) -> Self {
+        Self { family: AF_INET6, port: port_be, flowinfo: 0, addr, scope_id: 0 }
     }
 }
 

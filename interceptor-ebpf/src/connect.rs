@@ -14,10 +14,11 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use aya_log_ebpf::debug;
-use interceptor_common::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, Reason, SockRecord, sock_flags, sock_kind};
+use interceptor_common::{AF_INET, IPPROTO_TCP, IPPROTO_UDP, Reason, SockRecord, sock_flags, sock_kind};
 use interceptor_ebpf::{
     addr::{
-        Endpoint, LOOPBACK4, LOOPBACK6_LAST, V4_MAPPED_WORD2, port_from_be_low16, port_to_be_low16, words_to_bytes,
+        Endpoint, LOOPBACK4, LOOPBACK6_LAST, SockaddrIn, SockaddrIn6, V4_MAPPED_WORD2, port_from_be_low16,
+        port_to_be_low16, words_to_bytes,
     },
     counters::count,
     ctx_read,
@@ -216,8 +217,7 @@ fn bind_source(sa: *mut bpf_sock_addr, sk: *mut bpf_sock, family: u16, src: [u32
         if ctx_read!(sk, src_ip4) != 0 {
             return false;
         }
-        let mut sin = SockaddrIn { family: AF_INET, port: 0, addr: src[0], zero: [0; 8] };
-        return unsafe { bpf_bind(sa, (&mut sin as *mut SockaddrIn).cast(), size_of::<SockaddrIn>() as i32) } == 0;
+        return bind_to(sa, &mut SockaddrIn::new(src[0], 0));
     }
     let bound =
         [ctx_read!(sk, src_ip6[0]), ctx_read!(sk, src_ip6[1]), ctx_read!(sk, src_ip6[2]), ctx_read!(sk, src_ip6[3])];
@@ -225,9 +225,14 @@ fn bind_source(sa: *mut bpf_sock_addr, sk: *mut bpf_sock, family: u16, src: [u32
         return false;
     }
     let addr = if family == AF_INET { [0, 0, V4_MAPPED_WORD2, src[0]] } else { src };
-    let mut sin6 = SockaddrIn6 { family: AF_INET6, port: 0, flowinfo: 0, addr, scope_id: 0 };
     // A failed bind is not fatal: the kernel then picks the loopback source.
-    unsafe { bpf_bind(sa, (&mut sin6 as *mut SockaddrIn6).cast(), size_of::<SockaddrIn6>() as i32) == 0 }
+    bind_to(sa, &mut SockaddrIn6::new(addr, 0))
+}
+
+/// bpf_bind() to `addr` (a `SockaddrIn` or `SockaddrIn6`); whether it worked.
+#[inline(always)]
+fn bind_to<T>(sa: *mut bpf_sock_addr, addr: &mut T) -> bool {
+    unsafe { bpf_bind(sa, (addr as *mut T).cast(), size_of::<T>() as i32) == 0 }
 }
 
 /// Undoes the source binding of an earlier redirected connect() of this socket (binding
@@ -246,8 +251,7 @@ fn undo_bind(sa: *mut bpf_sock_addr, sk: *mut bpf_sock, rec: &mut SockRecord, v6
         if ctx_read!(sk, src_ip4) != ours[0] {
             return;
         }
-        let mut sin = SockaddrIn { family: AF_INET, port: 0, addr: 0, zero: [0; 8] };
-        unsafe { bpf_bind(sa, (&mut sin as *mut SockaddrIn).cast(), size_of::<SockaddrIn>() as i32) };
+        bind_to(sa, &mut SockaddrIn::new(0, 0));
         return;
     }
     let bound =
@@ -256,8 +260,7 @@ fn undo_bind(sa: *mut bpf_sock_addr, sk: *mut bpf_sock, rec: &mut SockRecord, v6
     if bound[0] != want[0] || bound[1] != want[1] || bound[2] != want[2] || bound[3] != want[3] {
         return;
     }
-    let mut sin6 = SockaddrIn6 { family: AF_INET6, port: 0, flowinfo: 0, addr: [0; 4], scope_id: 0 };
-    unsafe { bpf_bind(sa, (&mut sin6 as *mut SockaddrIn6).cast(), size_of::<SockaddrIn6>() as i32) };
+    bind_to(sa, &mut SockaddrIn6::new([0; 4], 0));
 }
 
 #[inline(always)]
@@ -276,21 +279,4 @@ fn rewrite(sa: *mut bpf_sock_addr, to: &Endpoint, v6_socket: bool) {
         }
         core::ptr::write_volatile(&mut (*sa).user_port, port_to_be_low16(to.port));
     }
-}
-
-#[repr(C)]
-struct SockaddrIn {
-    family: u16,
-    port: u16,
-    addr: u32,
-    zero: [u8; 8],
-}
-
-#[repr(C)]
-struct SockaddrIn6 {
-    family: u16,
-    port: u16,
-    flowinfo: u32,
-    addr: [u32; 4],
-    scope_id: u32,
 }

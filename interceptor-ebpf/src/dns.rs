@@ -110,22 +110,6 @@ enum Dnat {
     Refused,
 }
 
-/// Refuses a send or connect whose reply could not be given the source conntrack would give
-/// it: visible (EPERM, the `dns_proxy_refused` counter) rather than silently wrong.
-#[inline(always)]
-fn refuse(ctx: &SockAddrContext, netns_cookie: u64, mixed: bool) -> Dnat {
-    // Counted for enrolled pods only (a socket marked before its pod was unenrolled must not
-    // leave a counter nobody removes).
-    if unsafe { PODS.get(&netns_cookie) }.is_some() {
-        count(netns_cookie, Reason::OutDnsProxyRefused);
-    }
-    if debug_enabled() {
-        let uid = bpf_get_current_uid_gid() as u32;
-        debug!(ctx, "dns proxy refused uid={} mixed={} (0: no memory for the socket's mark)", uid, mixed as u32);
-    }
-    Dnat::Refused
-}
-
 /// Rewrites a query to 127.0.0.153:53 to :5300 and marks the socket; watches datagrams sent
 /// straight to :5300 (`direct`).
 #[inline(always)]
@@ -164,8 +148,8 @@ fn dnat(ctx: &SockAddrContext, v6_socket: bool, connecting: bool) -> Dnat {
     set_port(sa, dns_proxy::PROXY_PORT);
     count(netns_cookie, Reason::OutDnsProxy);
     if debug_enabled() {
-        let uid = bpf_get_current_uid_gid() as u32;
-        debug!(ctx, "dns proxy uid={} connect={} 127.0.0.153:53 -> :5300", uid, connecting as u32);
+        let (uid, connect) = (bpf_get_current_uid_gid() as u32, connecting as u32);
+        debug!(ctx, "dns proxy uid={} connect={} 127.0.0.153:53 -> :5300", uid, connect);
     }
     Dnat::Rewritten
 }
@@ -194,6 +178,22 @@ fn direct(ctx: &SockAddrContext) -> Dnat {
     }
     unsafe { (*p).flags |= dns_mark::DIRECT };
     Dnat::NotMatched
+}
+
+/// Refuses a send or connect whose reply could not be given the source conntrack would give
+/// it: visible (EPERM, the `dns_proxy_refused` counter) rather than silently wrong.
+#[inline(always)]
+fn refuse(ctx: &SockAddrContext, netns_cookie: u64, mixed: bool) -> Dnat {
+    if debug_enabled() {
+        let (uid, mixed) = (bpf_get_current_uid_gid() as u32, mixed as u32);
+        debug!(ctx, "dns proxy refused uid={} mixed={} (0: no memory for the socket's mark)", uid, mixed);
+    }
+    // Counted for enrolled pods only (a socket marked before its pod was unenrolled must not
+    // leave a counter nobody removes).
+    if unsafe { PODS.get(&netns_cookie) }.is_some() {
+        count(netns_cookie, Reason::OutDnsProxyRefused);
+    }
+    Dnat::Refused
 }
 
 /// connect4/connect6 of a UDP socket: the program's return value.

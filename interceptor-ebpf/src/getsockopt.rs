@@ -15,7 +15,7 @@
 use aya_ebpf::{bindings::bpf_sock, helpers::bpf_get_netns_cookie, macros::cgroup_sockopt, programs::SockoptContext};
 use interceptor_common::{AF_INET, AF_INET6, IPPROTO_TCP, Reason, route_flags, sock_kind};
 use interceptor_ebpf::{
-    addr::{Endpoint, bytes_to_words, conn_key},
+    addr::{Endpoint, SockaddrIn, SockaddrIn6, bytes_to_words, conn_key},
     counters::count,
     ctx_read,
     maps::{PODS, ROUTES},
@@ -26,8 +26,8 @@ const SOL_IP: i32 = 0;
 const SOL_IPV6: i32 = 41;
 /// SO_ORIGINAL_DST (linux/netfilter_ipv4.h) and IP6T_SO_ORIGINAL_DST share the value 80.
 const SO_ORIGINAL_DST: i32 = 80;
-const SOCKADDR_IN_LEN: usize = 16;
-const SOCKADDR_IN6_LEN: usize = 28;
+const SOCKADDR_IN_LEN: usize = size_of::<SockaddrIn>();
+const SOCKADDR_IN6_LEN: usize = size_of::<SockaddrIn6>();
 
 #[cgroup_sockopt(getsockopt)]
 pub fn original_dst(ctx: SockoptContext) -> i32 {
@@ -113,14 +113,14 @@ fn answer(ctx: &SockoptContext) {
         if unsafe { optval.add(SOCKADDR_IN_LEN) } > optval_end {
             return;
         }
-        let sin = SockaddrIn { family: AF_INET, port: orig.port.to_be(), addr: orig.addr[0], zero: [0; 8] };
+        let sin = SockaddrIn::new(orig.addr[0], orig.port.to_be());
         unsafe { core::ptr::write_unaligned(optval.cast::<SockaddrIn>(), sin) };
         finish(ctx, SOCKADDR_IN_LEN as i32);
     } else if level == SOL_IPV6 && orig.family == AF_INET6 {
         if unsafe { optval.add(SOCKADDR_IN6_LEN) } > optval_end {
             return;
         }
-        let sin6 = SockaddrIn6 { family: AF_INET6, port: orig.port.to_be(), flowinfo: 0, addr: orig.addr, scope_id: 0 };
+        let sin6 = SockaddrIn6::new(orig.addr, orig.port.to_be());
         unsafe { core::ptr::write_unaligned(optval.cast::<SockaddrIn6>(), sin6) };
         finish(ctx, SOCKADDR_IN6_LEN as i32);
     }
@@ -155,21 +155,4 @@ fn finish(ctx: &SockoptContext, len: i32) {
         core::ptr::write_volatile(&mut (*so).optlen, len);
         core::ptr::write_volatile(&mut (*so).retval, 0);
     }
-}
-
-#[repr(C)]
-struct SockaddrIn {
-    family: u16,
-    port: u16,
-    addr: u32,
-    zero: [u8; 8],
-}
-
-#[repr(C)]
-struct SockaddrIn6 {
-    family: u16,
-    port: u16,
-    flowinfo: u32,
-    addr: [u32; 4],
-    scope_id: u32,
 }

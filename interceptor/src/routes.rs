@@ -3,7 +3,6 @@
 //! leave through an excluded interface, and which source address a connection would get.
 use std::net::IpAddr;
 
-use anyhow::{Context, Result};
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::{
@@ -13,11 +12,27 @@ use netlink_packet_route::{
 };
 use rtnetlink::{RouteMessageBuilder, new_connection};
 
-use crate::netns::Netns;
+use crate::netns::{Netns, NetnsError};
 
-/// The kernel's local and main routing tables (ip rule priorities 0 and 32766).
-pub const TABLE_LOCAL: u32 = 255;
-pub const TABLE_MAIN: u32 = 254;
+/// Reading a namespace's links, addresses and routes failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RoutesError {
+    #[error("cannot open an rtnetlink socket")]
+    Socket(#[source] std::io::Error),
+    #[error("cannot start the netlink reader")]
+    Runtime(#[source] std::io::Error),
+    /// `what`: listing links, addresses or routes.
+    #[error("{what}")]
+    Netlink { what: &'static str, source: rtnetlink::Error },
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+}
+
+type Result<T> = std::result::Result<T, RoutesError>;
+
+fn listing(what: &'static str) -> impl FnOnce(rtnetlink::Error) -> RoutesError {
+    move |source| RoutesError::Netlink { what, source }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RouteKind {
@@ -79,12 +94,6 @@ impl NetSnapshot {
         self.links.iter().find(|(i, _)| *i == index).map(|(_, n)| n.as_str())
     }
 
-    /// The first global address of an interface in a family: what the kernel picks as the
-    /// source of a route without a preferred source.
-    pub fn primary_addr(&self, ifindex: u32, v6: bool) -> Option<IpAddr> {
-        self.addrs.iter().find(|a| a.ifindex == ifindex && a.global && a.addr.is_ipv6() == v6).map(|a| a.addr)
-    }
-
     /// The namespace's global addresses (candidates for the pod IP).
     pub fn global_addrs(&self) -> impl Iterator<Item = IpAddr> + '_ {
         self.addrs.iter().filter(|a| a.global).map(|a| a.addr)
@@ -94,18 +103,18 @@ impl NetSnapshot {
 /// Reads the snapshot of `netns`.
 pub fn snapshot(netns: &Netns) -> Result<NetSnapshot> {
     netns.run(|| {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(RoutesError::Runtime)?;
         rt.block_on(read_snapshot())
     })
 }
 
 async fn read_snapshot() -> Result<NetSnapshot> {
-    let (connection, handle, _) = new_connection().context("cannot open an rtnetlink socket")?;
+    let (connection, handle, _) = new_connection().map_err(RoutesError::Socket)?;
     let task = tokio::spawn(connection);
     let mut snap = NetSnapshot::default();
 
     let mut links = handle.link().get().execute();
-    while let Some(msg) = links.try_next().await.context("listing links")? {
+    while let Some(msg) = links.try_next().await.map_err(listing("listing links"))? {
         let name = msg.attributes.iter().find_map(|a| match a {
             LinkAttribute::IfName(n) => Some(n.clone()),
             _ => None,
@@ -116,7 +125,7 @@ async fn read_snapshot() -> Result<NetSnapshot> {
     }
 
     let mut addrs = handle.address().get().execute();
-    while let Some(msg) = addrs.try_next().await.context("listing addresses")? {
+    while let Some(msg) = addrs.try_next().await.map_err(listing("listing addresses"))? {
         let addr = msg.attributes.iter().find_map(|a| match a {
             AddressAttribute::Local(ip) => Some(*ip),
             _ => None,
@@ -144,7 +153,7 @@ async fn read_snapshot() -> Result<NetSnapshot> {
             RouteMessageBuilder::<std::net::Ipv4Addr>::new().build()
         };
         let mut routes = handle.route().get(request).execute();
-        while let Some(msg) = routes.try_next().await.context("listing routes")? {
+        while let Some(msg) = routes.try_next().await.map_err(listing("listing routes"))? {
             let mut table = msg.header.table as u32;
             let mut dst = None;
             let mut oif = None;

@@ -160,7 +160,7 @@ fn run_scale(args: &[String], out_dir: &std::path::Path, quick: bool) -> Result<
     }
     if args.iter().any(|a| a == "--trace") {
         // The library's debug log (enroll's phase timings) on stderr.
-        interceptor::cli::init_logging(2);
+        interceptor::logging::init(2);
     }
     std::fs::create_dir_all(out_dir)?;
     let started = Instant::now();

@@ -608,11 +608,9 @@ impl Drop for Node {
         let _ = crate::procs::ip(&["netns", "del", &self.netns]);
         // cgroup v2 and, on hybrid hosts, the v1 hierarchies podman created the same path in.
         let rel = format!("interceptor-test-{}", self.id);
-        let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
-        for l in mounts.lines() {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            if f.len() > 2 && (f[2] == "cgroup" || f[2] == "cgroup2") {
-                remove_cgroup_tree(&Path::new(f[1]).join(&rel));
+        for kind in ["cgroup2", "cgroup"] {
+            for mount in interceptor::ebpf::cgroup::mount_points(kind).unwrap_or_default() {
+                remove_cgroup_tree(&mount.join(&rel));
             }
         }
         // libcni's result cache (its default directory) for our networks.

@@ -43,12 +43,58 @@ pub fn next_id() -> String {
     format!("ict{}x{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst))
 }
 
-/// Fails the test with a clear message when not run as root.
+/// Why the kernel tests need root, for the message of a test that cannot run.
+const NEEDS_ROOT: &str =
+    "these tests program the kernel (namespaces, cgroups, iptables, eBPF): run them as root (`cargo xtask test`)";
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Fails the test with a clear message when not run as root (a test that forgot
+/// [`needs_root!`](crate::needs_root) fails here rather than half-way through its setup).
 pub fn require_root() {
-    assert!(
-        unsafe { libc::geteuid() } == 0,
-        "these tests program the kernel (namespaces, cgroups, iptables, eBPF): run them as root (`cargo xtask test`)"
-    );
+    assert!(is_root(), "{NEEDS_ROOT}");
+}
+
+/// Says on stderr, in one line, that the running test is skipped because it is not root.
+/// Written to the process's stderr itself: libtest captures `eprintln!` of passing tests.
+pub fn report_skipped() {
+    use std::io::Write;
+    // libtest names each test's thread after the test; a harness-less test is its program.
+    let test = match std::thread::current().name() {
+        Some(name) if name != "main" => name.to_string(),
+        _ => std::env::args().next().map(|a| a.rsplit('/').next().unwrap_or_default().to_string()).unwrap_or_default(),
+    };
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: not root; {NEEDS_ROOT}");
+}
+
+/// What a skipped test returns: `()` or `Ok(())`.
+pub trait Skipped {
+    fn skipped() -> Self;
+}
+
+impl Skipped for () {
+    fn skipped() {}
+}
+
+impl<E> Skipped for std::result::Result<(), E> {
+    fn skipped() -> Self {
+        Ok(())
+    }
+}
+
+/// The first line of every test that programs the kernel: when not run as root, the test
+/// returns at once (it passes) with one line on stderr, instead of failing in its setup.
+#[macro_export]
+macro_rules! needs_root {
+    () => {
+        if !$crate::sandbox::is_root() {
+            $crate::sandbox::report_skipped();
+            return $crate::sandbox::Skipped::skipped();
+        }
+    };
 }
 
 pub struct Sandbox {
@@ -346,7 +392,7 @@ impl Sandbox {
         pins: &PinDir,
         policy: &interceptor::policy::Policy,
     ) -> Result<interceptor::ebpf::enroll::EnrollReport> {
-        interceptor::ebpf::enroll(
+        Ok(interceptor::ebpf::enroll(
             policy,
             &interceptor::ebpf::EnrollOptions {
                 netns: interceptor::netns::Netns::at(self.pod_netns()),
@@ -355,7 +401,7 @@ impl Sandbox {
                 pod_name: Some(format!("test/{}", self.id)),
                 allow_host_netns: false,
             },
-        )
+        )?)
     }
 
     pub fn enroll(&self, policy: &interceptor::policy::Policy) -> Result<interceptor::ebpf::enroll::EnrollReport> {

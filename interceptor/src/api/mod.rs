@@ -13,7 +13,6 @@
 //! `{id}` is the container ID the runtime gave the CNI plugin (CNI_CONTAINERID). Every
 //! answer other than 2xx carries an [`ErrorBody`]: `{"error": {"code": "...", "message": "..."}}`
 //! with one of the [`codes`].
-pub mod cli;
 pub mod client;
 pub mod server;
 
@@ -41,11 +40,8 @@ pub mod codes {
     pub const REMOVE_FAILED: &str = "remove_failed";
     /// The pod is known but its policy is not (fully) in force.
     pub const NOT_ENFORCED: &str = "not_enforced";
-    /// The daemon is starting or stopping.
-    pub const NOT_READY: &str = "not_ready";
     pub const NOT_FOUND: &str = "not_found";
     pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
-    pub const INTERNAL: &str = "internal";
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

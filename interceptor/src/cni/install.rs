@@ -13,64 +13,42 @@ use std::{
     fs,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    process::ExitCode,
 };
 
-use anyhow::{Context, Result, bail};
-use clap::Subcommand;
 use serde_json::{Value, json};
 
-use super::{ANNOTATIONS_CAPABILITY, DEFAULT_EXCLUDED_NAMESPACES, PLUGIN_TYPE};
-use crate::{api::DEFAULT_SOCKET, daemon::state::write_atomically};
+use super::{ANNOTATIONS_CAPABILITY, PLUGIN_TYPE};
+use crate::files::{FileError, write_atomically};
 
 pub const BACKUP_SUFFIX: &str = ".interceptor-backup";
 
-#[derive(Subcommand, Debug)]
-pub enum CniCommand {
-    /// Chain the plugin into the highest-priority conflist and copy its binary (idempotent).
-    Install {
-        /// The CNI configuration directory (kubelet/containerd: /etc/cni/net.d).
-        #[arg(long = "conf-dir", default_value = "/etc/cni/net.d")]
-        conf_dir: PathBuf,
-        /// The CNI binary directory (/opt/cni/bin).
-        #[arg(long = "bin-dir", default_value = "/opt/cni/bin")]
-        bin_dir: PathBuf,
-        /// The plugin binary to copy (default: interceptor-cni next to this executable).
-        #[arg(long)]
-        binary: Option<PathBuf>,
-        /// The daemon's API socket, as the plugin will reach it.
-        #[arg(long, default_value = DEFAULT_SOCKET)]
-        socket: PathBuf,
-        /// Namespaces whose pods start without interception (comma separated).
-        #[arg(long = "exclude-namespaces", value_delimiter = ',', default_values_t = DEFAULT_EXCLUDED_NAMESPACES.iter().map(|s| s.to_string()).collect::<Vec<String>>())]
-        exclude_namespaces: Vec<String>,
-    },
-    /// Remove exactly what install added.
-    Uninstall {
-        #[arg(long = "conf-dir", default_value = "/etc/cni/net.d")]
-        conf_dir: PathBuf,
-        #[arg(long = "bin-dir", default_value = "/opt/cni/bin")]
-        bin_dir: PathBuf,
-    },
+/// Why the plugin cannot be installed (or removed): nothing to chain into, a configuration
+/// it cannot safely edit, a file operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error(
+        "no CNI network configuration in {}: install the cluster's network plugin first (interceptor-cni chains after it)",
+        dir.display()
+    )]
+    NoConfiguration { dir: PathBuf },
+    #[error(
+        "the runtime's network configuration {} is a single-plugin file; chained plugins need a .conflist (convert it first)",
+        file.display()
+    )]
+    SinglePlugin { file: PathBuf },
+    #[error("{} is not valid JSON", file.display())]
+    NotJson { file: PathBuf, source: serde_json::Error },
+    #[error("{} has no \"plugins\" list", file.display())]
+    NoPlugins { file: PathBuf },
+    #[error(transparent)]
+    File(#[from] FileError),
 }
 
-pub fn run(cmd: CniCommand) -> Result<ExitCode> {
-    match cmd {
-        CniCommand::Install { conf_dir, bin_dir, binary, socket, exclude_namespaces } => {
-            let binary = match binary {
-                Some(b) => b,
-                None => std::env::current_exe()?.with_file_name(PLUGIN_TYPE),
-            };
-            let entry = plugin_entry(&socket, &exclude_namespaces);
-            let r = install(&conf_dir, &bin_dir, &binary, &entry)?;
-            eprintln!("{r}");
-        }
-        CniCommand::Uninstall { conf_dir, bin_dir } => {
-            let r = uninstall(&conf_dir, &bin_dir)?;
-            eprintln!("{r}");
-        }
-    }
-    Ok(ExitCode::SUCCESS)
+type Result<T> = std::result::Result<T, InstallError>;
+
+/// What was being done when a file operation failed.
+fn file_op<T>(r: std::io::Result<T>, what: impl FnOnce() -> String) -> Result<T> {
+    r.map_err(|e| FileError::new(what(), e).into())
 }
 
 /// The plugin's conflist entry.
@@ -85,42 +63,41 @@ pub fn plugin_entry(socket: &Path, exclude_namespaces: &[String]) -> Value {
 
 /// The file the runtime uses: the lexically first network configuration.
 pub fn highest_priority(conf_dir: &Path) -> Result<PathBuf> {
-    let mut files: Vec<PathBuf> = fs::read_dir(conf_dir)
-        .with_context(|| format!("cannot read the CNI configuration directory {}", conf_dir.display()))?
+    let entries = file_op(fs::read_dir(conf_dir), || {
+        format!("cannot read the CNI configuration directory {}", conf_dir.display())
+    })?;
+    let mut files: Vec<PathBuf> = entries
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("conf" | "conflist" | "json")))
         .collect();
     files.sort();
     let Some(first) = files.into_iter().next() else {
-        bail!(
-            "no CNI network configuration in {}: install the cluster's network plugin first (interceptor-cni chains after it)",
-            conf_dir.display()
-        );
+        return Err(InstallError::NoConfiguration { dir: conf_dir.to_path_buf() });
     };
     if first.extension().and_then(|e| e.to_str()) != Some("conflist") {
-        bail!(
-            "the runtime's network configuration {} is a single-plugin file; chained plugins need a .conflist (convert it first)",
-            first.display()
-        );
+        return Err(InstallError::SinglePlugin { file: first });
     }
     Ok(first)
 }
 
 fn read_conflist(path: &Path) -> Result<Value> {
-    let text = fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let v: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let text = file_op(fs::read_to_string(path), || format!("cannot read {}", path.display()))?;
+    let v: Value =
+        serde_json::from_str(&text).map_err(|source| InstallError::NotJson { file: path.to_path_buf(), source })?;
     if !v.get("plugins").is_some_and(Value::is_array) {
-        bail!("{} has no \"plugins\" list", path.display());
+        return Err(InstallError::NoPlugins { file: path.to_path_buf() });
     }
     Ok(v)
 }
 
 fn write_json(path: &Path, v: &Value) -> Result<()> {
-    let mut text = serde_json::to_string_pretty(v)?;
+    let mut text = serde_json::to_string_pretty(v).expect("a JSON value serializes");
     text.push('\n');
     write_atomically(path, text.as_bytes())?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o644))?;
+    file_op(fs::set_permissions(path, fs::Permissions::from_mode(0o644)), || {
+        format!("cannot chmod {}", path.display())
+    })?;
     Ok(())
 }
 
@@ -134,13 +111,15 @@ pub fn install(conf_dir: &Path, bin_dir: &Path, binary: &Path, entry: &Value) ->
     let mut v = read_conflist(&conflist)?;
     let mut done = Vec::new();
 
-    fs::create_dir_all(bin_dir).with_context(|| format!("cannot create {}", bin_dir.display()))?;
+    file_op(fs::create_dir_all(bin_dir), || format!("cannot create {}", bin_dir.display()))?;
     let dest = bin_dir.join(PLUGIN_TYPE);
-    let bytes = fs::read(binary).with_context(|| format!("cannot read the plugin binary {}", binary.display()))?;
+    let bytes = file_op(fs::read(binary), || format!("cannot read the plugin binary {}", binary.display()))?;
     if fs::read(&dest).ok().as_deref() != Some(bytes.as_slice()) {
         // A binary the runtime may be executing is replaced by rename, never rewritten.
         write_atomically(&dest, &bytes)?;
-        fs::set_permissions(&dest, fs::Permissions::from_mode(0o755))?;
+        file_op(fs::set_permissions(&dest, fs::Permissions::from_mode(0o755)), || {
+            format!("cannot chmod {}", dest.display())
+        })?;
         done.push(format!("copied {} to {}", binary.display(), dest.display()));
     }
 
@@ -159,7 +138,7 @@ pub fn install(conf_dir: &Path, bin_dir: &Path, binary: &Path, entry: &Value) ->
     if changed {
         let backup = backup_path(&conflist);
         if !backup.exists() {
-            fs::copy(&conflist, &backup).with_context(|| format!("cannot back up {}", conflist.display()))?;
+            file_op(fs::copy(&conflist, &backup), || format!("cannot back up {}", conflist.display()))?;
             done.push(format!("kept the original in {}", backup.display()));
         }
         write_json(&conflist, &v)?;
@@ -180,8 +159,8 @@ fn backup_path(conflist: &Path) -> PathBuf {
 /// Removes the plugin's entries, the backups and the binary; returns what was done.
 pub fn uninstall(conf_dir: &Path, bin_dir: &Path) -> Result<String> {
     let mut done = Vec::new();
-    let mut files: Vec<PathBuf> = fs::read_dir(conf_dir)
-        .with_context(|| format!("cannot read {}", conf_dir.display()))?
+    let entries = file_op(fs::read_dir(conf_dir), || format!("cannot read {}", conf_dir.display()))?;
+    let mut files: Vec<PathBuf> = entries
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("conflist"))
@@ -198,13 +177,13 @@ pub fn uninstall(conf_dir: &Path, bin_dir: &Path) -> Result<String> {
         }
         let backup = backup_path(&f);
         if backup.exists() {
-            fs::remove_file(&backup)?;
+            file_op(fs::remove_file(&backup), || format!("cannot remove {}", backup.display()))?;
             done.push(format!("removed {}", backup.display()));
         }
     }
     let bin = bin_dir.join(PLUGIN_TYPE);
     if bin.exists() {
-        fs::remove_file(&bin).with_context(|| format!("cannot remove {}", bin.display()))?;
+        file_op(fs::remove_file(&bin), || format!("cannot remove {}", bin.display()))?;
         done.push(format!("removed {}", bin.display()));
     }
     if done.is_empty() {

@@ -25,7 +25,7 @@ use crate::{
     iptables::{self, ApplyOptions, apply::default_families},
     netns::Netns,
     policy::{
-        ChainNames, LocalProxyMode, Policy,
+        ChainNames, LocalProxyMode, PodIps, Policy,
         sources::{Document, FlagValues, GlobalPolicy, build_policy_from_documents, read_manifest},
     },
     routes,
@@ -168,10 +168,11 @@ impl Target {
     }
 
     fn iptables_options(&self, policy: Option<&Policy>) -> Result<ApplyOptions> {
-        let mut pod_ips = self.ips.clone();
-        if pod_ips.is_empty() && policy.is_some_and(|p| p.local_proxy_mode == LocalProxyMode::PodIp) {
-            pod_ips = routes::snapshot(&Netns::at(&self.netns))?.global_addrs().collect();
+        let mut pod_ips = PodIps::given(&self.ips);
+        if self.ips.is_empty() && policy.is_some_and(|p| p.local_proxy_mode == LocalProxyMode::PodIp) {
+            pod_ips = pod_ips.or_from(routes::snapshot(&Netns::at(&self.netns))?.global_addrs());
         }
+        let pod_ips = pod_ips.to_vec();
         Ok(ApplyOptions {
             netns: Netns::at(&self.netns),
             pod_ips,
@@ -310,8 +311,12 @@ fn compare<T: Ord + Clone + std::fmt::Debug>(problems: &mut Vec<String>, what: &
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.context("blocking task failed")?
+async fn blocking<T, E>(f: impl FnOnce() -> Result<T, E> + Send + 'static) -> Result<T>
+where
+    T: Send + 'static,
+    E: Into<anyhow::Error> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await.context("blocking task failed")?.map_err(Into::into)
 }
 
 impl Daemon {
@@ -781,9 +786,11 @@ impl Daemon {
         let member = self.membership.write().await;
         // What the caller read may be stale: an add or a removal may have finished since.
         let pins = self.cfg.pins.clone();
-        let still_pinned = blocking(move || Ok(ebpf::maps::PinnedMaps::open(&pins)?.pods.get(&cookie, 0).is_ok()))
-            .await
-            .unwrap_or(false);
+        let still_pinned = blocking(move || {
+            Ok::<_, ebpf::EbpfError>(ebpf::maps::PinnedMaps::open(&pins)?.pods.get(&cookie, 0).is_ok())
+        })
+        .await
+        .unwrap_or(false);
         if !still_pinned || self.records().iter().any(|r| r.netns_cookie == Some(cookie)) {
             return;
         }

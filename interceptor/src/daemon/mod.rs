@@ -14,8 +14,6 @@
 //! `interceptor daemon --uninstall` removes it.
 pub mod core;
 pub mod counters;
-#[cfg(test)]
-mod deploy_tests;
 pub mod http;
 pub mod mesh;
 pub mod netwatch;
@@ -33,19 +31,21 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, ValueEnum};
 
 use self::core::{Config, Daemon};
 use crate::{
-    api::{DEFAULT_SOCKET, Mode},
-    cli::NamesArg,
-    ebpf::{self, LoadOptions, PinDir, pins::DEFAULT_PIN_DIR, probe},
-    policy::sources::FlagValues,
+    api::Mode,
+    ebpf::{self, LoadOptions, PinDir, probe},
+    policy::{
+        ChainNames,
+        sources::{AnnotationLimits, FlagValues},
+    },
 };
 
 pub const DEFAULT_STATE_DIR: &str = "/run/interceptor";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+/// How the daemon intercepts pods (`--mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ModeChoice {
     /// eBPF when this kernel has every feature it needs (`ebpf probe`), else iptables.
     Auto,
@@ -55,87 +55,42 @@ pub enum ModeChoice {
     Iptables,
 }
 
-#[derive(Args, Debug, Clone)]
-pub struct DaemonArgs {
-    /// How pods are intercepted.
-    #[arg(long, value_enum, default_value = "auto")]
+/// What the daemon runs with (`interceptor daemon`'s flags).
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
     pub mode: ModeChoice,
     /// Directory (on a bpf filesystem) holding the pinned eBPF state.
-    #[arg(long = "pin-dir", default_value = DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
     /// Cgroup (v2) to attach the eBPF programs at (default: the cgroup v2 root, every pod).
-    #[arg(long)]
     pub cgroup: Option<PathBuf>,
     /// The API's unix socket (created with mode 0600).
-    #[arg(long, default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
     /// Where the daemon keeps what must survive a restart (pods.json, the last valid
     /// MeshConfig) and its lock.
-    #[arg(long = "state-dir", default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
     /// The MeshConfig (YAML or JSON), watched: valid edits apply live to every pod.
-    #[arg(long = "mesh-config", value_name = "FILE")]
     pub mesh_config: Option<PathBuf>,
     /// Pod manifests `<DIR>/<namespace>/<name>.yaml|yml|json`, for pods whose runtime passes
     /// no annotations (watched).
-    #[arg(long = "pod-manifest-dir", value_name = "DIR")]
     pub pod_manifest_dir: Option<PathBuf>,
-    /// Serve GET /healthz, /readyz and /metrics (Prometheus) on this TCP address (e.g.
-    /// 127.0.0.1:9464).
-    #[arg(long = "metrics-addr", value_name = "ADDR")]
+    /// Serve GET /healthz, /readyz and /metrics (Prometheus) on this TCP address.
     pub metrics_addr: Option<SocketAddr>,
-    /// How often to reconcile (e.g. 10s, 500ms).
-    #[arg(long = "reconcile-interval", default_value = "10s", value_parser = parse_duration)]
     pub reconcile_interval: Duration,
-    /// eBPF mode: redirected connections being handed over at once on the node (see
-    /// `ebpf load`).
-    #[arg(long)]
+    /// eBPF mode: the limits and acceleration of `ebpf load`.
     pub max_tracked_connections: Option<u32>,
-    /// eBPF mode: the same limit per pod (see `ebpf load`).
-    #[arg(long)]
     pub max_tracked_connections_per_pod: Option<u32>,
-    /// eBPF mode: socket-level acceleration of app ↔ sidecar connections (see `ebpf load
-    /// --accelerate`).
-    #[arg(long)]
     pub accelerate: bool,
-    /// The most ranges one IP range annotation of a pod may list (a pod asking for more is
-    /// refused: a pod's own ranges are stored with it, the MeshConfig's once for all pods).
-    #[arg(long = "max-annotation-cidrs", value_name = "N", default_value_t = interceptor_common::annotation_limits::CIDRS)]
-    pub max_annotation_cidrs: usize,
-    /// The most ports one port annotation of a pod may list.
-    #[arg(long = "max-annotation-ports", value_name = "N", default_value_t = interceptor_common::annotation_limits::PORTS)]
-    pub max_annotation_ports: usize,
-    #[command(flatten)]
-    pub names: NamesArg,
+    /// The most items one annotation of a pod may list.
+    pub annotation_limits: AnnotationLimits,
+    pub names: ChainNames,
     /// Remove everything the daemon installed (every pod's interception, the pinned eBPF
     /// state, the state file) and exit.
-    #[arg(long)]
     pub uninstall: bool,
 }
 
-/// `10s`, `500ms`, `2m`, or seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("invalid duration unit in {s:?} (ms, s or m)")),
-    };
-    if secs <= 0.0 {
-        return Err("the duration must be positive".into());
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
 /// The mode, and why.
-fn resolve_mode(args: &DaemonArgs) -> Result<(Mode, String)> {
-    match args.mode {
+fn resolve_mode(opts: &DaemonOptions) -> Result<(Mode, String)> {
+    match opts.mode {
         ModeChoice::Iptables => Ok((Mode::Iptables, "forced (--mode iptables)".into())),
         ModeChoice::Ebpf => {
             probe::check()?;
@@ -147,7 +102,7 @@ fn resolve_mode(args: &DaemonArgs) -> Result<(Mode, String)> {
                 let list: Vec<String> = missing.iter().map(|m| format!("{} (Linux {}+)", m.feature, m.since)).collect();
                 return Ok((Mode::Iptables, format!("auto: this kernel lacks {}", list.join(", "))));
             }
-            if args.cgroup.is_none()
+            if opts.cgroup.is_none()
                 && let Err(e) = ebpf::loader::cgroup2_root()
             {
                 return Ok((Mode::Iptables, format!("auto: {e}")));
@@ -191,7 +146,7 @@ fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
-pub fn run(args: DaemonArgs) -> Result<ExitCode> {
+pub fn run(opts: DaemonOptions) -> Result<ExitCode> {
     // The CLI lets SIGPIPE kill it (`| head`); a daemon must not die because a client or
     // the reader of its log went away.
     // SAFETY: setting a signal disposition before the runtime's threads exist.
@@ -202,32 +157,26 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    rt.block_on(run_async(args))
+    rt.block_on(run_async(opts))
 }
 
-async fn run_async(args: DaemonArgs) -> Result<ExitCode> {
-    let _lock = lock_state_dir(&args.state_dir)?;
-    let st = state::load(&args.state_dir)?;
-    let pins = PinDir::new(&args.pin_dir);
-    if args.uninstall {
-        return uninstall(&args, st).await;
+async fn run_async(opts: DaemonOptions) -> Result<ExitCode> {
+    let _lock = lock_state_dir(&opts.state_dir)?;
+    let st = state::load(&opts.state_dir)?;
+    let pins = PinDir::new(&opts.pin_dir);
+    if opts.uninstall {
+        return uninstall(&opts, st).await;
     }
-    let (mode, mode_reason) = resolve_mode(&args)?;
+    let (mode, mode_reason) = resolve_mode(&opts)?;
     tracing::info!("mode {mode}: {mode_reason}");
-    let flags = FlagValues {
-        annotation_limits: crate::policy::sources::AnnotationLimits {
-            cidrs: args.max_annotation_cidrs,
-            ports: args.max_annotation_ports,
-        },
-        ..FlagValues::default()
-    };
-    let mesh = mesh::initial(args.mesh_config.as_deref(), st.mesh_config_last_good.as_deref(), &flags)?;
+    let flags = FlagValues { annotation_limits: opts.annotation_limits, ..FlagValues::default() };
+    let mesh = mesh::initial(opts.mesh_config.as_deref(), st.mesh_config_last_good.as_deref(), &flags)?;
     let load = (mode == Mode::Ebpf).then(|| LoadOptions {
-        cgroup: args.cgroup.clone(),
+        cgroup: opts.cgroup.clone(),
         pin_dir: pins.clone(),
-        max_tracked_connections: args.max_tracked_connections,
-        max_tracked_connections_per_pod: args.max_tracked_connections_per_pod,
-        accelerate: args.accelerate,
+        max_tracked_connections: opts.max_tracked_connections,
+        max_tracked_connections_per_pod: opts.max_tracked_connections_per_pod,
+        accelerate: opts.accelerate,
     });
     if let Some(load) = load.clone() {
         let outcome = tokio::task::spawn_blocking(move || ebpf::load(&load)).await??;
@@ -244,16 +193,16 @@ async fn run_async(args: DaemonArgs) -> Result<ExitCode> {
         mode_reason,
         pins,
         load,
-        state_dir: args.state_dir.clone(),
-        mesh_config: args.mesh_config.clone(),
-        pod_manifest_dir: args.pod_manifest_dir.clone(),
-        names: args.names.names(),
+        state_dir: opts.state_dir.clone(),
+        mesh_config: opts.mesh_config.clone(),
+        pod_manifest_dir: opts.pod_manifest_dir.clone(),
+        names: opts.names,
         flags,
     };
     let d = Arc::new(Daemon::new(cfg, st.pods, mesh));
 
     // Health first (alive while starting, not ready until everything below is done).
-    if let Some(addr) = args.metrics_addr {
+    if let Some(addr) = opts.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         let app = http::router(d.clone());
         tokio::spawn(async move {
@@ -264,10 +213,10 @@ async fn run_async(args: DaemonArgs) -> Result<ExitCode> {
     }
     reconcile::reconcile(&d, true).await;
     let _watcher = watch::start(d.clone())?;
-    let listener = bind_socket(&args.socket)?;
+    let listener = bind_socket(&opts.socket)?;
     let periodic = {
         let d = d.clone();
-        let every = args.reconcile_interval;
+        let every = opts.reconcile_interval;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
@@ -278,7 +227,7 @@ async fn run_async(args: DaemonArgs) -> Result<ExitCode> {
         })
     };
     d.ready.store(true, Ordering::SeqCst);
-    tracing::info!("ready: {} mode, {} pod(s), API on {}", d.cfg.mode, d.ids().len(), args.socket.display());
+    tracing::info!("ready: {} mode, {} pod(s), API on {}", d.cfg.mode, d.ids().len(), opts.socket.display());
     // A line a supervisor (or a test) can wait for.
     eprintln!("interceptor daemon ready ({} mode, {} pods)", d.cfg.mode, d.ids().len());
 
@@ -289,7 +238,7 @@ async fn run_async(args: DaemonArgs) -> Result<ExitCode> {
     periodic.abort();
     d.stop_all_watchers();
     d.save().await;
-    let _ = std::fs::remove_file(&args.socket);
+    let _ = std::fs::remove_file(&opts.socket);
     tracing::info!("stopped; interception stays in force ({} pod(s))", d.ids().len());
     eprintln!("interceptor daemon stopped; interception stays in force");
     Ok(ExitCode::SUCCESS)
@@ -306,20 +255,20 @@ async fn stop_signal() {
 }
 
 /// `--uninstall`: every pod's interception, the pinned state, the state file.
-async fn uninstall(args: &DaemonArgs, st: state::State) -> Result<ExitCode> {
-    if args.socket.exists() && std::os::unix::net::UnixStream::connect(&args.socket).is_ok() {
-        bail!("a daemon still serves {}: stop it first", args.socket.display());
+async fn uninstall(opts: &DaemonOptions, st: state::State) -> Result<ExitCode> {
+    if opts.socket.exists() && std::os::unix::net::UnixStream::connect(&opts.socket).is_ok() {
+        bail!("a daemon still serves {}: stop it first", opts.socket.display());
     }
-    let pins = PinDir::new(&args.pin_dir);
+    let pins = PinDir::new(&opts.pin_dir);
     let cfg = Config {
         mode: Mode::Iptables,
         mode_reason: "uninstall".into(),
         pins: pins.clone(),
         load: None,
-        state_dir: args.state_dir.clone(),
+        state_dir: opts.state_dir.clone(),
         mesh_config: None,
         pod_manifest_dir: None,
-        names: args.names.names(),
+        names: opts.names,
         flags: FlagValues::default(),
     };
     let n = st.pods.len();
@@ -335,25 +284,8 @@ async fn uninstall(args: &DaemonArgs, st: state::State) -> Result<ExitCode> {
     if failed > 0 {
         bail!("{failed} of {n} pod(s) could not be cleaned up; the state file is kept (run --uninstall again)");
     }
-    let _ = std::fs::remove_file(state::path(&args.state_dir));
-    let _ = std::fs::remove_file(&args.socket);
+    let _ = std::fs::remove_file(state::path(&opts.state_dir));
+    let _ = std::fs::remove_file(&opts.socket);
     eprintln!("uninstalled: {n} pod(s) removed{}", if unloaded { ", eBPF programs and pins removed" } else { "" });
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_duration;
-    use std::time::Duration;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("1h").is_err());
-        assert!(parse_duration("x").is_err());
-    }
 }

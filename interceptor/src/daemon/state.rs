@@ -6,7 +6,6 @@
 use std::{
     collections::BTreeMap,
     fs,
-    io::Write,
     net::IpAddr,
     path::{Path, PathBuf},
 };
@@ -14,7 +13,10 @@ use std::{
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::api::{AnnotationSource, Mode};
+use crate::{
+    api::{AnnotationSource, Mode},
+    files::write_atomically,
+};
 
 pub const STATE_FILE: &str = "pods.json";
 /// 2: a pod's applied policy is kept as a digest (format 1 kept the whole policy, every
@@ -96,28 +98,7 @@ pub fn save(dir: &Path, state: &State) -> Result<()> {
     let mut state = state.clone();
     state.format = FORMAT;
     let bytes = serde_json::to_vec_pretty(&state)?;
-    write_atomically(&path(dir), &bytes)
-}
-
-/// temp file in the same directory, fsync, rename over, fsync the directory.
-pub fn write_atomically(target: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = target.parent().context("state file without a directory")?;
-    let name = target.file_name().context("state file without a name")?.to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| -> Result<()> {
-        let mut f = fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, target).with_context(|| format!("cannot move {} into place", tmp.display()))?;
-        if let Ok(d) = fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    Ok(write_atomically(&path(dir), &bytes)?)
 }
 
 #[cfg(test)]

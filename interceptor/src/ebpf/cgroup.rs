@@ -13,23 +13,30 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context, Result, anyhow, bail};
-
+use super::{EbpfError, error::Context};
 use crate::netns::Netns;
+
+type Result<T, E = EbpfError> = std::result::Result<T, E>;
 
 /// The cgroup v2 mount point, from /proc/mounts (/sys/fs/cgroup on most nodes,
 /// /sys/fs/cgroup/unified on hybrid hierarchies).
 pub fn cgroup2_root() -> Result<PathBuf> {
-    let mounts = fs::read_to_string("/proc/mounts").context("cannot read /proc/mounts")?;
-    mounts
+    let mounts = mount_points("cgroup2").context("cannot read /proc/mounts")?;
+    mounts.into_iter().next().ok_or(EbpfError::NoCgroup2)
+}
+
+/// Where filesystems of `fstype` (`cgroup2`, `cgroup`, `bpf`, …) are mounted, in
+/// /proc/mounts' order.
+pub fn mount_points(fstype: &str) -> std::io::Result<Vec<PathBuf>> {
+    let mounts = fs::read_to_string("/proc/mounts")?;
+    Ok(mounts
         .lines()
         .filter_map(|l| {
             let mut f = l.split_whitespace();
-            let (_dev, dir, fstype) = (f.next()?, f.next()?, f.next()?);
-            (fstype == "cgroup2").then(|| PathBuf::from(dir))
+            let (_dev, dir, kind) = (f.next()?, f.next()?, f.next()?);
+            (kind == fstype).then(|| PathBuf::from(dir))
         })
-        .next()
-        .ok_or_else(|| anyhow!("no cgroup v2 filesystem is mounted (eBPF mode needs cgroup v2); use iptables mode"))
+        .collect())
 }
 
 /// Whether a cgroup2 directory is the root cgroup of the whole hierarchy (the kernel gives
@@ -49,19 +56,13 @@ pub fn attach_cgroup(explicit: Option<&Path>) -> Result<PathBuf> {
     if let Some(c) = explicit {
         let fs = nix::sys::statfs::statfs(c).with_context(|| format!("cannot open cgroup {}", c.display()))?;
         if fs.filesystem_type() != nix::sys::statfs::CGROUP2_SUPER_MAGIC {
-            bail!("{} is not a cgroup v2 directory (eBPF mode attaches to cgroup v2)", c.display());
+            return Err(EbpfError::NotCgroup2 { dir: c.to_path_buf() });
         }
         return fs::canonicalize(c).with_context(|| format!("cannot resolve cgroup {}", c.display()));
     }
     let root = cgroup2_root()?;
     if !is_root_cgroup(&root) {
-        bail!(
-            "the cgroup v2 filesystem at {} is not the host's root cgroup (this process runs in a private cgroup \
-             namespace, or a subtree is mounted there): programs attached there would intercept only that subtree \
-             while every pod outside it goes untouched. Run in the host's cgroup namespace (e.g. a daemon with \
-             hostPID/--cgroupns=host), or pass --cgroup to choose the attach point explicitly",
-            root.display()
-        );
+        return Err(EbpfError::NotHostCgroupRoot { root });
     }
     Ok(root)
 }
@@ -86,7 +87,7 @@ pub fn processes_outside_of(
     if cgroup_id(&root)? == attach_id || netns_ids.is_empty() {
         return Ok(out);
     }
-    for entry in fs::read_dir("/proc")?.flatten() {
+    for entry in fs::read_dir("/proc").context("cannot list /proc")?.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
         let Ok(m) = fs::metadata(entry.path().join("ns/net")) else { continue };
         let id = (m.dev(), m.ino());

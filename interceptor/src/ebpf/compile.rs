@@ -12,27 +12,26 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use anyhow::{Result, bail};
 use interceptor_common::{
-    AF_INET, AF_INET6, CidrData, CidrKey, GenerationRecord, IfaceKey, PodAddrKey, PodConfig, PortKey, RouteValue,
-    object_kind, pod_flags, port_flags, route_flags,
+    CidrData, CidrKey, GenerationRecord, IfaceKey, PodAddrKey, PodConfig, PortKey, RouteValue, object_kind, pod_flags,
+    port_flags, route_flags,
 };
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    policy::{Family, LocalProxyMode, Policy, interface_matches},
+    policy::{Family, LocalProxyMode, PodIpError, PodIps, Policy, interface_matches},
     routes::{NetSnapshot, RouteKind},
 };
 
-/// An LPM key: prefix length (in bits of `CidrData`) and data.
+/// An LPM key as aya's `Key<CidrData>` holds it: prefix length (in bits of `CidrData`) and data.
 pub type Lpm = (u32, CidrData);
 
 /// The value bytes of an entry (a flag byte, or a whole `RouteValue`).
 pub type ValueBytes = [u8; size_of::<RouteValue>()];
 
 /// One entry of a policy object, its key without the object's id (stamped in when it is
-/// written: see `stamp`).
+/// written: see `GenerationRecord::with_object_id`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Entry {
     pub record: GenerationRecord,
@@ -41,16 +40,11 @@ pub struct Entry {
 
 impl Entry {
     fn lpm(kind: u32, (len, data): Lpm, value: &[u8]) -> Entry {
-        let mut key = [0u8; 28];
-        key[..4].copy_from_slice(&len.to_ne_bytes());
-        key[4..].copy_from_slice(bytemuck::bytes_of(&data));
-        Entry::new(GenerationRecord { kind, key }, value)
+        Entry::new(GenerationRecord::lpm(kind, CidrKey::from_parts(len, data)), value)
     }
 
     fn small(kind: u32, key_bytes: &[u8], value: u8) -> Entry {
-        let mut key = [0u8; 28];
-        key[..key_bytes.len()].copy_from_slice(key_bytes);
-        Entry::new(GenerationRecord { kind, key }, &[value])
+        Entry::new(GenerationRecord::from_key_bytes(kind, key_bytes), &[value])
     }
 
     fn new(record: GenerationRecord, value: &[u8]) -> Entry {
@@ -61,44 +55,7 @@ impl Entry {
 
     /// The value as the map stores it.
     pub fn value_bytes(&self) -> &[u8] {
-        &self.value[..value_len(self.record.kind)]
-    }
-}
-
-/// The size of the values of the map a record `kind` goes to.
-pub fn value_len(kind: u32) -> usize {
-    match kind {
-        GenerationRecord::KIND_ROUTE => size_of::<RouteValue>(),
-        _ => 1,
-    }
-}
-
-/// The length of the map key a record of `kind` holds (the rest is padding).
-pub fn key_len(kind: u32) -> usize {
-    match kind {
-        GenerationRecord::KIND_PORT => size_of::<PortKey>(),
-        GenerationRecord::KIND_IFACE => size_of::<IfaceKey>(),
-        _ => 4 + size_of::<CidrData>(),
-    }
-}
-
-/// The record with object id `id` in its key: the LPM keys' big-endian prefix after the
-/// prefix length, the hash keys' first field.
-pub fn stamp(record: &GenerationRecord, id: u32) -> GenerationRecord {
-    let mut r = *record;
-    match r.kind {
-        GenerationRecord::KIND_PORT | GenerationRecord::KIND_IFACE => r.key[..4].copy_from_slice(&id.to_ne_bytes()),
-        _ => r.key[4..8].copy_from_slice(&id.to_be_bytes()),
-    }
-    r
-}
-
-/// The object id in a stamped record.
-pub fn record_id(record: &GenerationRecord) -> u32 {
-    let b = |r: std::ops::Range<usize>| -> [u8; 4] { record.key[r].try_into().expect("4 bytes") };
-    match record.kind {
-        GenerationRecord::KIND_PORT | GenerationRecord::KIND_IFACE => u32::from_ne_bytes(b(0..4)),
-        _ => u32::from_be_bytes(b(4..8)),
+        &self.value[..GenerationRecord::value_len(self.record.kind)]
     }
 }
 
@@ -150,7 +107,7 @@ impl Object {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Compiled {
     /// The pod's `PODS` value, object ids still 0 (the enroll fills them in).
     pub config: PodConfig,
@@ -183,61 +140,26 @@ impl Compiled {
     }
 }
 
-pub fn family_code(f: Family) -> u16 {
-    match f {
-        Family::Ipv4 => AF_INET,
-        Family::Ipv6 => AF_INET6,
-    }
-}
-
-pub fn addr_bytes(ip: &IpAddr) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    match ip {
-        IpAddr::V4(v4) => out[..4].copy_from_slice(&v4.octets()),
-        IpAddr::V6(v6) => out = v6.octets(),
-    }
-    out
-}
-
+/// The LPM key of a network (host bits cleared) in object `policy_id`.
 pub fn lpm(policy_id: u32, net: &IpNet) -> Lpm {
     let net = net.trunc();
-    let key =
-        CidrKey::new(policy_id, family_code(Family::of(&net.addr())), addr_bytes(&net.addr()), net.prefix_len() as u32);
-    (key.prefix_len, CidrData { policy_id_be: key.policy_id_be, family_be: key.family_be, addr: key.addr })
+    CidrKey::of(policy_id, net.addr(), net.prefix_len()).parts()
 }
 
-/// The pod addresses used for PodIP mode: the given ones, else the namespace's first global
-/// address of each family.
-pub fn pod_ips(given: &[IpAddr], snap: &NetSnapshot) -> (Option<IpAddr>, Option<IpAddr>) {
-    let pick = |v6: bool| {
-        given
-            .iter()
-            .copied()
-            .find(|ip| ip.is_ipv6() == v6)
-            .or_else(|| snap.global_addrs().find(|ip| ip.is_ipv6() == v6))
-    };
-    (pick(false), pick(true))
-}
-
-pub fn compile(policy: &Policy, snap: &NetSnapshot, given_pod_ips: &[IpAddr]) -> Result<Compiled> {
-    let mut out = Compiled::default();
-    let (ip4, ip6) = pod_ips(given_pod_ips, snap);
-    if policy.local_proxy_mode == LocalProxyMode::PodIp && ip4.is_none() && ip6.is_none() {
-        bail!("localProxyMode PodIP needs the pod's address: pass --pod-ip (the namespace has no global address)");
-    }
-
+pub fn compile(policy: &Policy, snap: &NetSnapshot, given_pod_ips: &[IpAddr]) -> Result<Compiled, PodIpError> {
+    let pod_ips = PodIps::given(given_pod_ips).or_from(snap.global_addrs());
+    pod_ips.require_any(policy)?;
     let mut flags = policy_flags(policy);
     let mut pod_ip4 = [0u8; 4];
     let mut pod_ip6 = [0u8; 16];
-    if let Some(IpAddr::V4(v4)) = ip4 {
+    if let Some(IpAddr::V4(v4)) = pod_ips.v4 {
         pod_ip4 = v4.octets();
         flags |= pod_flags::HAS_POD_IP4;
     }
-    if let Some(IpAddr::V6(v6)) = ip6 {
+    if let Some(IpAddr::V6(v6)) = pod_ips.v6 {
         pod_ip6 = v6.octets();
         flags |= pod_flags::HAS_POD_IP6;
     }
-    out.lists = lists(policy);
 
     let pod = &policy.pod_ranges;
     let excluded_iface = |index: Option<u32>| -> bool {
@@ -255,28 +177,27 @@ pub fn compile(policy: &Policy, snap: &NetSnapshot, given_pod_ips: &[IpAddr]) ->
     for (net, value) in routes(snap, &excluded_iface, &pod.exclusions, &pod.inclusions) {
         table.push(Entry::lpm(GenerationRecord::KIND_ROUTE, lpm(0, &net), bytemuck::bytes_of(&value)));
     }
-    out.table = Arc::new(Object::new(object_kind::POD_TABLE, table));
-    out.table_inputs = table_inputs(policy);
 
     let mut addrs: Vec<IpAddr> = snap.global_addrs().chain(given_pod_ips.iter().copied()).collect();
     addrs.sort();
     addrs.dedup();
-    out.addrs = addrs
-        .iter()
-        .map(|ip| PodAddrKey { family: family_code(Family::of(ip)) as u32, addr: addr_bytes(ip) })
-        .collect();
 
-    out.config = PodConfig {
-        proxy_uid: policy.proxy_uid,
-        flags,
-        outbound_port: policy.ports.outbound,
-        inbound_port: policy.ports.inbound,
-        reserved_inbound_ports: reserved_ports(policy),
-        pod_ip4,
-        pod_ip6,
-        ..PodConfig::default()
-    };
-    Ok(out)
+    Ok(Compiled {
+        config: PodConfig {
+            proxy_uid: policy.proxy_uid,
+            flags,
+            outbound_port: policy.ports.outbound,
+            inbound_port: policy.ports.inbound,
+            reserved_inbound_ports: reserved_ports(policy),
+            pod_ip4,
+            pod_ip6,
+            ..PodConfig::default()
+        },
+        table: Arc::new(Object::new(object_kind::POD_TABLE, table)),
+        lists: lists(policy),
+        addrs: addrs.into_iter().map(PodAddrKey::new).collect(),
+        table_inputs: table_inputs(policy),
+    })
 }
 
 /// The `PodConfig` flags the policy alone decides (not those of the pod's addresses and
@@ -411,7 +332,7 @@ fn routes(
                     if a.prefsrc.is_some() {
                         flags |= route_flags::HAS_SRC;
                     }
-                    let src = a.prefsrc.map(|s| addr_bytes(&s)).unwrap_or_default();
+                    let src = a.prefsrc.map(|s| interceptor_common::addr_bytes(&s)).unwrap_or_default();
                     RouteValue { flags, ifindex: a.oif.unwrap_or(0), src }
                 }
                 _ => RouteValue { flags: route_flags::UNREACHABLE, ifindex: 0, src: [0; 16] },
@@ -638,19 +559,20 @@ mod tests {
     #[test]
     fn stamping_puts_the_id_where_the_programs_look() {
         let (len, data) = lpm(0x0102_0304, &net("10.0.0.0/8"));
-        let stamped =
-            stamp(&Entry::lpm(GenerationRecord::KIND_EXCLUDED, lpm(0, &net("10.0.0.0/8")), &[1]).record, 0x0102_0304);
+        let stamped = Entry::lpm(GenerationRecord::KIND_EXCLUDED, lpm(0, &net("10.0.0.0/8")), &[1])
+            .record
+            .with_object_id(0x0102_0304);
         assert_eq!(&stamped.key[..4], &len.to_ne_bytes());
         assert_eq!(&stamped.key[4..], bytemuck::bytes_of(&data));
-        assert_eq!(record_id(&stamped), 0x0102_0304);
+        assert_eq!(stamped.object_id(), 0x0102_0304);
         let port = Entry::small(
             GenerationRecord::KIND_PORT,
             bytemuck::bytes_of(&PortKey { policy_id: 0, port: 80, _pad: 0 }),
             1,
         );
-        let stamped = stamp(&port.record, 77);
+        let stamped = port.record.with_object_id(77);
         assert_eq!(&stamped.key[..8], bytemuck::bytes_of(&PortKey { policy_id: 77, port: 80, _pad: 0 }));
-        assert_eq!(record_id(&stamped), 77);
+        assert_eq!(stamped.object_id(), 77);
     }
 
     #[test]

@@ -2,15 +2,16 @@
 //! SETTINGS map, read with aya-log from the pinned programs.
 use std::{io::Write, os::fd::AsFd, time::Duration};
 
-use anyhow::{Context, Result};
 use aya::programs::ProgramInfo;
 use aya_log::EbpfLogger;
 
-use super::{PinDir, maps::PinnedMaps, object::CGROUP_PROGRAMS};
+use super::{EbpfError, PinDir, error::Context, maps::PinnedMaps, object::CGROUP_PROGRAMS};
+
+type Result<T, E = EbpfError> = std::result::Result<T, E>;
 
 pub fn set_debug(pins: &PinDir, on: bool) -> Result<()> {
-    let _lock = super::enroll::lock_installation(pins, super::lock::Mode::Exclusive)?;
-    super::enroll::require_loaded(pins)?;
+    let _lock = super::lock::lock_installation(pins, super::lock::Mode::Exclusive)?;
+    super::marker::require_loaded(pins)?;
     let maps = PinnedMaps::open(pins)?;
     let mut s = maps.settings()?;
     s.debug = on as u32;
@@ -36,13 +37,13 @@ impl log::Log for Stdout {
 /// is held while the log buffer is opened, not while following it (that would keep every
 /// mutating command waiting for as long as the log is read).
 pub fn follow(pins: &PinDir, duration: Option<Duration>) -> Result<()> {
-    let lock = super::enroll::lock_installation(pins, super::lock::Mode::Shared)?;
-    super::enroll::require_loaded(pins)?;
+    let lock = super::lock::lock_installation(pins, super::lock::Mode::Shared)?;
+    super::marker::require_loaded(pins)?;
     let (name, _) = CGROUP_PROGRAMS[0];
     let id = ProgramInfo::from_pin(pins.prog(name)).context("eBPF mode is not loaded")?.id();
     // Kept alive for the whole loop: dropping it closes the ring buffer.
-    let mut logger =
-        EbpfLogger::init_from_id_with_logger(id, Stdout).context("cannot open the programs' log buffer")?;
+    let mut logger = EbpfLogger::init_from_id_with_logger(id, Stdout)
+        .map_err(|source| EbpfError::Log { what: "cannot open the programs' log buffer".into(), source })?;
     drop(lock);
     let started = std::time::Instant::now();
     loop {

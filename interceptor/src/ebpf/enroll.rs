@@ -22,22 +22,24 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{Context, Result, anyhow, bail};
 use aya::maps::IterableMap;
 use interceptor_common::{CounterKey, PodAddrKey, PodConfig, PodInfo, Reason, pod_flags};
 
 use super::{
-    PinDir,
+    EbpfError, PinDir,
     compile::{Compiled, compile},
     crash,
+    error::Context,
     gc::{self, GcReport},
     loader::{attach_sk_lookup, detach_sk_lookup},
-    lock::InstallLock,
+    lock::lock_installation,
     maps::{PinnedMaps, fill, read_all},
-    marker::{Marker, require_installation},
+    marker::{require_installation, require_loaded},
     objects,
 };
 use crate::{netns::Netns, policy::Policy, routes};
+
+type Result<T, E = EbpfError> = std::result::Result<T, E>;
 
 #[derive(Clone, Debug)]
 pub struct EnrollOptions {
@@ -113,45 +115,20 @@ impl std::fmt::Display for PolicyObjects {
     }
 }
 
-/// Checks that a complete installation is pinned at `pins` (the caller holds its lock).
-pub(crate) fn require_loaded(pins: &PinDir) -> Result<Marker> {
-    let marker = require_installation(pins)?;
-    if !pins.is_loaded() {
-        bail!(
-            "{} holds an incomplete installation (an interrupted unload?): run `interceptor ebpf unload --pin-dir {}`, then load again",
-            pins.path().display(),
-            pins.path().display()
-        );
-    }
-    Ok(marker)
-}
-
-/// Takes the installation's lock (waiting for other commands); fails if nothing is loaded.
-pub(crate) fn lock_installation(pins: &PinDir, mode: super::lock::Mode) -> Result<InstallLock> {
-    match InstallLock::acquire(pins, mode)? {
-        Some(l) => Ok(l),
-        None => bail!("eBPF mode is not loaded at {}: run `interceptor ebpf load` first", pins.path().display()),
-    }
-}
-
 pub fn enroll(policy: &Policy, opts: &EnrollOptions) -> Result<EnrollReport> {
-    let Some(path) = opts.netns.path().map(|p| p.to_path_buf()) else { bail!("enroll needs --netns") };
+    let Some(path) = opts.netns.path().map(|p| p.to_path_buf()) else { return Err(EbpfError::NoNetns) };
     let t0 = Instant::now();
     // Opened and checked once; every later use (cookie, routes, sk_lookup, listeners) goes
     // through that one descriptor.
     if opts.netns.is_host()? && !opts.allow_host_netns {
-        bail!(
-            "{} is the host's own network namespace (that of PID 1): enrolling it would intercept the node's traffic. \
-             Pass --allow-host-netns if that is really what you want",
-            path.display()
-        );
+        return Err(EbpfError::HostNetns { netns: path });
     }
     let cookie = opts.netns.cookie()?;
     let snap = routes::snapshot(&opts.netns)?;
     let mut compiled = compile(policy, &snap, &opts.pod_ips)?;
     // What the programs see is the kernel's UID: a pod with its own user namespace maps the
     // proxy's UID to another one.
-    compiled.config.proxy_uid = crate::userns::kernel_uid(&opts.netns, policy.proxy_uid)?;
+    compiled.config.proxy_uid = crate::netns::userns::kernel_uid(&opts.netns, policy.proxy_uid)?;
     let t_compiled = t0.elapsed();
     let _lock = lock_installation(&opts.pin_dir, super::lock::Mode::Exclusive)?;
     require_loaded(&opts.pin_dir)?;
@@ -181,13 +158,13 @@ pub fn enroll(policy: &Policy, opts: &EnrollOptions) -> Result<EnrollReport> {
             }
             Err(e) => {
                 rollback(&mut maps, &written);
-                return Err(e.context("writing the policy failed; the pod keeps its previous policy"));
+                return Err(EbpfError::PolicyNotWritten { source: Box::new(e) });
             }
         }
     }
     crash::point("enroll-generation-written");
     let t_written = t0.elapsed();
-    let netns_fd = opts.netns.fd()?.ok_or_else(|| anyhow!("enroll needs --netns"))?;
+    let netns_fd = opts.netns.fd()?.ok_or(EbpfError::NoNetns)?;
     let attached = attach_sk_lookup(&opts.pin_dir, cookie, netns_fd).and_then(|()| {
         crash::point("enroll-sk-lookup-attached");
         set_addresses(&mut maps, cookie, &compiled.addrs)
@@ -331,7 +308,7 @@ pub fn update_policy(pins: &PinDir, cookie: u64, policy: &Policy) -> Result<Opti
             }
             Err(e) => {
                 rollback(&mut maps, &written);
-                return Err(e.context("writing the policy failed; the pod keeps its previous policy"));
+                return Err(EbpfError::PolicyNotWritten { source: Box::new(e) });
             }
         }
     }
@@ -464,7 +441,7 @@ fn getrandom(buf: &mut [u8]) -> Result<()> {
     // SAFETY: valid buffer and length.
     let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
     if n as usize != buf.len() {
-        bail!("getrandom failed: {}", std::io::Error::last_os_error());
+        return Err(std::io::Error::last_os_error()).context("getrandom failed");
     }
     Ok(())
 }
@@ -499,11 +476,12 @@ fn check_addresses(
         }
         let other_netns =
             maps.pod_info.get(&other, 0).map(|i| super::maps::c_str(&i.netns_path)).unwrap_or_else(|_| "?".into());
-        bail!(
-            "address {} of {} is already enrolled for the pod of network namespace {other_netns} (cookie {other}): pod addresses must be unique on a node; unenroll that pod first",
-            crate::ebpf::status::addr_text(k),
-            netns.display(),
-        );
+        return Err(EbpfError::AddressInUse {
+            addr: k.ip(),
+            netns: netns.to_path_buf(),
+            other_netns,
+            other_cookie: other,
+        });
     }
     Ok(dead)
 }

@@ -21,16 +21,17 @@
 //! pay a scan of every pod's namespace at every command.
 use std::{collections::BTreeSet, fs, os::fd::AsFd};
 
-use anyhow::Result;
 use serde::Serialize;
 
 use super::{
-    PinDir,
+    EbpfError, PinDir,
     enroll::unenroll_locked,
     lock::InstallLock,
     maps::{PinnedMaps, read_all},
     object, objects, raw,
 };
+
+type Result<T, E = EbpfError> = std::result::Result<T, E>;
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct GcReport {
@@ -100,7 +101,7 @@ fn join<T: ToString>(v: &[T]) -> String {
 pub fn gc(pins: &PinDir) -> Result<GcReport> {
     super::marker::require_installation(pins)?;
     let _lock = InstallLock::with_parent(pins)?;
-    super::enroll::require_loaded(pins)?;
+    super::marker::require_loaded(pins)?;
     let mut report = GcReport { stale_pins: remove_stale_staging(pins), ..GcReport::default() };
     let mut maps = PinnedMaps::open(pins)?;
     report.merge(collect(pins, &mut maps, true)?);
@@ -165,14 +166,7 @@ pub(crate) fn collect(pins: &PinDir, maps: &mut PinnedMaps, full: bool) -> Resul
 /// inode 0 (the kernel detached it when the namespace was destroyed).
 pub fn netns_gone(pins: &PinDir, cookie: u64) -> bool {
     let Ok(link) = raw::obj_get(&pins.pod_link(cookie)) else { return false };
-    matches!(raw::link_info(link.as_fd()), Ok(i) if i.link_type == raw::BPF_LINK_TYPE_NETNS && i.netns_ino == 0)
-}
-
-/// Objects present anywhere in the maps: registered, with a record list, or owning entries.
-pub fn present_generations(maps: &PinnedMaps) -> Result<BTreeSet<u32>> {
-    let mut ids = objects::recorded(maps)?;
-    ids.extend(objects::ids_in_maps(maps)?);
-    Ok(ids)
+    raw::link_info(link.as_fd()).is_ok_and(|i| i.netns_gone())
 }
 
 /// Removes the staging directories of interrupted loads of this installation (the caller

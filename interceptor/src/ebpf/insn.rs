@@ -19,7 +19,6 @@ pub const R0: Reg = 0;
 pub const R1: Reg = 1;
 pub const R2: Reg = 2;
 pub const R3: Reg = 3;
-pub const R4: Reg = 4;
 pub const R6: Reg = 6;
 pub const R10: Reg = 10;
 
@@ -42,11 +41,6 @@ pub const fn add_imm(dst: Reg, imm: i32) -> Insn {
     insn(0x07, dst, 0, 0, imm)
 }
 
-/// dst &= imm (64-bit).
-pub const fn and_imm(dst: Reg, imm: i32) -> Insn {
-    insn(0x57, dst, 0, 0, imm)
-}
-
 /// dst |= src (64-bit).
 pub const fn or_reg(dst: Reg, src: Reg) -> Insn {
     insn(0x4f, dst, src, 0, 0)
@@ -65,11 +59,6 @@ pub const fn store_u64(dst: Reg, off: i16, src: Reg) -> Insn {
 /// dst = *(u32 *)(src + off).
 pub const fn load_u32(dst: Reg, src: Reg, off: i16) -> Insn {
     insn(0x61, dst, src, off, 0)
-}
-
-/// dst = *(u64 *)(src + off).
-pub const fn load_u64(dst: Reg, src: Reg, off: i16) -> Insn {
-    insn(0x79, dst, src, off, 0)
 }
 
 /// lock *(u64 *)(dst + off) += src.

@@ -4,148 +4,38 @@
 //! The sock_ops program registers the sidecar's 15003 listener when the sidecar calls
 //! listen(); a sidecar already listening when its pod is enrolled (e.g. eBPF mode loaded on
 //! a running node) would never be registered, and its pod's inbound connections would be
-//! refused until it restarts. At enroll, the listener is found in the namespace's
-//! /proc/net/tcp{,6}, its socket is taken from the owning process with pidfd_getfd(2)
-//! (Linux 5.6+) and put in `LISTENERS`, exactly as the program does.
+//! refused until it restarts. At enroll, the listener is found over sock_diag (or in
+//! /proc/net where sock_diag cannot answer: `sock_diag`), its socket is taken from the
+//! owning process with pidfd_getfd(2) (Linux 5.6+) and put in `LISTENERS`, exactly as the
+//! program does.
 use std::{
     fs,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     os::unix::fs::MetadataExt,
-    path::Path,
 };
 
-use anyhow::{Context, Result, bail};
 use aya::maps::{Map, MapData, SockHash};
 use interceptor_common::{AF_INET, AF_INET6, ListenerKey, capacity::LISTENER_SLOTS, map_names};
 
-use super::PinDir;
+use super::{EbpfError, PinDir, error::Context, sock_diag::tcp_listeners};
 use crate::netns::Netns;
 
+type Result<T, E = EbpfError> = std::result::Result<T, E>;
+
 /// The listening TCP sockets of the namespace on `port` owned by `uid` (the kernel's UID,
-/// as the initial user namespace sees it): (socket inode, family). Asked over sock_diag
-/// (`NETLINK_SOCK_DIAG`, listening sockets only) in the namespace the calling thread has
-/// joined: the kernel walks its listening sockets only, where reading /proc/net/tcp walks
-/// the whole established-connection table of the host (milliseconds on a busy node, at
-/// every first enroll).
-///
-/// sock_diag needs the kernel's `inet_diag`/`tcp_diag` modules; where they are modules that
-/// cannot be loaded (no modprobe, as in a minimal guest) the kernel answers ENOENT, and the
-/// listeners are read from the namespace's /proc/net/tcp{,6} instead: slower, same answer.
+/// as the initial user namespace sees it): (socket inode, family), in the namespace the
+/// calling thread has joined ([`tcp_listeners`]: sock_diag, or /proc/net where the kernel's
+/// sock_diag cannot answer).
 fn listeners_on(port: u16, uid: u32) -> Result<Vec<(u64, u16)>> {
     let mut out = Vec::new();
     for family in [AF_INET, AF_INET6] {
-        let listeners = match diag_listeners(family) {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::debug!("sock_diag unavailable ({e:#}): reading /proc/net instead");
-                proc_net_listeners(family)?
-            }
-        };
-        for (sport, owner, inode) in listeners {
-            if sport == port && owner == uid {
-                out.push((inode, family));
+        for l in tcp_listeners(family)? {
+            if l.port == port && l.uid == uid {
+                out.push((l.inode, family));
             }
         }
     }
     Ok(out)
-}
-
-/// (local port, UID, socket inode) of every listening TCP socket of `family`.
-fn diag_listeners(family: u16) -> Result<Vec<(u16, u32, u64)>> {
-    const NETLINK_SOCK_DIAG: i32 = 4;
-    const SOCK_DIAG_BY_FAMILY: u16 = 20;
-    const TCP_LISTEN: u32 = 10;
-    // SAFETY: plain socket call; the descriptor is owned below.
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, NETLINK_SOCK_DIAG) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("socket(NETLINK_SOCK_DIAG)");
-    }
-    // SAFETY: the kernel just returned this descriptor.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    // nlmsghdr (16) + inet_diag_req_v2 (56): family, protocol, ext, pad, states, sockid.
-    let mut req = [0u8; 72];
-    req[0..4].copy_from_slice(&72u32.to_ne_bytes());
-    req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    req[6..8].copy_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
-    req[8..12].copy_from_slice(&1u32.to_ne_bytes());
-    req[16] = family as u8;
-    req[17] = libc::IPPROTO_TCP as u8;
-    req[20..24].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
-    // SAFETY: a valid buffer of the length passed.
-    if unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } < 0 {
-        return Err(std::io::Error::last_os_error()).context("sending the sock_diag request");
-    }
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        // SAFETY: a valid buffer of the length passed.
-        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error()).context("reading the sock_diag answer");
-        }
-        let mut msgs = &buf[..n as usize];
-        while msgs.len() >= 16 {
-            let len = u32::from_ne_bytes(msgs[0..4].try_into().expect("4 bytes")) as usize;
-            let kind = u16::from_ne_bytes(msgs[4..6].try_into().expect("2 bytes"));
-            if len < 16 || len > msgs.len() {
-                bail!("malformed sock_diag answer");
-            }
-            match kind {
-                // NLMSG_DONE
-                3 => return Ok(out),
-                // NLMSG_ERROR: an errno (negative) after the header.
-                2 => {
-                    let errno = i32::from_ne_bytes(msgs[16..20].try_into().expect("4 bytes"));
-                    if errno != 0 {
-                        return Err(std::io::Error::from_raw_os_error(-errno)).context("sock_diag");
-                    }
-                    return Ok(out);
-                }
-                _ if len >= 16 + 72 => {
-                    // inet_diag_msg: family, state, timer, retrans, sockid (sport big-endian
-                    // first), expires, rqueue, wqueue, uid, inode.
-                    let m = &msgs[16..16 + 72];
-                    let sport = u16::from_be_bytes([m[4], m[5]]);
-                    let uid = u32::from_ne_bytes(m[64..68].try_into().expect("4 bytes"));
-                    let inode = u32::from_ne_bytes(m[68..72].try_into().expect("4 bytes"));
-                    out.push((sport, uid, inode as u64));
-                }
-                _ => {}
-            }
-            msgs = &msgs[len.next_multiple_of(4).min(msgs.len())..];
-        }
-    }
-}
-
-/// (local port, UID, socket inode) of every listening TCP socket of `family`, from
-/// /proc/thread-self/net/tcp{,6}: the namespace this thread has joined, not the process's.
-fn proc_net_listeners(family: u16) -> Result<Vec<(u16, u32, u64)>> {
-    let file = if family == AF_INET { "tcp" } else { "tcp6" };
-    let path = Path::new("/proc/thread-self/net").join(file);
-    match fs::read_to_string(&path) {
-        Ok(text) => Ok(parse_proc_net_listeners(&text)),
-        // No IPv6 in this kernel: no IPv6 listeners.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
-}
-
-/// The listening sockets of a /proc/net/tcp{,6} table: after a header line, each line is
-/// `sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout
-/// inode ...`, addresses as hex `ADDR:PORT`, state 0A = TCP_LISTEN.
-fn parse_proc_net_listeners(text: &str) -> Vec<(u16, u32, u64)> {
-    let mut out = Vec::new();
-    for line in text.lines().skip(1) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let (Some(local), Some(state), Some(uid), Some(inode)) = (f.get(1), f.get(3), f.get(7), f.get(9)) else {
-            continue;
-        };
-        let port = local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
-        if let (true, Some(port), Ok(uid), Ok(inode)) = (*state == "0A", port, uid.parse(), inode.parse()) {
-            out.push((port, uid, inode));
-        }
-    }
-    out
 }
 
 /// A process of the namespace (device, inode) holding socket `inode`, and its fd number.
@@ -188,7 +78,7 @@ fn take_fd(pid: i32, fd: i32) -> Result<OwnedFd> {
 
 fn open_listeners(pins: &PinDir) -> Result<SockHash<MapData, ListenerKey>> {
     let data = MapData::from_pin(pins.map(map_names::LISTENERS)).context("open LISTENERS")?;
-    Ok(SockHash::try_from(Map::SockHash(data))?)
+    SockHash::try_from(Map::SockHash(data)).context("open LISTENERS")
 }
 
 /// Forgets every listener registered for the pod (a changed inbound port, or unenroll).
@@ -227,47 +117,4 @@ pub fn adopt(netns: &Netns, pins: &PinDir, cookie: u64, port: u16, uid: u32) -> 
         n += registered as usize;
     }
     Ok(n)
-}
-
-#[cfg(test)]
-mod tests {
-    use std::{net::TcpListener, os::fd::AsFd};
-
-    use super::*;
-
-    /// A listener of this process, found by both readers with its port, UID and inode.
-    fn finds(read: fn(u16) -> Result<Vec<(u16, u32, u64)>>, family: u16, addr: &str) {
-        let l = TcpListener::bind(addr).expect("bind");
-        let port = l.local_addr().expect("addr").port();
-        let inode = nix::sys::stat::fstat(l.as_fd()).expect("fstat").st_ino;
-        let uid = nix::unistd::geteuid().as_raw();
-        let found = match read(family) {
-            Ok(found) => found,
-            // sock_diag without tcp_diag (a module not loaded): what the fallback is for.
-            Err(e) if e.to_string().contains("sock_diag") => return eprintln!("skipped: {e:#}"),
-            Err(e) => panic!("{e:#}"),
-        };
-        assert!(found.contains(&(port, uid, inode)), "{addr} port {port} inode {inode} not in {found:?}");
-    }
-
-    #[test]
-    fn proc_net_tcp_lists_this_processs_listeners() {
-        finds(proc_net_listeners, AF_INET, "127.0.0.1:0");
-        finds(proc_net_listeners, AF_INET6, "[::1]:0");
-    }
-
-    #[test]
-    fn sock_diag_lists_this_processs_listeners() {
-        finds(diag_listeners, AF_INET, "127.0.0.1:0");
-        finds(diag_listeners, AF_INET6, "[::1]:0");
-    }
-
-    #[test]
-    fn proc_net_tcp_lines_are_parsed_listening_only() {
-        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 0100007F:3A9B 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1500        0 4242 1 0000000000000000 100 0 0 10 0
-   1: 0100007F:3A99 0100007F:D431 01 00000000:00000000 00:00000000 00000000  1000        0 4343 1 0000000000000000 20 4 30 10 -1
-";
-        assert_eq!(parse_proc_net_listeners(text), vec![(15003, 1500, 4242)]);
-    }
 }

@@ -23,7 +23,6 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{Program, ProgramInfo},
@@ -34,10 +33,11 @@ use interceptor_common::{
 
 pub use super::cgroup::cgroup2_root;
 use super::{
-    PinDir,
+    EbpfError, PinDir,
     cgroup::{attach_cgroup, cgroup_id},
     crash,
     enroll::unenroll_locked,
+    error::Context,
     gc::{self, GcReport, remove_known, remove_stale_staging},
     lock::InstallLock,
     maps::PinnedMaps,
@@ -47,6 +47,8 @@ use super::{
     pins::require_bpffs_parent,
     probe, raw,
 };
+
+type Result<T, E = EbpfError> = std::result::Result<T, E>;
 
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -123,27 +125,21 @@ pub fn load_report(opts: &LoadOptions) -> Result<LoadReport> {
         fs::remove_dir(pins.path()).with_context(|| format!("cannot remove {}", pins.path().display()))?;
     }
     if fs::symlink_metadata(pins.path()).is_ok() {
-        let marker = require_installation(pins)
-            .map_err(|e| anyhow!("{e:#}; refusing to load there (nothing was changed): choose another --pin-dir"))?;
+        let marker = require_installation(pins).map_err(|e| EbpfError::RefusedToLoad { refused: Box::new(e) })?;
         report.gc.stale_pins = remove_stale_staging(pins);
         // Checked first: an installation of another layout may lack programs this build
         // attaches, and is then not "incomplete" but older.
         if let Ok(settings) = PinnedMaps::open(pins).and_then(|m| m.settings())
             && settings.layout_version != LAYOUT_VERSION
         {
-            bail!(
-                "the programs pinned at {} use map layout {} and this build uses {}: unload them first (pods must be enrolled again)",
-                pins.path().display(),
-                settings.layout_version,
-                LAYOUT_VERSION
-            );
+            return Err(EbpfError::LayoutMismatch {
+                dir: pins.path().to_path_buf(),
+                pinned: settings.layout_version,
+                ours: LAYOUT_VERSION,
+            });
         }
         if !pins.is_loaded() {
-            bail!(
-                "{} holds an incomplete installation; remove it with `interceptor ebpf unload --pin-dir {}`",
-                pins.path().display(),
-                pins.path().display()
-            );
+            return Err(EbpfError::Incomplete { dir: pins.path().to_path_buf() });
         }
         let mut maps = PinnedMaps::open(pins)?;
         let settings = maps.settings()?;
@@ -222,11 +218,11 @@ fn open_object(pins: &PinDir, node_limit: Option<u64>) -> Result<Ebpf> {
         let entries = n.saturating_add(capacity::HANDOFF_HEADROOM as u64).min(u32::MAX as u64) as u32;
         loader.map_max_entries(map_names::HANDOFF, entries);
     }
-    loader.load(object::bytes()?).context("cannot load the eBPF object")
+    loader.load(object::bytes()?).map_err(|e| EbpfError::Object { source: Box::new(e) })
 }
 
 fn load_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Program> {
-    let prog = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} is missing from the eBPF object"))?;
+    let prog = ebpf.program_mut(name).ok_or_else(|| EbpfError::MissingProgram { name: name.into() })?;
     let result = match prog {
         Program::CgroupSockAddr(p) => p.load(),
         Program::SockOps(p) => p.load(),
@@ -234,42 +230,35 @@ fn load_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Program> {
         Program::CgroupSock(p) => p.load(),
         Program::SkLookup(p) => p.load(),
         Program::SkMsg(p) => p.load(),
-        other => bail!("unexpected program type for {name}: {:?}", other.prog_type()),
+        other => {
+            return Err(EbpfError::UnexpectedProgram { name: name.into(), kind: format!("{:?}", other.prog_type()) });
+        }
     };
-    result.with_context(|| format!("the kernel refused program {name}"))?;
+    result.map_err(|source| EbpfError::ProgramRefused { name: name.into(), source })?;
     Ok(prog)
 }
 
 fn program_fd<'a>(ebpf: &'a Ebpf, name: &str) -> Result<BorrowedFd<'a>> {
-    let prog = ebpf.program(name).ok_or_else(|| anyhow!("program {name} is missing from the eBPF object"))?;
+    let prog = ebpf.program(name).ok_or_else(|| EbpfError::MissingProgram { name: name.into() })?;
     Ok(prog.fd()?.as_fd())
 }
 
 fn install(staging: &PinDir, cgroup: &Path, (node_limit, pod_limit): (u64, u64), accelerate: bool) -> Result<()> {
     for dir in ["maps", "progs", "links", "pods"] {
-        fs::create_dir_all(staging.path().join(dir))?;
+        let dir = staging.path().join(dir);
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let mut ebpf = open_object(staging, Some(node_limit))?;
     // Maps only user space uses: created here, pinned with the rest.
-    let info = raw::hash_map_create(map_names::POD_INFO, 8, size_of::<PodInfo>() as u32, capacity::PODS as u32)
-        .context("cannot create the POD_INFO map")?;
-    raw::obj_pin(info.as_fd(), &staging.map(map_names::POD_INFO))?;
-    let generations = raw::hash_map_create(
-        map_names::GENERATIONS,
-        size_of::<GenerationKey>() as u32,
-        size_of::<GenerationChunk>() as u32,
-        capacity::GENERATIONS as u32,
-    )
-    .context("cannot create the GENERATIONS map")?;
-    raw::obj_pin(generations.as_fd(), &staging.map(map_names::GENERATIONS))?;
-    let objects = raw::hash_map_create(
-        map_names::OBJECTS,
-        size_of::<u32>() as u32,
-        size_of::<ObjectInfo>() as u32,
-        capacity::OBJECTS as u32,
-    )
-    .context("cannot create the OBJECTS map")?;
-    raw::obj_pin(objects.as_fd(), &staging.map(map_names::OBJECTS))?;
+    for (name, key_size, value_size, max_entries) in [
+        (map_names::POD_INFO, size_of::<u64>(), size_of::<PodInfo>(), capacity::PODS),
+        (map_names::GENERATIONS, size_of::<GenerationKey>(), size_of::<GenerationChunk>(), capacity::GENERATIONS),
+        (map_names::OBJECTS, size_of::<u32>(), size_of::<ObjectInfo>(), capacity::OBJECTS),
+    ] {
+        let map = raw::hash_map_create(name, key_size as u32, value_size as u32, max_entries as u32)
+            .with_context(|| format!("cannot create the {name} map"))?;
+        raw::obj_pin(map.as_fd(), &staging.map(name)).with_context(|| format!("cannot pin the {name} map"))?;
+    }
 
     let cg = File::open(cgroup).with_context(|| format!("cannot open cgroup {}", cgroup.display()))?;
     for (i, (name, attach_type)) in CGROUP_PROGRAMS.iter().enumerate() {
@@ -284,13 +273,12 @@ fn install(staging: &PinDir, cgroup: &Path, (node_limit, pod_limit): (u64, u64),
     }
     // Tail-called by each pod's own sk_lookup program (`trampoline`); loaded now, so that a
     // kernel without it fails here, before anything is installed.
-    let prog = load_program(&mut ebpf, SK_LOOKUP_PROGRAM).context(
-        "the sk_lookup program was refused (it reads the sk_lookup field ingress_ifindex, Linux 5.17+); use iptables mode on this kernel",
-    )?;
-    prog.pin(staging.prog(SK_LOOKUP_PROGRAM))?;
+    let prog =
+        load_program(&mut ebpf, SK_LOOKUP_PROGRAM).map_err(|e| EbpfError::SkLookupRefused { source: Box::new(e) })?;
+    prog.pin(staging.prog(SK_LOOKUP_PROGRAM)).with_context(|| format!("cannot pin program {SK_LOOKUP_PROGRAM}"))?;
     set_steering_program(staging, prog.fd()?.as_fd())?;
     let prog = load_program(&mut ebpf, ACCEL_PROGRAM)?;
-    prog.pin(staging.prog(ACCEL_PROGRAM))?;
+    prog.pin(staging.prog(ACCEL_PROGRAM)).with_context(|| format!("cannot pin program {ACCEL_PROGRAM}"))?;
     attach_accelerator(staging, prog.fd()?.as_fd())?;
     set_acceleration(staging, accelerate)?;
     let maps = PinnedMaps::open(staging)?;
@@ -368,9 +356,8 @@ fn upgrade(pins: &PinDir, maps: &mut PinnedMaps) -> Result<(usize, Vec<u64>)> {
 
     for (i, (name, _)) in CGROUP_PROGRAMS.iter().enumerate() {
         let link = raw::obj_get(&pins.link(name)).with_context(|| format!("cannot open the link of {name}"))?;
-        raw::link_update(link.as_fd(), program_fd(&ebpf, name)?).with_context(|| {
-            format!("cannot replace {name} (upgrade interrupted: run `interceptor ebpf load` again to complete it)")
-        })?;
+        raw::link_update(link.as_fd(), program_fd(&ebpf, name)?)
+            .map_err(|e| EbpfError::UpgradeInterrupted { name: name.to_string(), source: Box::new(e) })?;
         if i == 0 {
             crash::point("upgrade-first-cgroup-link-updated");
         }
@@ -421,7 +408,7 @@ pub fn attach_sk_lookup(pins: &PinDir, cookie: u64, netns: BorrowedFd<'_>) -> Re
         return Ok(());
     }
     let dir = pins.pod(cookie);
-    fs::create_dir_all(&dir)?;
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let result = (|| -> Result<()> {
         let steer_netns = raw::obj_get(&pins.map(map_names::STEER_NETNS)).context("open STEER_NETNS")?;
         let steer_program = raw::obj_get(&pins.map(map_names::STEER_PROGRAM)).context("open STEER_PROGRAM")?;
@@ -470,7 +457,7 @@ pub fn unload(pins: &PinDir) -> Result<bool> {
 /// `unload`, reporting what it left. Refuses (removing nothing) a directory that is not an
 /// interceptor installation on a bpf filesystem.
 pub fn unload_report(pins: &PinDir) -> Result<Unloaded> {
-    let refuse = |e: anyhow::Error| anyhow!("refusing to unload {}: {e:#}; nothing was removed", pins.path().display());
+    let refuse = |e: EbpfError| EbpfError::RefusedToUnload { dir: pins.path().to_path_buf(), refused: Box::new(e) };
     let parent_on_bpffs = pins.path().parent().is_some_and(super::pins::on_bpffs);
     if fs::symlink_metadata(pins.path()).is_err() {
         if parent_on_bpffs {

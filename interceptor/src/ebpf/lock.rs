@@ -32,9 +32,9 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result, bail};
+use super::{EbpfError, PinDir, error::Context};
 
-use super::PinDir;
+type Result<T, E = EbpfError> = std::result::Result<T, E>;
 
 /// How long a command waits silently before saying that it waits.
 pub const WAIT_NOTICE: Duration = Duration::from_secs(1);
@@ -90,7 +90,7 @@ impl InstallLock {
     pub fn with_parent(pins: &PinDir) -> Result<InstallLock> {
         let parent = pins.path().parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let Some(p) = lock_dir(parent, Mode::Exclusive)? else {
-            bail!("{} does not exist", parent.display());
+            return Err(EbpfError::NoSuchDirectory { dir: parent.to_path_buf() });
         };
         let mut lock = InstallLock { held: vec![p], dir_locked: false };
         if let Some(d) = lock_dir(pins.path(), Mode::Exclusive)? {
@@ -106,11 +106,16 @@ impl InstallLock {
     }
 }
 
+/// Takes the installation's lock (waiting for other commands); fails if nothing is loaded.
+pub(crate) fn lock_installation(pins: &PinDir, mode: Mode) -> Result<InstallLock> {
+    InstallLock::acquire(pins, mode)?.ok_or_else(|| EbpfError::NotLoaded { dir: pins.path().to_path_buf() })
+}
+
 fn open_dir(path: &Path) -> Result<Option<File>> {
     match OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY).open(path) {
         Ok(f) => Ok(Some(f)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => bail!("{} is not a directory", path.display()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Err(EbpfError::NotADirectory { dir: path.to_path_buf() }),
         Err(e) => Err(e).with_context(|| format!("cannot open {} to lock it", path.display())),
     }
 }
@@ -119,15 +124,12 @@ fn open_dir(path: &Path) -> Result<Option<File>> {
 fn lock_dir(path: &Path, mode: Mode) -> Result<Option<Held>> {
     loop {
         let Some(file) = open_dir(path)? else { return Ok(None) };
-        let meta = file.metadata()?;
+        let meta = file.metadata().with_context(|| format!("cannot stat {}", path.display()))?;
         let key = (meta.dev(), meta.ino(), std::thread::current().id());
         {
             let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
             if held.contains(&key) {
-                bail!(
-                    "this thread already holds the lock on {}: a library function that locks was called while holding an InstallLock (it would wait for itself)",
-                    path.display()
-                );
+                return Err(EbpfError::LockedByThisThread { dir: path.to_path_buf() });
             }
             held.push(key);
         }

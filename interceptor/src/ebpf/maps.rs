@@ -1,16 +1,17 @@
 //! Typed handles on the pinned maps, for the loader, enroll and status.
 use std::path::Path;
 
-use anyhow::{Context, Result};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use aya::maps::{Array, HashMap, IterableMap, LpmTrie, Map, MapData, PerCpuHashMap};
 use interceptor_common::{
-    CidrData, ConnKey, CounterKey, GenerationChunk, GenerationKey, IfaceKey, ObjectInfo, OrigDst, PodAddrKey,
+    CidrData, CidrKey, ConnKey, CounterKey, GenerationChunk, GenerationKey, IfaceKey, ObjectInfo, OrigDst, PodAddrKey,
     PodConfig, PodInfo, PortKey, RouteValue, Settings, Tracking, map_names,
 };
 
-use super::PinDir;
+use super::{EbpfError, PinDir, error::Context};
+
+type Result<T, E = EbpfError> = std::result::Result<T, E>;
 
 pub struct PinnedMaps {
     pub pods: HashMap<MapData, u64, PodConfig>,
@@ -69,7 +70,20 @@ where
     K: aya::Pod + bytemuck::Pod,
     V: aya::Pod + bytemuck::Pod,
 {
-    let fd = map.map().fd().as_fd();
+    read_batch(map.map().fd().as_fd())
+}
+
+/// Every entry of an LPM trie (`EXCLUDED_CIDRS`, `INCLUDED_CIDRS`, `ROUTES`), read in a few
+/// batch calls.
+pub fn read_trie<V>(trie: &LpmTrie<MapData, CidrData, V>) -> Result<Vec<(CidrKey, V)>>
+where
+    V: aya::Pod + bytemuck::Pod,
+{
+    read_batch(trie.map().fd().as_fd())
+}
+
+/// Every entry of the map behind `fd`, keys and values decoded as `K` and `V`.
+fn read_batch<K: bytemuck::Pod, V: bytemuck::Pod>(fd: BorrowedFd<'_>) -> Result<Vec<(K, V)>> {
     let (keys, values, n) =
         super::raw::lookup_batch(fd, size_of::<K>(), size_of::<V>()).context("reading a map (BPF_MAP_LOOKUP_BATCH)")?;
     Ok((0..n)

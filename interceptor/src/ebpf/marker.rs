@@ -9,11 +9,13 @@
 //! without it, and removes it last.
 use std::{os::fd::AsFd, path::Path};
 
-use anyhow::{Context, Result, bail};
 use aya::maps::{Array, IterableMap, Map, MapData};
+use aya_obj::generated::bpf_map_type;
 use bytemuck::{Pod, Zeroable};
 
-use super::{PinDir, maps::fill, pins::on_bpffs, raw};
+use super::{EbpfError, NotInstallation, PinDir, error::Context, maps::fill, pins::on_bpffs, raw};
+
+type Result<T, E = EbpfError> = std::result::Result<T, E>;
 
 /// "ICPT-INS" read as a big-endian number.
 pub const MAGIC: u64 = u64::from_be_bytes(*b"ICPT-INS");
@@ -73,7 +75,10 @@ impl Marker {
     pub fn read(pins: &PinDir) -> Option<Marker> {
         let data = MapData::from_pin(pins.marker()).ok()?;
         let info = raw::map_info(data.fd().as_fd()).ok()?;
-        if info.map_type != 2 || info.key_size != 4 || info.value_size != size_of::<Marker>() as u32 {
+        if !info.is(bpf_map_type::BPF_MAP_TYPE_ARRAY)
+            || info.key_size != 4
+            || info.value_size != size_of::<Marker>() as u32
+        {
             return None;
         }
         let array: Array<MapData, Marker> = Array::try_from(Map::Array(data)).ok()?;
@@ -82,30 +87,32 @@ impl Marker {
     }
 }
 
+/// Checks that a complete installation is pinned at `pins` (the caller holds its lock).
+pub(crate) fn require_loaded(pins: &PinDir) -> Result<Marker> {
+    let marker = require_installation(pins)?;
+    if !pins.is_loaded() {
+        return Err(EbpfError::Incomplete { dir: pins.path().to_path_buf() });
+    }
+    Ok(marker)
+}
+
 /// Checks that `pins` is an interceptor installation on a bpf filesystem: the only kind of
 /// directory any command modifies.
 pub fn require_installation(pins: &PinDir) -> Result<Marker> {
     let dir = pins.path();
+    let not = |why| Err(EbpfError::NotAnInstallation { dir: dir.to_path_buf(), why });
     if !dir.exists() {
-        bail!("eBPF mode is not loaded at {}: run `interceptor ebpf load` first", dir.display());
+        return Err(EbpfError::NotLoaded { dir: dir.to_path_buf() });
     }
     if !dir.is_dir() {
-        bail!("{} is not a directory, so not an interceptor installation", dir.display());
+        return not(NotInstallation::NotADirectory);
     }
     if !on_bpffs(dir) {
-        bail!("{} is not on a bpf filesystem, so not an interceptor installation", dir.display());
+        return not(NotInstallation::NotOnBpffs);
     }
     match Marker::read(pins) {
         Some(m) if m.format == FORMAT => Ok(m),
-        Some(m) => bail!(
-            "{} is an interceptor installation of marker format {} (this build knows {FORMAT})",
-            dir.display(),
-            m.format
-        ),
-        None => bail!(
-            "{} is not an interceptor installation (no installation marker, {}): it may belong to another tool",
-            dir.display(),
-            pins.marker().display()
-        ),
+        Some(m) => not(NotInstallation::MarkerFormat { format: m.format, known: FORMAT }),
+        None => not(NotInstallation::NoMarker),
     }
 }

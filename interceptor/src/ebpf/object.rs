@@ -1,13 +1,15 @@
 //! The eBPF object built by build.rs from `interceptor-ebpf`, embedded in the binary.
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use anyhow::{Result, bail};
+use aya_obj::generated::bpf_attach_type;
+
+use super::EbpfError;
 
 /// The ELF object (aligned: aya parses it in place).
-pub fn bytes() -> Result<&'static [u8]> {
+pub fn bytes() -> Result<&'static [u8], EbpfError> {
     let b: &'static [u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/interceptor"));
     if b.is_empty() {
-        bail!("this binary was built without its eBPF programs (AYA_BUILD_SKIP); rebuild with `cargo xtask build`");
+        return Err(EbpfError::NoPrograms);
     }
     Ok(b)
 }
@@ -21,7 +23,7 @@ pub fn fingerprint() -> u64 {
 }
 
 /// Cgroup programs: (name in the object, attach type).
-pub const CGROUP_PROGRAMS: [(&str, u32); 11] = [
+pub const CGROUP_PROGRAMS: [(&str, bpf_attach_type); 11] = [
     ("intercept_connect4", super::raw::attach_type::CGROUP_INET4_CONNECT),
     ("intercept_connect6", super::raw::attach_type::CGROUP_INET6_CONNECT),
     ("dialled_peer4", super::raw::attach_type::CGROUP_INET4_GETPEERNAME),

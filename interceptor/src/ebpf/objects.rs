@@ -24,19 +24,22 @@
 //! every pod — except for the last pod of a list.
 use std::{collections::BTreeSet, os::fd::BorrowedFd};
 
-use anyhow::{Context, Result, bail};
 use bytemuck::Zeroable;
 use interceptor_common::{
     GENERATION_CHUNK, GenerationChunk, GenerationKey, GenerationRecord, ObjectInfo, PodConfig, object_kind,
 };
 
 use super::{
-    compile::{Object, key_len, record_id, stamp},
+    EbpfError,
+    compile::Object,
     crash,
     enroll::map_fd,
+    error::Context,
     maps::{PinnedMaps, read_all},
     raw,
 };
+
+type Result<T, E = EbpfError> = std::result::Result<T, E>;
 
 /// The map a record kind's entries live in.
 fn target<'a>(maps: &'a PinnedMaps, kind: u32) -> Option<BorrowedFd<'a>> {
@@ -49,14 +52,6 @@ fn target<'a>(maps: &'a PinnedMaps, kind: u32) -> Option<BorrowedFd<'a>> {
         _ => return None,
     })
 }
-
-const RECORD_KINDS: [u32; 5] = [
-    GenerationRecord::KIND_EXCLUDED,
-    GenerationRecord::KIND_INCLUDED,
-    GenerationRecord::KIND_ROUTE,
-    GenerationRecord::KIND_PORT,
-    GenerationRecord::KIND_IFACE,
-];
 
 /// A human name of an object kind (status, reports).
 pub fn kind_name(kind: u32) -> &'static str {
@@ -119,11 +114,11 @@ pub fn store(maps: &mut PinnedMaps, obj: &Object) -> Result<Stored> {
         }
         id = id.wrapping_add(1).max(1);
     }
-    bail!("no free policy object id near {:08x} (OBJECTS full?)", first_id(&digest))
+    Err(EbpfError::NoObjectId { near: first_id(&digest) })
 }
 
 fn write(maps: &mut PinnedMaps, id: u32, obj: &Object, digest: &[u8; 32]) -> Result<()> {
-    let records: Vec<GenerationRecord> = obj.entries.iter().map(|e| stamp(&e.record, id)).collect();
+    let records: Vec<GenerationRecord> = obj.entries.iter().map(|e| e.record.with_object_id(id)).collect();
     let chunks: Vec<GenerationChunk> = records
         .chunks(GENERATION_CHUNK)
         .map(|part| {
@@ -138,7 +133,7 @@ fn write(maps: &mut PinnedMaps, id: u32, obj: &Object, digest: &[u8; 32]) -> Res
     let chunk_values: Vec<u8> = chunks.iter().flat_map(|c| bytemuck::bytes_of(c).to_vec()).collect();
     raw::update_batch(map_fd(&maps.generations), &chunk_keys, &chunk_values, chunks.len())
         .context("writing GENERATIONS (full?)")?;
-    for kind in RECORD_KINDS {
+    for kind in GenerationRecord::KINDS {
         let mine: Vec<(&GenerationRecord, &[u8])> = records
             .iter()
             .zip(&obj.entries)
@@ -148,7 +143,7 @@ fn write(maps: &mut PinnedMaps, id: u32, obj: &Object, digest: &[u8; 32]) -> Res
         if mine.is_empty() {
             continue;
         }
-        let keys: Vec<u8> = mine.iter().flat_map(|(r, _)| r.key[..key_len(kind)].to_vec()).collect();
+        let keys: Vec<u8> = mine.iter().flat_map(|(r, _)| r.key_bytes().to_vec()).collect();
         let values: Vec<u8> = mine.iter().flat_map(|(_, v)| v.to_vec()).collect();
         let fd = target(maps, kind).expect("a record kind");
         raw::update_batch(fd, &keys, &values, mine.len())
@@ -174,15 +169,15 @@ pub fn delete(maps: &mut PinnedMaps, id: u32, crash_step: Option<&str>) {
         for r in c.records.iter().filter(|r| r.kind != GenerationRecord::KIND_UNUSED) {
             // A record names its object: never delete another object's entry.
             if let Some(v) = keys.get_mut(r.kind as usize)
-                && record_id(r) == id
+                && r.object_id() == id
             {
-                v.extend_from_slice(&r.key[..key_len(r.kind)]);
+                v.extend_from_slice(r.key_bytes());
             }
         }
     }
-    for kind in RECORD_KINDS {
+    for kind in GenerationRecord::KINDS {
         let Some(map) = target(maps, kind) else { continue };
-        let size = key_len(kind);
+        let size = GenerationRecord::key_len(kind);
         let mine = &keys[kind as usize];
         if raw::delete_batch(map, mine, mine.len() / size).is_err() {
             for k in mine.chunks(size) {
@@ -313,33 +308,16 @@ pub fn end(maps: &mut PinnedMaps) {
     let _ = maps.objects.remove(&ObjectInfo::JOURNAL);
 }
 
-/// Ids of the entries of every policy map (full gc and status: the cost is the maps' size).
-pub fn ids_in_maps(maps: &PinnedMaps) -> Result<BTreeSet<u32>> {
-    let mut ids = BTreeSet::new();
-    for kind in RECORD_KINDS {
-        let fd = target(maps, kind).expect("a record kind");
-        let size = key_len(kind);
-        let (keys, _, n) = raw::lookup_batch(fd, size, super::compile::value_len(kind))?;
-        for i in 0..n {
-            let mut r = GenerationRecord { kind, key: [0; 28] };
-            r.key[..size].copy_from_slice(&keys[i * size..(i + 1) * size]);
-            ids.insert(record_id(&r));
-        }
-    }
-    Ok(ids)
-}
-
 /// Deletes policy entries whose id is not in `keep` (full gc); returns how many.
 pub fn delete_unrecorded(maps: &PinnedMaps, keep: &BTreeSet<u32>) -> Result<usize> {
     let mut n = 0;
-    for kind in RECORD_KINDS {
+    for kind in GenerationRecord::KINDS {
         let fd = target(maps, kind).expect("a record kind");
-        let size = key_len(kind);
-        let (keys, _, count) = raw::lookup_batch(fd, size, super::compile::value_len(kind))?;
+        let size = GenerationRecord::key_len(kind);
+        let (keys, _, count) = raw::lookup_batch(fd, size, GenerationRecord::value_len(kind))?;
         for k in keys.chunks(size).take(count) {
-            let mut r = GenerationRecord { kind, key: [0; 28] };
-            r.key[..size].copy_from_slice(k);
-            if !keep.contains(&record_id(&r)) && raw::delete_batch(fd, k, 1).is_ok() {
+            let id = GenerationRecord::from_key_bytes(kind, k).object_id();
+            if !keep.contains(&id) && raw::delete_batch(fd, k, 1).is_ok() {
                 n += 1;
             }
         }

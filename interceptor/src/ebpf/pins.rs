@@ -17,11 +17,14 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context, Result, bail};
 use interceptor_common::map_names;
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 
-use super::object::{CGROUP_PROGRAMS, SK_LOOKUP_PROGRAM, program_names};
+use super::{
+    EbpfError,
+    error::Context,
+    object::{CGROUP_PROGRAMS, SK_LOOKUP_PROGRAM, program_names},
+};
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/interceptor";
 
@@ -148,16 +151,11 @@ pub fn on_bpffs(path: &Path) -> bool {
 /// directories on it). interceptor never mounts a bpffs itself: one mounted from inside a
 /// container's mount namespace disappears with the container, taking every pin — and so the
 /// interception — with it, while the command that mounted it reported success.
-pub fn require_bpffs_parent(pins: &PinDir) -> Result<PathBuf> {
+pub fn require_bpffs_parent(pins: &PinDir) -> Result<PathBuf, EbpfError> {
     let parent = pins.path().parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let existing = parent.ancestors().find(|a| a.exists()).unwrap_or(Path::new("/"));
     if !on_bpffs(existing) {
-        bail!(
-            "{} is not on a bpf filesystem: eBPF mode pins its state on the host's bpffs. Mount it on the host \
-             (`mount -t bpf bpf /sys/fs/bpf`), or give this container the host's /sys/fs/bpf (a bpffs mounted \
-             inside a container vanishes with it, and so would the interception); or choose --pin-dir on a bpffs",
-            pins.path().display()
-        );
+        return Err(EbpfError::NoBpffs { dir: pins.path().to_path_buf() });
     }
     std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     Ok(parent.to_path_buf())

@@ -57,7 +57,7 @@ pub fn missing_features() -> Vec<Missing> {
         }
     }
     // Attach types within the cgroup sock_addr type (the local DNS proxy rule's hooks).
-    const CGROUP_SOCK_ADDR: u32 = 18;
+    const CGROUP_SOCK_ADDR: u32 = aya_obj::generated::bpf_prog_type::BPF_PROG_TYPE_CGROUP_SOCK_ADDR as u32;
     let hooks = [
         (super::raw::attach_type::CGROUP_UDP4_SENDMSG, "attach type cgroup/sendmsg4", "4.18"),
         (super::raw::attach_type::CGROUP_UDP4_RECVMSG, "attach type cgroup/recvmsg4", "5.2"),
@@ -158,14 +158,10 @@ pub fn missing_features() -> Vec<Missing> {
 }
 
 /// The error for a kernel without every feature.
-pub fn check() -> anyhow::Result<()> {
+pub fn check() -> Result<(), super::EbpfError> {
     let missing = missing_features();
     if missing.is_empty() {
         return Ok(());
     }
-    let list: Vec<String> = missing.iter().map(|m| format!("  - {} (Linux {}+)", m.feature, m.since)).collect();
-    anyhow::bail!(
-        "this kernel lacks what eBPF mode needs (minimum Linux {MINIMUM_KERNEL}):\n{}\nuse iptables mode instead: `interceptor iptables apply`",
-        list.join("\n")
-    )
+    Err(super::EbpfError::KernelLacks(missing))
 }

@@ -6,29 +6,30 @@
 //! the shared lists and its own ranges; the full lists of one pod are in [`pod_status`].
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::IpAddr,
     os::fd::{AsFd, BorrowedFd},
 };
 
-use anyhow::Result;
 use aya::programs::ProgramInfo;
+use aya_obj::generated::bpf_map_type;
 use interceptor_common::{
-    AF_INET, CidrData, CounterKey, PodConfig, PortKey, Reason, RouteValue, map_names, pod_flags, port_flags,
-    route_flags,
+    CidrKey, CounterKey, PodConfig, PortKey, Reason, map_names, pod_flags, port_flags, route_flags,
 };
 use serde::Serialize;
 
 use super::{
-    PinDir,
+    EbpfError, PinDir,
     enroll::map_fd,
     gc,
     loader::pinned_pods,
     lock::{InstallLock, Mode},
-    maps::{PinnedMaps, c_str, read_all},
+    maps::{PinnedMaps, c_str, read_all, read_trie},
     marker::require_installation,
     object::{ACCEL_PROGRAM, CGROUP_PROGRAMS, SK_LOOKUP_PROGRAM, program_names},
     objects, raw,
 };
+
+type Result<T, E = EbpfError> = std::result::Result<T, E>;
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -274,23 +275,9 @@ pub struct PodStatus {
     pub problems: Vec<String>,
 }
 
-/// A pod address key as text.
-pub fn addr_text(k: &interceptor_common::PodAddrKey) -> String {
-    if k.family == AF_INET as u32 {
-        Ipv4Addr::new(k.addr[0], k.addr[1], k.addr[2], k.addr[3]).to_string()
-    } else {
-        Ipv6Addr::from(k.addr).to_string()
-    }
-}
-
-fn cidr_text(len: u32, d: &CidrData) -> String {
-    let bits = len.saturating_sub(64);
-    if u32::from_be_bytes(d.family_be) == AF_INET as u32 {
-        let ip = Ipv4Addr::new(d.addr[0], d.addr[1], d.addr[2], d.addr[3]);
-        format!("{ip}/{bits}")
-    } else {
-        format!("{}/{bits}", Ipv6Addr::from(d.addr))
-    }
+/// A range of an LPM key as text (`addr/len`).
+fn cidr_text(k: &CidrKey) -> String {
+    format!("{}/{}", k.ip(), k.addr_prefix_len())
 }
 
 /// What the kernel says a map's memory is (`memlock:` in the descriptor's fdinfo).
@@ -307,11 +294,13 @@ pub fn map_usage(pins: &PinDir) -> BTreeMap<String, MapUsage> {
     for name in map_names::ALL.iter().chain(&map_names::USER) {
         let Ok(fd) = raw::obj_get(&pins.map(name)) else { continue };
         let Ok(info) = raw::map_info(fd.as_fd()) else { continue };
-        let entries = if info.map_type == raw::BPF_MAP_TYPE_RINGBUF {
+        let entries = if info.is(bpf_map_type::BPF_MAP_TYPE_RINGBUF) {
             None
         } else {
             // Per-CPU maps hand back one value per possible CPU, each rounded up to 8 bytes.
-            let value = if matches!(info.map_type, raw::BPF_MAP_TYPE_PERCPU_HASH | raw::BPF_MAP_TYPE_PERCPU_ARRAY) {
+            let value = if info.is(bpf_map_type::BPF_MAP_TYPE_PERCPU_HASH)
+                || info.is(bpf_map_type::BPF_MAP_TYPE_PERCPU_ARRAY)
+            {
                 (info.value_size as usize).div_ceil(8) * 8 * cpus
             } else {
                 info.value_size as usize
@@ -352,45 +341,23 @@ struct Snapshot {
     addresses: BTreeMap<u64, Vec<String>>,
 }
 
-/// Reads a LPM trie's keys (and values of `value_size`) as (prefix length, data, value).
-fn read_trie(fd: BorrowedFd<'_>, value_size: usize) -> Result<Vec<(u32, CidrData, Vec<u8>)>> {
-    let key_size = 4 + size_of::<CidrData>();
-    let (keys, values, n) = raw::lookup_batch(fd, key_size, value_size)?;
-    Ok((0..n)
-        .map(|i| {
-            let k = &keys[i * key_size..(i + 1) * key_size];
-            let len = u32::from_ne_bytes(k[..4].try_into().expect("4 bytes"));
-            let data: CidrData = bytemuck::pod_read_unaligned(&k[4..]);
-            (len, data, values[i * value_size..(i + 1) * value_size].to_vec())
-        })
-        .collect())
-}
-
-fn id_of(d: &CidrData) -> u32 {
-    u32::from_be_bytes(d.policy_id_be)
-}
-
 impl Snapshot {
     fn read(maps: &PinnedMaps) -> Result<Snapshot> {
         let pods = objects::pods(maps)?;
         let mut ids_in_maps = BTreeSet::new();
         let mut own_ranges: BTreeMap<u32, (Vec<String>, Vec<String>)> = BTreeMap::new();
-        for (len, data, value) in read_trie(map_fd(&maps.routes), size_of::<RouteValue>())? {
-            ids_in_maps.insert(id_of(&data));
-            let v: RouteValue = bytemuck::pod_read_unaligned(&value);
-            let entry = own_ranges.entry(id_of(&data)).or_default();
+        for (k, v) in read_trie(&maps.routes)? {
+            ids_in_maps.insert(k.policy_id());
+            let entry = own_ranges.entry(k.policy_id()).or_default();
             if v.flags & route_flags::POD_EXCLUSION != 0 {
-                entry.0.push(cidr_text(len, &data));
+                entry.0.push(cidr_text(&k));
             }
             if v.flags & route_flags::POD_INCLUSION != 0 {
-                entry.1.push(cidr_text(len, &data));
+                entry.1.push(cidr_text(&k));
             }
         }
         for trie in [&maps.excluded, &maps.included] {
-            let (keys, _, n) = raw::lookup_batch(map_fd(trie), 4 + size_of::<CidrData>(), 1)?;
-            for k in keys.chunks(4 + size_of::<CidrData>()).take(n) {
-                ids_in_maps.insert(u32::from_be_bytes(k[4..8].try_into().expect("4 bytes")));
-            }
+            ids_in_maps.extend(read_trie(trie)?.iter().map(|(k, _)| k.policy_id()));
         }
         let mut ports: BTreeMap<u32, (Vec<u16>, Vec<u16>)> = BTreeMap::new();
         for (k, f) in read_all::<_, PortKey, u8>(&maps.ports)? {
@@ -422,7 +389,7 @@ impl Snapshot {
         let objects = objects::registered(maps)?.into_iter().map(|(id, i)| (id, (i.kind, i.entries))).collect();
         let mut addresses: BTreeMap<u64, Vec<String>> = BTreeMap::new();
         for (k, cookie) in read_all(&maps.pod_addrs)? {
-            addresses.entry(cookie).or_default().push(addr_text(&k));
+            addresses.entry(cookie).or_default().push(k.ip().to_string());
         }
         for v in addresses.values_mut() {
             v.sort();
@@ -461,7 +428,7 @@ impl Snapshot {
 
 /// Decision counters per pod: (outbound, inbound).
 fn read_counters(maps: &PinnedMaps) -> Result<BTreeMap<u64, (Counters, Counters)>> {
-    let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+    let cpus = aya::util::nr_cpus().map_err(|(what, e)| EbpfError::Io { what: what.to_string(), source: e })?;
     let (keys, values, n) = raw::lookup_batch(map_fd(&maps.counters), size_of::<CounterKey>(), 8 * cpus)?;
     let mut counters: BTreeMap<u64, (Counters, Counters)> = BTreeMap::new();
     for i in 0..n {
@@ -784,11 +751,7 @@ pub fn pod_status(pins: &PinDir, cookie: u64) -> Result<Option<PodStatus>> {
     ] {
         let mut all: Vec<String> = own.clone();
         if let Some(l) = list {
-            for (len, data, _) in read_trie(map_fd(trie), 1)? {
-                if id_of(&data) == l.id {
-                    all.push(cidr_text(len, &data));
-                }
-            }
+            all.extend(read_trie(trie)?.iter().filter(|(k, _)| k.policy_id() == l.id).map(|(k, _)| cidr_text(k)));
         }
         all.sort();
         all.dedup();

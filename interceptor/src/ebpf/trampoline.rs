@@ -19,9 +19,9 @@
 //! A tiny program loads in microseconds, which keeps enroll fast. Minimum kernel: 5.9.
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use anyhow::{Context, Result};
-
 use super::{
+    EbpfError,
+    error::Context,
     insn::{self, R0, R1, R2, R3, R6, R10, helper},
     raw,
 };
@@ -45,7 +45,7 @@ pub fn program(netns_cookie: u64, steer_netns: BorrowedFd<'_>, steer_program: Bo
 }
 
 /// Loads the program of one pod.
-pub fn load(netns_cookie: u64, steer_netns: &OwnedFd, steer_program: &OwnedFd) -> Result<OwnedFd> {
+pub fn load(netns_cookie: u64, steer_netns: &OwnedFd, steer_program: &OwnedFd) -> Result<OwnedFd, EbpfError> {
     let prog = program(netns_cookie, steer_netns.as_fd(), steer_program.as_fd());
     raw::prog_load(raw::ProgType::SkLookup, &prog, "steer_pod").context("the kernel refused a pod's sk_lookup program")
 }

@@ -1,21 +1,20 @@
 //! apply / cleanup / verify: one atomic iptables-restore per family, idempotent, removing
 //! exactly what it added. Works with whichever `iptables` is on PATH (nft or legacy).
-use std::{
-    io::Write,
-    net::IpAddr,
-    process::{Command, Stdio},
-};
+use std::net::IpAddr;
 
-use anyhow::{Context, Result, anyhow, bail};
-
+pub use super::command::save;
 use super::{
+    IptablesError,
+    command::{on_path, restore, restore_table},
     render::{payload, substitute_pod_ip},
     saved::SavedNat,
 };
 use crate::{
     netns::{Netns, in_scratch_netns},
-    policy::{ChainNames, Family, LocalProxyMode, Policy},
+    policy::{ChainNames, Family, PodIps, Policy},
 };
+
+type Result<T> = std::result::Result<T, IptablesError>;
 
 #[derive(Clone, Debug)]
 pub struct ApplyOptions {
@@ -40,67 +39,21 @@ pub struct Plan {
 /// The families to program by default: IPv4, and IPv6 when the kernel and ip6tables have it.
 pub fn default_families() -> Vec<Family> {
     let mut out = vec![Family::Ipv4];
-    if std::path::Path::new("/proc/sys/net/ipv6").exists() && which(Family::Ipv6.restore_command()) {
+    if std::path::Path::new("/proc/sys/net/ipv6").exists() && on_path(Family::Ipv6.restore_command()) {
         out.push(Family::Ipv6);
     }
     out
 }
 
-fn which(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
-        .unwrap_or(false)
-}
-
-fn run(netns: &Netns, program: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
-    if !which(program) {
-        bail!("{program} not found on PATH: install iptables (Debian/Ubuntu: apt-get install iptables)");
-    }
-    let mut cmd: Command = netns.command(program)?;
-    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    });
-    let mut child = cmd.spawn().with_context(|| format!("cannot run {program} in {}", netns.describe()))?;
-    if let Some(input) = stdin {
-        child.stdin.take().expect("piped stdin").write_all(input.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(anyhow!("{program} {} failed ({}): {}", args.join(" "), out.status, err.trim()));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// The live nat table of a family (empty when it does not exist yet).
-pub fn save(netns: &Netns, family: Family) -> Result<String> {
-    match run(netns, family.save_command(), &["-t", "nat"], None) {
-        Ok(text) => Ok(text),
-        Err(e) if e.to_string().contains("does not exist") => Ok(String::new()),
-        Err(e) => Err(e),
-    }
-}
-
-fn restore(netns: &Netns, family: Family, payload: &str, test_only: bool) -> Result<()> {
-    let mut args = vec!["--noflush"];
-    if test_only {
-        args.push("--test");
-    }
-    run(netns, family.restore_command(), &args, Some(payload)).map(|_| ())
-}
-
 /// The families to program: PodIP mode needs the pod's address of each family; a family
 /// that was not asked for explicitly and has none is left out (with a warning).
 fn families(policy: &Policy, opts: &ApplyOptions) -> Vec<Family> {
+    let pod_ips = PodIps::given(&opts.pod_ips);
     opts.families
         .iter()
         .copied()
         .filter(|f| {
-            let skip = !opts.families_explicit
-                && policy.local_proxy_mode == LocalProxyMode::PodIp
-                && !opts.pod_ips.iter().any(|ip| Family::of(ip) == *f);
+            let skip = !opts.families_explicit && pod_ips.require(policy, *f).is_err();
             if skip {
                 tracing::warn!(
                     "localProxyMode PodIP without an {f} pod address: {f} rules not programmed (pass --pod-ip)"
@@ -112,14 +65,7 @@ fn families(policy: &Policy, opts: &ApplyOptions) -> Vec<Family> {
 }
 
 fn pod_ip_for(policy: &Policy, pod_ips: &[IpAddr], family: Family) -> Result<Option<String>> {
-    let ip = pod_ips.iter().find(|ip| Family::of(ip) == family).map(IpAddr::to_string);
-    if policy.local_proxy_mode == LocalProxyMode::PodIp && ip.is_none() {
-        bail!(
-            "localProxyMode PodIP needs the pod's {family} address: pass --pod-ip or set POD_IP{}",
-            if family == Family::Ipv6 { " (or drop IPv6 with --family ipv4)" } else { "" }
-        );
-    }
-    Ok(ip)
+    Ok(PodIps::given(pod_ips).require(policy, family)?.map(|ip| ip.to_string()))
 }
 
 /// The payloads apply would send: osm-edge's rules, preceded by deletions of the hooks a
@@ -148,14 +94,14 @@ pub fn apply(policy: &Policy, opts: &ApplyOptions) -> Result<Vec<Plan>> {
     let plans = plan(policy, opts)?;
     for p in &plans {
         restore(&opts.netns, p.family, &p.payload, true)
-            .with_context(|| format!("the {} rules were rejected; nothing was applied", p.family))?;
+            .map_err(|e| IptablesError::Rejected { family: p.family, source: Box::new(e) })?;
     }
     for (i, p) in plans.iter().enumerate() {
         if let Err(e) = restore(&opts.netns, p.family, &p.payload, false) {
             for done in &plans[..i] {
                 rollback(&opts.netns, done);
             }
-            return Err(e.context(format!("applying the {} rules failed; nothing was applied", p.family)));
+            return Err(IptablesError::NotApplied { family: p.family, source: Box::new(e) });
         }
     }
     Ok(plans)
@@ -168,7 +114,7 @@ fn rollback(netns: &Netns, plan: &Plan) {
             .and(cleanup_family(netns, plan.family, &ChainNames::OSM))
             .map(|_| ())
     } else {
-        run(netns, plan.family.restore_command(), &["--table", "nat"], Some(&plan.before)).map(|_| ())
+        restore_table(netns, plan.family, &plan.before)
     };
     if let Err(e) = result {
         tracing::error!("rolling back the {} rules failed: {e:#}", plan.family);
@@ -203,7 +149,7 @@ fn cleanup_family(netns: &Netns, family: Family, names: &ChainNames) -> Result<u
         text.push_str(&format!("-X {c}\n"));
     }
     text.push_str("COMMIT\n");
-    restore(netns, family, &text, false).with_context(|| format!("removing the {family} rules failed"))?;
+    restore(netns, family, &text, false).map_err(|e| IptablesError::NotRemoved { family, source: Box::new(e) })?;
     Ok(hooks.len() + chains.len())
 }
 

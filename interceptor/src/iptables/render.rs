@@ -2,14 +2,6 @@
 //! and its shell form (`iptables-restore --noflush <<'EOF' … EOF`).
 use crate::policy::{ChainNames, Family, Policy, RuleSet};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    /// The iptables-restore payload.
-    Restore,
-    /// The shell command of osm-edge's init container.
-    Shell,
-}
-
 /// The iptables-restore payload for one family: header, the four chains, the rules in
 /// emission order, COMMIT.
 pub fn payload(policy: &Policy, family: Family, names: &ChainNames) -> String {

@@ -7,7 +7,6 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::Result;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -171,7 +170,7 @@ impl DaemonMetrics {
 
 /// `GET /metrics`: the daemon's families and the node's eBPF state, read now (blocking: it
 /// reads the pinned maps under the installation's shared lock).
-pub fn render(d: &Daemon) -> Result<String> {
+pub fn render(d: &Daemon) -> Result<String, super::MetricsError> {
     let status = ebpf::status(&d.cfg.pins)?;
     let records = d.records();
     let names: BTreeMap<u64, (String, String)> = records

@@ -26,7 +26,6 @@ pub mod node;
 #[cfg(test)]
 mod tests;
 
-use anyhow::Result;
 use prometheus_client::{encoding::prometheus_text, registry::Registry};
 
 use crate::ebpf::{self, PinDir};
@@ -257,10 +256,21 @@ pub const FAMILIES: [Spec; 22] = [
     READY,
 ];
 
+/// The metrics could not be read (the eBPF state) or written.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error(transparent)]
+    Ebpf(#[from] ebpf::EbpfError),
+    #[error("cannot encode the metrics")]
+    Encode(#[source] std::fmt::Error),
+}
+
+type Result<T> = std::result::Result<T, MetricsError>;
+
 /// Encodes a registry in the Prometheus text format.
 pub fn encode(registry: &Registry) -> Result<String> {
     let mut out = String::new();
-    prometheus_text::encode(&mut out, registry).map_err(|_| anyhow::anyhow!("cannot encode the metrics"))?;
+    prometheus_text::encode(&mut out, registry).map_err(MetricsError::Encode)?;
     Ok(out)
 }
 

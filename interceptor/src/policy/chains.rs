@@ -1,41 +1,18 @@
 //! The policy as osm-edge's nat-table rules, in emission order: the one rule model that
 //! the iptables renderer prints and the decision function walks.
-use std::{fmt, net::IpAddr, str::FromStr};
+use std::{net::IpAddr, str::FromStr};
 
 use interceptor_common::{Reason, dns_proxy};
 use ipnet::IpNet;
 use serde::Serialize;
 
-use super::{LocalProxyMode, Policy, interface_matches};
+use super::{Family, LocalProxyMode, Policy, interface_matches};
 
 /// An iptables multiport match takes at most 15 ports; longer lists are split.
 pub const MULTIPORT_MAX: usize = 15;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
-pub enum Family {
-    #[serde(rename = "ipv4")]
-    Ipv4,
-    #[serde(rename = "ipv6")]
-    Ipv6,
-}
-
+/// What the rules of a family need to know of it besides the family itself.
 impl Family {
-    pub const ALL: [Family; 2] = [Family::Ipv4, Family::Ipv6];
-
-    pub fn of(ip: &IpAddr) -> Family {
-        match ip {
-            IpAddr::V4(_) => Family::Ipv4,
-            IpAddr::V6(_) => Family::Ipv6,
-        }
-    }
-
-    pub fn other(self) -> Family {
-        match self {
-            Family::Ipv4 => Family::Ipv6,
-            Family::Ipv6 => Family::Ipv4,
-        }
-    }
-
     /// The loopback host of the chains' `-d 127.0.0.1/32`.
     pub fn loopback_cidr(self) -> &'static str {
         match self {
@@ -44,46 +21,11 @@ impl Family {
         }
     }
 
-    /// `iptables-restore` or `ip6tables-restore`.
-    pub fn restore_command(self) -> &'static str {
-        match self {
-            Family::Ipv4 => "iptables-restore",
-            Family::Ipv6 => "ip6tables-restore",
-        }
-    }
-
-    pub fn save_command(self) -> &'static str {
-        match self {
-            Family::Ipv4 => "iptables-save",
-            Family::Ipv6 => "ip6tables-save",
-        }
-    }
-
     /// The shell variable the init container expands to the pod's address.
     pub fn pod_ip_variable(self) -> &'static str {
         match self {
             Family::Ipv4 => "$POD_IP",
             Family::Ipv6 => "$POD_IPV6",
-        }
-    }
-}
-
-impl fmt::Display for Family {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Family::Ipv4 => "IPv4",
-            Family::Ipv6 => "IPv6",
-        })
-    }
-}
-
-impl FromStr for Family {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "ipv4" | "4" | "inet" => Ok(Family::Ipv4),
-            "ipv6" | "6" | "inet6" => Ok(Family::Ipv6),
-            other => Err(format!("unknown family {other:?} (expected ipv4 or ipv6)")),
         }
     }
 }

@@ -8,7 +8,8 @@ use serde::Serialize;
 
 use super::{
     Policy,
-    chains::{Chain, ChainNames, Family, PacketView, Proto, RuleSet, Target},
+    chains::{Chain, ChainNames, PacketView, Proto, RuleSet, Target},
+    family::Family,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -5,7 +5,9 @@
 pub mod chains;
 pub mod decide;
 pub mod error;
+pub mod family;
 pub mod merge;
+pub mod pod_ip;
 pub mod sources;
 pub mod validate;
 
@@ -14,9 +16,11 @@ use std::{fmt, net::IpAddr};
 use ipnet::IpNet;
 use serde::Serialize;
 
-pub use chains::{ChainNames, Family, RuleSet};
+pub use chains::{ChainNames, RuleSet};
 pub use decide::{Decision, Direction, Flow, Verdict, decide};
 pub use error::{PolicyError, Warning};
+pub use family::Family;
+pub use pod_ip::{PodIpError, PodIps};
 pub use sources::{PolicyInputs, build_policy};
 
 /// The sidecar's reserved ports (osm-edge `pkg/constants`).
@@ -80,8 +84,6 @@ pub enum LocalProxyMode {
 }
 
 impl LocalProxyMode {
-    pub const VALUES: [&'static str; 2] = ["Localhost", "PodIP"];
-
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "Localhost" => Some(Self::Localhost),

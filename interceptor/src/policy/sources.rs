@@ -32,10 +32,24 @@ pub struct FlagValues {
     pub proxy_uid: Option<u32>,
     pub local_proxy_mode: Option<String>,
     pub local_dns_proxy: bool,
-    /// Port overrides by name (`admin`, `outbound`, ...), raw text.
-    pub ports: Vec<(&'static str, String)>,
+    /// Overrides of the sidecar's reserved ports, raw text.
+    pub ports: PortOverrides,
     /// Per-pod limits on the pod's annotation lists.
     pub annotation_limits: AnnotationLimits,
+}
+
+/// The reserved ports given on the command line (`--admin-port`, …), raw text: each is
+/// validated with the rest of the policy (and named by its flag in errors).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortOverrides {
+    pub admin: Option<String>,
+    pub outbound: Option<String>,
+    pub inbound: Option<String>,
+    pub prometheus: Option<String>,
+    pub liveness_probe: Option<String>,
+    pub readiness_probe: Option<String>,
+    pub startup_probe: Option<String>,
+    pub healthcheck: Option<String>,
 }
 
 /// The most items one pod annotation may list (`--max-annotation-cidrs`,
@@ -131,6 +145,20 @@ impl Source<'_> {
 /// Builds the merged policy, or every error found. Global lists are the MeshConfig's
 /// followed by the flags'; the pod's annotations are merged with them as osm-edge does.
 pub fn build_policy(inputs: &PolicyInputs) -> Result<(Policy, Vec<Warning>), PolicyErrors> {
+    build_named_policy(inputs).map(|b| (b.policy, b.warnings))
+}
+
+/// A policy, with what the pod manifest it was built from says of the pod.
+#[derive(Clone, Debug)]
+pub struct NamedPolicy {
+    pub policy: Policy,
+    pub warnings: Vec<Warning>,
+    /// `namespace/name` of the pod manifest (`metadata`), if one was given and names it.
+    pub pod_name: Option<String>,
+}
+
+/// [`build_policy`], with the pod's name from its manifest (read once, with the rest).
+pub fn build_named_policy(inputs: &PolicyInputs) -> Result<NamedPolicy, PolicyErrors> {
     build(&inputs.flags, inputs.mesh_config.as_deref().map(Source::File), inputs.pod.as_deref().map(Source::File))
 }
 
@@ -141,14 +169,14 @@ pub fn build_policy_from_documents(
     mesh_config: Option<&Document>,
     pod: Option<&Document>,
 ) -> Result<(Policy, Vec<Warning>), PolicyErrors> {
-    build(flags, mesh_config.map(Source::Memory), pod.map(Source::Memory))
+    build(flags, mesh_config.map(Source::Memory), pod.map(Source::Memory)).map(|b| (b.policy, b.warnings))
 }
 
 fn build(
     flags: &FlagValues,
     mesh_source: Option<Source<'_>>,
     pod_source: Option<Source<'_>>,
-) -> Result<(Policy, Vec<Warning>), PolicyErrors> {
+) -> Result<NamedPolicy, PolicyErrors> {
     let mut c = Collect::default();
     let global = global_part(&mut c, flags, mesh_source);
     finish(c, flags, &global, pod_source)
@@ -182,7 +210,7 @@ impl GlobalPolicy {
         flags: &FlagValues,
         pod: Option<&Document>,
     ) -> Result<(Policy, Vec<Warning>), PolicyErrors> {
-        finish(Collect::default(), flags, self, pod.map(Source::Memory))
+        finish(Collect::default(), flags, self, pod.map(Source::Memory)).map(|b| (b.policy, b.warnings))
     }
 }
 
@@ -222,14 +250,16 @@ fn finish(
     flags: &FlagValues,
     global_policy: &GlobalPolicy,
     pod_source: Option<Source<'_>>,
-) -> Result<(Policy, Vec<Warning>), PolicyErrors> {
+) -> Result<NamedPolicy, PolicyErrors> {
     let GlobalPolicy { lists: global, excluded, included, mode, dns } = global_policy;
     let (mode, dns) = (*mode, *dns);
     let mut pod = Lists::default();
+    let mut pod_name = None;
     if let Some(source) = &pod_source
         && let Some((shown, doc)) = source.read(&mut c)
     {
         pod = pod_annotations(&mut c, &shown, &doc, flags.annotation_limits);
+        pod_name = manifest_name(&doc);
     }
     let ports = port_overrides(&mut c, &flags.ports);
     if !c.errors.is_empty() {
@@ -259,7 +289,7 @@ fn finish(
         },
     };
     warns.extend(warnings(&policy));
-    Ok((policy, warns))
+    Ok(NamedPolicy { policy, warnings: warns, pod_name })
 }
 
 /// The networks of `pod` that no range of the global lists has (first occurrence kept).
@@ -268,22 +298,32 @@ fn pod_only(global: &HashSet<IpNet>, pod: &[Sourced<Cidr>]) -> Vec<IpNet> {
     pod.iter().map(|c| c.value.net.trunc()).filter(|n| !global.contains(n) && seen.insert(*n)).collect()
 }
 
-fn port_overrides(c: &mut Collect, overrides: &[(&'static str, String)]) -> Ports {
+fn port_overrides(c: &mut Collect, overrides: &PortOverrides) -> Ports {
     let mut ports = Ports::default();
-    for (name, raw) in overrides {
-        let origin = Origin::Flag(format!("{name}-port"));
-        if let Some(p) = c.ok(parse_port(&origin, raw)) {
-            match *name {
-                "admin" => ports.admin = p,
-                "outbound" => ports.outbound = p,
-                "inbound" => ports.inbound = p,
-                "prometheus" => ports.prometheus = p,
-                "liveness-probe" => ports.liveness_probe = p,
-                "readiness-probe" => ports.readiness_probe = p,
-                "startup-probe" => ports.startup_probe = p,
-                "healthcheck" => ports.healthcheck = p,
-                other => unreachable!("unknown port flag {other}"),
-            }
+    let PortOverrides {
+        admin,
+        outbound,
+        inbound,
+        prometheus,
+        liveness_probe,
+        readiness_probe,
+        startup_probe,
+        healthcheck,
+    } = overrides;
+    for (flag, raw, port) in [
+        ("admin-port", admin, &mut ports.admin),
+        ("outbound-port", outbound, &mut ports.outbound),
+        ("inbound-port", inbound, &mut ports.inbound),
+        ("prometheus-port", prometheus, &mut ports.prometheus),
+        ("liveness-probe-port", liveness_probe, &mut ports.liveness_probe),
+        ("readiness-probe-port", readiness_probe, &mut ports.readiness_probe),
+        ("startup-probe-port", startup_probe, &mut ports.startup_probe),
+        ("healthcheck-port", healthcheck, &mut ports.healthcheck),
+    ] {
+        if let Some(raw) = raw
+            && let Some(p) = c.ok(parse_port(&Origin::Flag(flag.into()), raw))
+        {
+            *port = p;
         }
     }
     ports
@@ -509,44 +549,42 @@ fn pod_annotations(c: &mut Collect, path: &str, doc: &Value, limits: AnnotationL
             }
         }
     };
-    // Counted before parsing: a list too long is refused whatever its items.
-    let within = |c: &mut Collect, o: &Origin, s: &str, what: &'static str, limit: usize, flag: &'static str| {
-        let count = s.split(',').count();
-        if count > limit {
-            c.errors.push(PolicyError::TooManyItems { origin: o.clone(), what, count, limit, flag });
-            return false;
-        }
-        true
-    };
+    let cidrs = ("ranges", limits.cidrs, "--max-annotation-cidrs");
     for (name, target) in [
         (ANNOTATION_OUTBOUND_IP_EXCLUSION, &mut lists.ip_exclusions),
         (ANNOTATION_OUTBOUND_IP_INCLUSION, &mut lists.ip_inclusions),
     ] {
-        if let Some((o, s)) = value(c, name)
-            && within(c, &o, &s, "ranges", limits.cidrs, "--max-annotation-cidrs")
-        {
-            for item in s.split(',') {
-                if let Some(v) = c.ok(parse_cidr(&o, item)) {
-                    target.push(Sourced { value: v, origin: o.clone() });
-                }
-            }
+        if let Some(annotation) = value(c, name) {
+            target.extend(annotation_items(c, annotation, cidrs, parse_cidr));
         }
     }
+    let ports = ("ports", limits.ports, "--max-annotation-ports");
     for (name, target) in [
         (ANNOTATION_OUTBOUND_PORT_EXCLUSION, &mut lists.out_port_exclusions),
         (ANNOTATION_INBOUND_PORT_EXCLUSION, &mut lists.in_port_exclusions),
     ] {
-        if let Some((o, s)) = value(c, name)
-            && within(c, &o, &s, "ports", limits.ports, "--max-annotation-ports")
-        {
-            for item in s.split(',') {
-                if let Some(v) = c.ok(parse_port(&o, item)) {
-                    target.push(Sourced { value: v, origin: o.clone() });
-                }
-            }
+        if let Some(annotation) = value(c, name) {
+            target.extend(annotation_items(c, annotation, ports, parse_port));
         }
     }
     lists
+}
+
+/// The items of one annotation (comma separated), parsed. A list of more than `limit` items
+/// is refused whatever its items: counted before parsing.
+fn annotation_items<T>(
+    c: &mut Collect,
+    (origin, text): (Origin, String),
+    (what, limit, flag): (&'static str, usize, &'static str),
+    parse: fn(&Origin, &str) -> Result<T, PolicyError>,
+) -> Vec<Sourced<T>> {
+    let count = text.split(',').count();
+    if count > limit {
+        c.errors.push(PolicyError::TooManyItems { origin, what, count, limit, flag });
+        return Vec::new();
+    }
+    let parsed: Vec<T> = text.split(',').filter_map(|item| c.ok(parse(&origin, item))).collect();
+    parsed.into_iter().map(|value| Sourced { value, origin: origin.clone() }).collect()
 }
 
 /// `metadata.namespace/metadata.name` of a manifest, for display.

@@ -5,7 +5,7 @@ use interceptor_common::Reason;
 
 use super::{
     decide::{Flow, Verdict, decide},
-    sources::{FlagValues, PolicyInputs, build_policy, parse_manifest},
+    sources::{FlagValues, PolicyInputs, PortOverrides, build_policy, parse_manifest},
     *,
 };
 
@@ -108,7 +108,7 @@ fn every_error_is_collected_and_nothing_is_built() {
             inbound_port_exclusion_list: vec!["0,65536,x".into()],
             network_interface_exclusion_list: vec!["way-too-long-name".into()],
             local_proxy_mode: Some("podip".into()),
-            ports: vec![("outbound", "99999".into())],
+            ports: PortOverrides { outbound: Some("99999".into()), ..Default::default() },
             ..Default::default()
         },
         mesh_config: Some(write("bad-kind.yaml", "kind: Pod\nspec: {}\n")),
@@ -278,7 +278,7 @@ fn a_prepared_global_policy_builds_what_the_documents_build() {
     let flags = FlagValues {
         outbound_ip_range_exclusion_list: vec!["10.244.0.0/16,192.168.7.0/24".into()],
         outbound_port_exclusion_list: vec!["7070".into()],
-        ports: vec![("admin", "15100".into())],
+        ports: PortOverrides { admin: Some("15100".into()), ..Default::default() },
         ..Default::default()
     };
     let annotations = |pairs: &[(&str, &str)]| -> Document {

@@ -5,6 +5,9 @@
 //! `ioctl(NS_GET_NSTYPE)`: `CLONE_NEWNET`), and that one descriptor is used for everything
 //! afterwards — the cookie, the routes snapshot, the sk_lookup attachment, listener adoption,
 //! iptables — so a `/proc/PID/ns/net` path cannot change meaning between two uses.
+mod error;
+pub mod userns;
+
 use std::{
     fs::{self, File, OpenOptions},
     os::fd::{AsFd, AsRawFd, BorrowedFd},
@@ -14,8 +17,11 @@ use std::{
     sync::{Arc, OnceLock},
 };
 
-use anyhow::{Context, Result, bail};
 use nix::sched::{CloneFlags, setns, unshare};
+
+pub use error::NetnsError;
+
+type Result<T, E = NetnsError> = std::result::Result<T, E>;
 
 /// `NS_GET_NSTYPE` = `_IO(0xb7, 0x3)` (linux/nsfs.h, Linux 4.11+).
 const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
@@ -114,8 +120,8 @@ impl Netns {
         match self.handle()? {
             Some(h) => Ok((h.dev, h.ino)),
             None => {
-                let m =
-                    fs::metadata("/proc/thread-self/ns/net").context("cannot stat the current network namespace")?;
+                let m = fs::metadata("/proc/thread-self/ns/net")
+                    .map_err(|e| NetnsError::syscall("cannot stat the current network namespace", e))?;
                 Ok((m.dev(), m.ino()))
             }
         }
@@ -132,18 +138,22 @@ impl Netns {
 
     /// Runs `f` on a thread that has joined this namespace (threads switch namespaces
     /// independently, so the caller's own stays untouched).
-    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    pub fn run<T, E>(&self, f: impl FnOnce() -> Result<T, E> + Send + 'static) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<NetnsError> + Send + 'static,
+    {
         let handle = self.handle()?;
         let shown = self.describe();
         std::thread::spawn(move || {
             if let Some(h) = handle {
                 setns(h.file.as_fd(), CloneFlags::CLONE_NEWNET)
-                    .with_context(|| format!("cannot enter network namespace {shown}"))?;
+                    .map_err(|e| NetnsError::syscall(format!("cannot enter network namespace {shown}"), e.into()))?;
             }
             f()
         })
         .join()
-        .map_err(|_| anyhow::anyhow!("namespace worker thread panicked"))?
+        .map_err(|_| NetnsError::WorkerPanicked)?
     }
 
     /// A command that will run inside this namespace.
@@ -203,12 +213,13 @@ pub fn owning_userns(netns: &File) -> Result<Option<File>> {
     // SAFETY: a valid namespace descriptor; the kernel returns a new descriptor.
     let fd = unsafe { libc::ioctl(netns.as_raw_fd(), NS_GET_USERNS) };
     if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("ioctl(NS_GET_USERNS) on the network namespace");
+        let e = std::io::Error::last_os_error();
+        return Err(NetnsError::syscall("ioctl(NS_GET_USERNS) on the network namespace", e));
     }
     // SAFETY: the kernel just returned this descriptor to us.
     let owner = unsafe { File::from_raw_fd(fd) };
-    let ours = fs::metadata("/proc/self/ns/user").context("read /proc/self/ns/user")?;
-    let theirs = owner.metadata()?;
+    let ours = fs::metadata("/proc/self/ns/user").map_err(|e| NetnsError::syscall("read /proc/self/ns/user", e))?;
+    let theirs = owner.metadata().map_err(|e| NetnsError::syscall("stat the pod's user namespace", e))?;
     Ok((theirs.ino() != ours.ino() || theirs.dev() != ours.dev()).then_some(owner))
 }
 
@@ -250,23 +261,22 @@ fn open_checked(path: &Path) -> Result<Handle> {
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
-        .with_context(|| format!("cannot open network namespace {shown}"))?;
-    let meta = file.metadata().with_context(|| format!("cannot stat {shown}"))?;
-    let fs = nix::sys::statfs::fstatfs(file.as_fd()).with_context(|| format!("cannot statfs {shown}"))?;
+        .map_err(|source| NetnsError::Open { path: path.to_path_buf(), source })?;
+    let meta = file.metadata().map_err(|e| NetnsError::syscall(format!("cannot stat {shown}"), e))?;
+    let fs = nix::sys::statfs::fstatfs(file.as_fd())
+        .map_err(|e| NetnsError::syscall(format!("cannot statfs {shown}"), e.into()))?;
     // nsfs: the filesystem of /proc/PID/ns/* and of their bind mounts.
     if fs.filesystem_type() != nix::sys::statfs::NSFS_MAGIC {
-        bail!(
-            "{shown} is not a network namespace: it is {} (expected /var/run/netns/NAME or /proc/PID/ns/net)",
-            kind(&meta)
-        );
+        return Err(NetnsError::NotANamespace { path: path.to_path_buf(), kind: kind(&meta) });
     }
     // SAFETY: an ioctl without argument on a descriptor we own.
     let t = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
     if t < 0 {
-        bail!("{shown}: cannot tell the namespace's type: {}", std::io::Error::last_os_error());
+        let e = std::io::Error::last_os_error();
+        return Err(NetnsError::syscall(format!("{shown}: cannot tell the namespace's type"), e));
     }
     if t != libc::CLONE_NEWNET {
-        bail!("{shown} is a {} namespace, not a network namespace", ns_type_name(t));
+        return Err(NetnsError::WrongType { path: path.to_path_buf(), kind: ns_type_name(t) });
     }
     let host = host_netns_ids().contains(&(meta.dev(), meta.ino()));
     Ok(Handle { dev: meta.dev(), ino: meta.ino(), host, file })
@@ -277,7 +287,7 @@ pub fn current_cookie() -> Result<u64> {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
     let sock = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)
         .or_else(|_| socket(AddressFamily::Inet6, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None))
-        .context("cannot create a socket to read the network namespace cookie")?;
+        .map_err(|e| NetnsError::syscall("cannot create a socket to read the network namespace cookie", e.into()))?;
     let mut cookie: u64 = 0;
     let mut len = size_of::<u64>() as libc::socklen_t;
     // SAFETY: valid socket, buffer and length.
@@ -291,20 +301,24 @@ pub fn current_cookie() -> Result<u64> {
         )
     };
     if rc != 0 {
-        let err = std::io::Error::last_os_error();
-        bail!("getsockopt(SO_NETNS_COOKIE) failed: {err} (needs Linux 5.14 or newer)");
+        return Err(NetnsError::NoCookie { errno: std::io::Error::last_os_error() });
     }
     Ok(cookie)
 }
 
 /// Runs `f` on a thread inside a new, empty network namespace that disappears afterwards.
-pub fn in_scratch_netns<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+pub fn in_scratch_netns<T, E>(f: impl FnOnce() -> Result<T, E> + Send + 'static) -> Result<T, E>
+where
+    T: Send + 'static,
+    E: From<NetnsError> + Send + 'static,
+{
     std::thread::spawn(move || {
-        unshare(CloneFlags::CLONE_NEWNET).context("cannot create a scratch network namespace")?;
+        unshare(CloneFlags::CLONE_NEWNET)
+            .map_err(|e| NetnsError::syscall("cannot create a scratch network namespace", e.into()))?;
         f()
     })
     .join()
-    .map_err(|_| anyhow::anyhow!("scratch namespace thread panicked"))?
+    .map_err(|_| NetnsError::WorkerPanicked)?
 }
 
 /// Resolves a `--netns` argument: a path, or a name under /var/run/netns.
@@ -348,6 +362,11 @@ mod tests {
 
     #[test]
     fn the_host_namespace_is_recognised_and_a_scratch_one_is_not() {
+        // Creating a namespace needs CAP_SYS_ADMIN (`cargo test` as a user skips it).
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: creating a network namespace needs root");
+            return;
+        }
         // The tests run in the host's network namespace.
         assert!(Netns::open("/proc/self/ns/net").unwrap().is_host().unwrap());
         assert!(Netns::current().is_host().unwrap());

@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 
-use super::{DEFAULT_SOCKET, DaemonStatus, PodList, PodView, client::Client};
+use interceptor::api::{AnnotationSource, DEFAULT_SOCKET, DaemonStatus, PodList, PodView, client::Client};
 
 #[derive(Args, Debug, Clone)]
 pub struct SocketArg {
@@ -145,9 +145,9 @@ fn print_pod(p: &PodView) {
         println!("  addresses   {}", p.ips.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", "));
     }
     let from = match &p.annotations_from {
-        super::AnnotationSource::Runtime => "the container runtime".to_string(),
-        super::AnnotationSource::Manifest { path } => path.clone(),
-        super::AnnotationSource::None => "none (MeshConfig only)".to_string(),
+        AnnotationSource::Runtime => "the container runtime".to_string(),
+        AnnotationSource::Manifest { path } => path.clone(),
+        AnnotationSource::None => "none (MeshConfig only)".to_string(),
     };
     println!("  annotations {from}");
     println!("  applied     {} time(s), last: {}", p.applies, p.last_reason);

@@ -3,10 +3,10 @@
 use clap::Parser;
 use serde_json::Value;
 
-use crate::cli::Cli;
+use crate::Cli;
 
-const KUBERNETES: &str = include_str!("../../deploy/kubernetes/interceptor.yaml");
-const SYSTEMD: &str = include_str!("../../deploy/systemd/interceptor.service");
+const KUBERNETES: &str = include_str!("../../../deploy/kubernetes/interceptor.yaml");
+const SYSTEMD: &str = include_str!("../../../deploy/systemd/interceptor.service");
 
 fn documents() -> Vec<Value> {
     KUBERNETES
@@ -41,7 +41,7 @@ fn kubernetes_manifests_parse_and_their_commands_are_accepted() {
         assert!(mounts.contains(&needed), "the daemon needs {needed}: {mounts:?}");
     }
     let mesh = docs[2]["data"]["meshconfig.yaml"].as_str().unwrap();
-    super::mesh::validate(std::path::Path::new("meshconfig.yaml"), mesh, &Default::default())
+    interceptor::daemon::mesh::validate(std::path::Path::new("meshconfig.yaml"), mesh, &Default::default())
         .expect("the example MeshConfig is valid");
 }
 

@@ -9,7 +9,9 @@ use std::{
     },
 };
 
-use anyhow::{Context, Result, bail};
+use super::NetnsError;
+
+type Result<T> = std::result::Result<T, NetnsError>;
 
 /// `ioctl(NS_GET_PARENT)`: the parent of a user namespace.
 const NS_GET_PARENT: libc::c_ulong = 0xb702;
@@ -26,14 +28,12 @@ pub fn parse_map(text: &str) -> Result<Vec<Extent>> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
-            let f: Vec<u32> = l
-                .split_whitespace()
-                .map(str::parse)
-                .collect::<Result<_, _>>()
-                .with_context(|| format!("bad uid_map line {l:?}"))?;
+            let bad = || NetnsError::BadUidMap { line: l.to_string() };
+            let f: Vec<u32> =
+                l.split_whitespace().map(str::parse).collect::<std::result::Result<_, _>>().map_err(|_| bad())?;
             match f[..] {
                 [inside, outside, count] => Ok(Extent { inside, outside, count }),
-                _ => bail!("bad uid_map line {l:?}"),
+                _ => Err(bad()),
             }
         })
         .collect()
@@ -52,18 +52,19 @@ pub fn kernel_uid(netns: &crate::netns::Netns, uid: u32) -> Result<u32> {
     // SAFETY: a valid namespace descriptor; the kernel returns a new descriptor.
     let parent = unsafe { libc::ioctl(userns.as_raw_fd(), NS_GET_PARENT) };
     if parent < 0 {
-        return Err(std::io::Error::last_os_error()).context("ioctl(NS_GET_PARENT) on the pod's user namespace");
+        let e = std::io::Error::last_os_error();
+        return Err(NetnsError::syscall("ioctl(NS_GET_PARENT) on the pod's user namespace", e));
     }
     // SAFETY: the kernel just returned this descriptor.
     let parent = unsafe { File::from_raw_fd(parent) };
-    let ours = std::fs::metadata("/proc/self/ns/user")?;
-    if parent.metadata()?.ino() != ours.ino() {
-        bail!("the pod's user namespace is nested in another user namespace, which eBPF mode does not support");
+    let ours =
+        std::fs::metadata("/proc/self/ns/user").map_err(|e| NetnsError::syscall("read /proc/self/ns/user", e))?;
+    let theirs = parent.metadata().map_err(|e| NetnsError::syscall("stat the parent user namespace", e))?;
+    if theirs.ino() != ours.ino() {
+        return Err(NetnsError::NestedUserns);
     }
     let map = parse_map(&read_uid_map(&userns)?)?;
-    translate(&map, uid).with_context(|| {
-        format!("the proxy UID {uid} is not mapped by the pod's user namespace (uid_map {map:?}): its traffic could not be recognised")
-    })
+    translate(&map, uid).ok_or(NetnsError::UidNotMapped { uid, map })
 }
 
 /// The uid_map of a user namespace, read by a child process that joins it (entering a user
@@ -72,12 +73,12 @@ fn read_uid_map(userns: &File) -> Result<String> {
     let mut fds = [0i32; 2];
     // SAFETY: a valid array for the two descriptors.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("pipe2");
+        return Err(NetnsError::syscall("pipe2", std::io::Error::last_os_error()));
     }
     // SAFETY: the child only makes async-signal-safe calls (setns, open, read, write, _exit).
     let pid = unsafe { libc::fork() };
     if pid < 0 {
-        return Err(std::io::Error::last_os_error()).context("fork");
+        return Err(NetnsError::syscall("fork", std::io::Error::last_os_error()));
     }
     if pid == 0 {
         unsafe {
@@ -103,9 +104,9 @@ fn read_uid_map(userns: &File) -> Result<String> {
     let mut status = 0;
     // SAFETY: our own child.
     unsafe { libc::waitpid(pid, &mut status, 0) };
-    read.context("reading the pod's uid_map")?;
+    read.map_err(|e| NetnsError::syscall("reading the pod's uid_map", e))?;
     if text.is_empty() {
-        bail!("could not read the uid_map of the pod's user namespace");
+        return Err(NetnsError::NoUidMap);
     }
     Ok(text)
 }
