@@ -181,7 +181,7 @@ pub fn policy_with(k: usize, rng: &mut Rng) -> Policy {
         };
         let ip = std::net::Ipv4Addr::from(base);
         let text = format!("{ip}/{len}");
-        cidrs.push(Cidr { net: text.parse().unwrap(), text });
+        cidrs.push(Cidr { net: text.parse().unwrap(), text: text.into() });
     }
     cidrs.push(Cidr { text: "203.0.113.10/32".into(), net: "203.0.113.10/32".parse().unwrap() });
     Policy { outbound_ip_range_exclusions: cidrs, ..Policy::default() }

@@ -73,6 +73,23 @@ pub struct MeshState {
     /// Bumped at every reload: a pod added while one happened is re-checked.
     pub generation: u64,
     pub status: MeshConfigStatus,
+    /// What every pod's policy is built from besides its own annotations (the MeshConfig,
+    /// the flags, this build), hashed: see [`MeshState::inputs_of`].
+    pub inputs: [u8; 32],
+}
+
+impl MeshState {
+    /// The global inputs of every pod's policy, as a hash: the MeshConfig as parsed (an
+    /// edit of its layout or comments changes nothing), the daemon's policy flags, and this
+    /// build (another version may build other policies from the same inputs).
+    pub fn inputs_of(flags: &FlagValues, doc: Option<&Document>) -> [u8; 32] {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(this_build());
+        h.update(format!("{flags:?}"));
+        h.update(serde_json::to_vec(&doc.map(|d| &d.doc)).unwrap_or_default());
+        h.finalize().into()
+    }
 }
 
 pub struct Daemon {
@@ -115,13 +132,16 @@ pub fn fingerprint(bytes: &[u8]) -> u64 {
     h
 }
 
-/// A policy as one number: what the daemon keeps of a pod's applied policy (a pod's merged
-/// policy repeats the MeshConfig's global lists, which may hold thousands of ranges).
-pub fn policy_digest(policy: &Policy) -> u64 {
+/// What a pod's policy is built from, as one number: the global inputs
+/// ([`MeshState::inputs`]) and the pod's own document. What the daemon keeps of a pod's
+/// applied policy: equal inputs build equal policies, and hashing the inputs costs nothing
+/// where the policy repeats a MeshConfig's lists of thousands of ranges.
+pub fn policy_digest(global: &[u8; 32], pod: Option<&Document>) -> u64 {
     use sha2::Digest;
-    let bytes = serde_json::to_vec(policy).unwrap_or_default();
-    let hash = sha2::Sha256::digest(&bytes);
-    u64::from_le_bytes(hash[..8].try_into().expect("32 bytes"))
+    let mut h = sha2::Sha256::new();
+    h.update(global);
+    h.update(serde_json::to_vec(&pod.map(|d| &d.doc)).unwrap_or_default());
+    u64::from_le_bytes(h.finalize()[..8].try_into().expect("32 bytes"))
 }
 
 /// The routes and addresses of a namespace, as one number.
@@ -311,6 +331,28 @@ fn compare<T: Ord + Clone + std::fmt::Debug>(problems: &mut Vec<String>, what: &
     }
 }
 
+/// This executable, hashed once (its version, if it cannot be read): a daemon upgraded in
+/// place re-applies every pod once, in case the new build makes other policies.
+fn this_build() -> &'static [u8] {
+    static BUILD: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    BUILD.get_or_init(|| {
+        use sha2::Digest;
+        match std::fs::read("/proc/self/exe") {
+            Ok(bytes) => sha2::Sha256::digest(&bytes).to_vec(),
+            Err(_) => env!("CARGO_PKG_VERSION").as_bytes().to_vec(),
+        }
+    })
+}
+
+/// A pod's policy as the daemon builds it.
+struct PodPolicy<P = Policy> {
+    policy: P,
+    source: AnnotationSource,
+    /// The MeshConfig generation it was built under.
+    generation: u64,
+    digest: u64,
+}
+
 async fn blocking<T, E>(f: impl FnOnce() -> Result<T, E> + Send + 'static) -> Result<T>
 where
     T: Send + 'static,
@@ -320,7 +362,8 @@ where
 }
 
 impl Daemon {
-    pub fn new(cfg: Config, records: Vec<state::PodRecord>, mesh: MeshState) -> Daemon {
+    pub fn new(cfg: Config, records: Vec<state::PodRecord>, mut mesh: MeshState) -> Daemon {
+        mesh.inputs = MeshState::inputs_of(&cfg.flags, mesh.doc.as_ref());
         Daemon {
             metrics: DaemonMetrics::new(cfg.mode),
             cfg,
@@ -404,15 +447,34 @@ impl Daemon {
         Ok((None, AnnotationSource::None))
     }
 
-    /// The pod's merged policy under the MeshConfig in force, and that MeshConfig's generation.
+    /// The pod's merged policy under the MeshConfig in force, where its annotations came
+    /// from, that MeshConfig's generation and the policy's digest ([`policy_digest`]).
     fn pod_policy(
         &self,
         namespace: &str,
         name: &str,
         annotations: Option<&BTreeMap<String, String>>,
-    ) -> Result<(Policy, AnnotationSource, u64), Failure> {
+    ) -> Result<PodPolicy, Failure> {
+        let PodPolicy { policy, source, generation, digest } =
+            self.pod_policy_unless(namespace, name, annotations, None)?;
+        Ok(PodPolicy { policy: policy.expect("built when no digest is given"), source, generation, digest })
+    }
+
+    /// [`Self::pod_policy`], without building the policy (`policy: None`) when its digest is
+    /// `unchanged`.
+    fn pod_policy_unless(
+        &self,
+        namespace: &str,
+        name: &str,
+        annotations: Option<&BTreeMap<String, String>>,
+        unchanged: Option<u64>,
+    ) -> Result<PodPolicy<Option<Policy>>, Failure> {
         let (doc, source) = self.pod_document(namespace, name, annotations)?;
         let mesh = self.mesh.read().unwrap();
+        let digest = policy_digest(&mesh.inputs, doc.as_ref());
+        if unchanged == Some(digest) {
+            return Ok(PodPolicy { policy: None, source, generation: mesh.generation, digest });
+        }
         let built = match &mesh.global {
             Some(global) => global.policy_for(&self.cfg.flags, doc.as_ref()),
             None => build_policy_from_documents(&self.cfg.flags, mesh.doc.as_ref(), doc.as_ref()),
@@ -421,7 +483,7 @@ impl Daemon {
         for w in warnings {
             tracing::warn!("pod {namespace}/{name}: {w}");
         }
-        Ok((policy, source, mesh.generation))
+        Ok(PodPolicy { policy: Some(policy), source, generation: mesh.generation, digest })
     }
 
     pub fn view(&self, r: &state::PodRecord) -> PodView {
@@ -498,7 +560,8 @@ impl Daemon {
             self.forget(&old.id);
         }
         let previous = previous.filter(|o| (o.netns_dev, o.netns_ino) == (dev, ino));
-        let (policy, source, generation) = self.pod_policy(&namespace, &name, req.annotations.as_ref())?;
+        let PodPolicy { policy, source, generation, digest } =
+            self.pod_policy(&namespace, &name, req.annotations.as_ref())?;
         let mode = previous.as_ref().map(|p| p.mode).unwrap_or(self.cfg.mode);
         let mut record = state::PodRecord {
             id: req.container_id.clone(),
@@ -512,7 +575,7 @@ impl Daemon {
             ips: req.ips.clone(),
             annotations: req.annotations.clone(),
             annotations_from: source,
-            policy_digest: Some(policy_digest(&policy)),
+            policy_digest: Some(digest),
             routes_fingerprint: None,
             added_at: previous.as_ref().map(|p| p.added_at).unwrap_or_else(now),
             applied_at: now(),
@@ -601,7 +664,7 @@ impl Daemon {
         if let Some(e) = &r.last_error {
             problems.push(format!("the last re-apply failed (the previous policy stays in force): {e}"));
         }
-        let (policy, _, _) = self.pod_policy(&r.namespace, &r.name, r.annotations.as_ref())?;
+        let policy = self.pod_policy(&r.namespace, &r.name, r.annotations.as_ref())?.policy;
         let mut view = self.view(&r);
         view.policy = Some(serde_json::to_value(&policy).unwrap_or_default());
         if problems.is_empty() {
@@ -645,10 +708,13 @@ impl Daemon {
         if netns_identity(&r.netns).ok() != Some((r.netns_dev, r.netns_ino)) {
             return false; // gone: the reconcile removes it
         }
-        let policy = match self.pod_policy(&r.namespace, &r.name, r.annotations.as_ref()) {
-            Ok((p, source, _)) => {
+        // Unchanged inputs need no policy built (unless forced, or the last apply failed).
+        let unchanged = if force || r.last_error.is_some() { None } else { r.policy_digest };
+        let (policy, digest) = match self.pod_policy_unless(&r.namespace, &r.name, r.annotations.as_ref(), unchanged) {
+            Ok(PodPolicy { policy: None, .. }) => return false,
+            Ok(PodPolicy { policy: Some(p), source, digest, .. }) => {
                 r.annotations_from = source;
-                p
+                (p, digest)
             }
             Err(f) => {
                 tracing::error!("pod {}/{}: {} (the previous policy stays in force)", r.namespace, r.name, f.message);
@@ -659,10 +725,6 @@ impl Daemon {
                 return false;
             }
         };
-        let digest = policy_digest(&policy);
-        if !force && Some(digest) == r.policy_digest && r.last_error.is_none() {
-            return false;
-        }
         let t = Target::of(self, &r);
         // A policy change alone (MeshConfig, manifest) keeps an eBPF pod's table (its routes
         // are watched apart): only its lists switch, without re-reading its routes.
@@ -716,14 +778,31 @@ impl Daemon {
     /// Re-applies every pod whose policy changed (after a MeshConfig or manifest edit).
     pub async fn reapply_all(self: &Arc<Self>, reason: &str, filter: impl Fn(&state::PodRecord) -> bool) {
         let ids: Vec<String> = self.records().into_iter().filter(|r| filter(r)).map(|r| r.id).collect();
+        let started = Instant::now();
+        // Pods are independent (each under its own lock; the kernel's maps under the
+        // installation's lock): as many at once as there are CPUs, so that building one
+        // pod's policy overlaps another's switch.
+        let width = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let slots = Arc::new(tokio::sync::Semaphore::new(width));
+        let mut running = tokio::task::JoinSet::new();
+        for id in ids.iter().cloned() {
+            let slot = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
+            let (d, reason) = (self.clone(), reason.to_string());
+            running.spawn(async move {
+                let _slot = slot;
+                d.reapply(&id, &reason, false).await
+            });
+        }
         let mut changed = 0;
-        for id in &ids {
-            if self.reapply(id, reason, false).await {
-                changed += 1;
+        while let Some(done) = running.join_next().await {
+            match done {
+                Ok(true) => changed += 1,
+                Ok(false) => {}
+                Err(e) => tracing::error!("{reason}: a re-apply task failed: {e}"),
             }
         }
         if !ids.is_empty() {
-            tracing::info!("{reason}: {changed} of {} pod(s) re-applied", ids.len());
+            tracing::info!("{reason}: {changed} of {} pod(s) re-applied in {:?}", ids.len(), started.elapsed());
             self.save().await;
         }
     }

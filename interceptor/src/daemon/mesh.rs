@@ -36,9 +36,14 @@ pub fn initial(path: Option<&Path>, last_good: Option<&str>, flags: &FlagValues)
         .map_err(|e| anyhow::anyhow!("cannot read the MeshConfig {}: {e}", path.display()));
     let attempt = text.and_then(|t| validate(path, &t, flags).map(|d| (t, d)).map_err(anyhow::Error::from));
     match attempt {
-        Ok((text, (doc, global))) => {
-            Ok(MeshState { doc: Some(doc), global: Some(global), raw: Some(text), generation: 1, status })
-        }
+        Ok((text, (doc, global))) => Ok(MeshState {
+            doc: Some(doc),
+            global: Some(global),
+            raw: Some(text),
+            generation: 1,
+            status,
+            inputs: [0; 32],
+        }),
         Err(e) => match last_good {
             Some(good) => {
                 let (doc, global) = validate(path, good, flags)?;
@@ -51,6 +56,7 @@ pub fn initial(path: Option<&Path>, last_good: Option<&str>, flags: &FlagValues)
                     raw: Some(good.to_string()),
                     generation: 1,
                     status,
+                    inputs: [0; 32],
                 })
             }
             None => Err(e),
@@ -110,6 +116,7 @@ impl Daemon {
                     return;
                 }
                 Ok((doc, global)) => {
+                    m.inputs = MeshState::inputs_of(&self.cfg.flags, Some(&doc));
                     m.doc = Some(doc);
                     m.global = Some(global);
                     m.raw = Some(text);

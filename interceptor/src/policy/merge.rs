@@ -57,7 +57,7 @@ pub struct GlobalRanges {
     /// Item `i` repeats the text of an earlier item.
     repeats: Vec<bool>,
     /// Each text's first item.
-    first: HashMap<String, usize>,
+    first: HashMap<std::sync::Arc<str>, usize>,
     /// The networks of the list (the pod's own ranges are those not among them).
     pub nets: HashSet<IpNet>,
 }
@@ -88,7 +88,7 @@ impl GlobalRanges {
         // The global items a pod's range repeats (their later repeats are `repeats`).
         let mut listed_by_pod = Vec::new();
         for item in pod {
-            if seen.insert(item.value.text.as_str()) {
+            if seen.insert(&*item.value.text) {
                 out.push(item.value.clone());
                 listed_by_pod.extend(self.first.get(&item.value.text).copied());
             } else {
@@ -121,7 +121,7 @@ pub fn ip_ranges(
     pod: &[Sourced<super::Cidr>],
     w: &mut Vec<Warning>,
 ) -> Vec<super::Cidr> {
-    merge_dedup(pod, global, |c| c.text.as_str(), |c| format!("range {}", c.text), w)
+    merge_dedup(pod, global, |c| &*c.text, |c| format!("range {}", c.text), w)
 }
 
 #[cfg(test)]
@@ -151,7 +151,7 @@ mod tests {
             &[s(c("2.2.2.2/24"), "p"), s(c("3.3.3.3/32"), "p"), s(c("2.2.2.0/24"), "p")],
             &mut w,
         );
-        let texts: Vec<_> = merged.iter().map(|c| c.text.as_str()).collect();
+        let texts: Vec<_> = merged.iter().map(|c| &*c.text).collect();
         // 2.2.2.2/24 and 2.2.2.0/24 are the same network but different text: both kept.
         assert_eq!(texts, ["2.2.2.2/24", "3.3.3.3/32", "2.2.2.0/24", "1.1.1.1/32"]);
         assert_eq!(w.len(), 1);

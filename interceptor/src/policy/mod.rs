@@ -106,7 +106,8 @@ impl fmt::Display for LocalProxyMode {
 /// so `10.0.0.1/8` stays `10.0.0.1/8` in the rules while `net` is what it matches.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Cidr {
-    pub text: String,
+    /// Shared: a MeshConfig's ranges are in every pod's merged policy.
+    pub text: std::sync::Arc<str>,
     #[serde(skip)]
     pub net: IpNet,
 }

@@ -55,7 +55,7 @@ fn write(name: &str, text: &str) -> std::path::PathBuf {
 }
 
 fn texts(c: &[Cidr]) -> Vec<&str> {
-    c.iter().map(|c| c.text.as_str()).collect()
+    c.iter().map(|c| &*c.text).collect()
 }
 
 #[test]

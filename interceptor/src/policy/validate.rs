@@ -25,7 +25,7 @@ pub fn parse_cidr(origin: &Origin, raw: &str) -> Result<Cidr, PolicyError> {
     }
     let net = IpNet::from_str(text)
         .map_err(|_| err("not an IPv4 or IPv6 network (ADDRESS/PREFIX, prefix ≤ 32 for IPv4, ≤ 128 for IPv6)"))?;
-    Ok(Cidr { text: text.to_string(), net })
+    Ok(Cidr { text: text.into(), net })
 }
 
 /// A port is a decimal integer in 1..=65535.
@@ -148,7 +148,7 @@ mod tests {
 
     #[test]
     fn cidrs() {
-        assert_eq!(parse_cidr(&flag(), " 10.0.0.1/8 ").unwrap().text, "10.0.0.1/8");
+        assert_eq!(&*parse_cidr(&flag(), " 10.0.0.1/8 ").unwrap().text, "10.0.0.1/8");
         assert!(parse_cidr(&flag(), "2001:db8::/32").is_ok());
         for bad in ["", "10.0.0.1", "10.0.0.0/33", "foo/8", "2001:db8::/129", "1.2.3/8"] {
             let e = parse_cidr(&flag(), bad).unwrap_err();
