@@ -249,7 +249,12 @@ pub fn table_inputs(policy: &Policy) -> [u8; 32] {
 /// the pod's own together).
 pub fn lists(policy: &Policy) -> Lists {
     let pod = &policy.pod_ranges;
+    // A pod adds a few ranges at most to a global list of thousands: a scan of its own is
+    // cheaper than hashing every global range (this runs for every pod at a MeshConfig change).
     let nets = |list: &[crate::policy::Cidr], own: &[IpNet]| -> Vec<IpNet> {
+        if own.len() <= 16 {
+            return list.iter().map(|c| c.net.trunc()).filter(|n| !own.contains(n)).collect();
+        }
         let own: std::collections::HashSet<IpNet> = own.iter().copied().collect();
         list.iter().map(|c| c.net.trunc()).filter(|n| !own.contains(n)).collect()
     };
