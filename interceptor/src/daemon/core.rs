@@ -785,7 +785,8 @@ impl Daemon {
         let width = std::thread::available_parallelism().map_or(1, |n| n.get());
         let slots = Arc::new(tokio::sync::Semaphore::new(width));
         let mut running = tokio::task::JoinSet::new();
-        for id in ids.iter().cloned() {
+        let total = ids.len();
+        for id in ids {
             let slot = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
             let (d, reason) = (self.clone(), reason.to_string());
             running.spawn(async move {
@@ -801,8 +802,8 @@ impl Daemon {
                 Err(e) => tracing::error!("{reason}: a re-apply task failed: {e}"),
             }
         }
-        if !ids.is_empty() {
-            tracing::info!("{reason}: {changed} of {} pod(s) re-applied in {:?}", ids.len(), started.elapsed());
+        if total > 0 {
+            tracing::info!("{reason}: {changed} of {total} pod(s) re-applied in {:?}", started.elapsed());
             self.save().await;
         }
     }
@@ -944,5 +945,38 @@ impl Daemon {
         for (_, h) in self.watchers.lock().unwrap().drain() {
             h.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(text: &str) -> Document {
+        Document { shown: "test".into(), doc: serde_json::from_str(text).expect("json") }
+    }
+
+    /// A pod's digest changes with what its policy is built from, and only with that: a
+    /// re-apply skips a pod only when its policy would be the same.
+    #[test]
+    fn a_pods_digest_follows_its_policys_inputs() {
+        let flags = FlagValues::default();
+        let mesh = doc(r#"{"spec":{"traffic":{"outboundIPRangeExclusionList":["10.0.0.0/8"]}}}"#);
+        let same_mesh = doc(r#"{ "spec": { "traffic": { "outboundIPRangeExclusionList": [ "10.0.0.0/8" ] } } }"#);
+        let other_mesh = doc(r#"{"spec":{"traffic":{"outboundIPRangeExclusionList":["10.0.0.0/16"]}}}"#);
+        let inputs = MeshState::inputs_of(&flags, Some(&mesh));
+        assert_eq!(inputs, MeshState::inputs_of(&flags, Some(&same_mesh)), "layout alone changes nothing");
+        assert_ne!(inputs, MeshState::inputs_of(&flags, Some(&other_mesh)));
+        assert_ne!(inputs, MeshState::inputs_of(&flags, None));
+        let other_flags = FlagValues { outbound_port_exclusion_list: vec!["6379".into()], ..Default::default() };
+        assert_ne!(inputs, MeshState::inputs_of(&other_flags, Some(&mesh)));
+
+        let pod = doc(r#"{"metadata":{"annotations":{"openservicemesh.io/outbound-port-exclusion-list":"80"}}}"#);
+        let other_pod = doc(r#"{"metadata":{"annotations":{"openservicemesh.io/outbound-port-exclusion-list":"81"}}}"#);
+        let d = policy_digest(&inputs, Some(&pod));
+        assert_eq!(d, policy_digest(&inputs, Some(&pod)));
+        assert_ne!(d, policy_digest(&inputs, Some(&other_pod)));
+        assert_ne!(d, policy_digest(&inputs, None));
+        assert_ne!(d, policy_digest(&MeshState::inputs_of(&flags, Some(&other_mesh)), Some(&pod)));
     }
 }
