@@ -10,7 +10,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::Child,
+    process::{Child, Command},
     sync::{
         Mutex,
         atomic::{AtomicU32, Ordering},
@@ -235,11 +235,20 @@ impl Sandbox {
         ] {
             ip(&["-n", ns, "addr", "add", addr, "dev", dev, "nodad"])?;
         }
+        // No duplicate address detection (nothing else can hold a sandbox's addresses): the
+        // link-local addresses and their routes then exist as soon as the links are up, so
+        // a pod's routing table is final before a test enrolls it. With DAD they arrive a
+        // second or more later (more in a TCG guest), and a test comparing the tables of two
+        // enrolls saw the table change in between.
+        for ns in [p, w] {
+            no_dad(&self.netns_path(ns))?;
+        }
         for ns in [p, w] {
             for dev in ["lo", "eth0", "eth1"] {
                 ip(&["-n", ns, "link", "set", dev, "up"])?;
             }
         }
+        wait_for_link_local(p)?;
         ip(&["-n", p, "route", "add", "default", "via", WORLD_IP, "dev", "eth0"])?;
         ip(&["-n", p, "route", "add", "203.0.113.128/25", "via", "198.51.100.129", "dev", "eth1"])?;
         ip(&["-n", p, "-6", "route", "add", "default", "via", "2001:db8:1::1", "dev", "eth0"])?;
@@ -490,5 +499,37 @@ impl Drop for Sandbox {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// Turns IPv6 duplicate address detection off in a namespace (its interfaces, and any made
+/// later), before its links come up.
+fn no_dad(netns: &Path) -> Result<()> {
+    interceptor::netns::Netns::at(netns).run(|| -> Result<()> {
+        // /proc/sys/net is the namespace of the thread that opens it: this one.
+        for conf in ["all", "default", "lo", "eth0", "eth1"] {
+            let path = format!("/proc/sys/net/ipv6/conf/{conf}/accept_dad");
+            fs::write(&path, "0").with_context(|| format!("write {path}"))?;
+        }
+        Ok(())
+    })
+}
+
+/// Waits until the pod's two links have their (final, not tentative) link-local addresses:
+/// the kernel adds them, and their routes, from a work queue just after the links come up.
+fn wait_for_link_local(netns: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = Command::new("ip").args(["-n", netns, "-6", "-o", "addr", "show", "scope", "link"]).output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let ready =
+            |dev: &str| text.lines().any(|l| l.split_whitespace().nth(1) == Some(dev) && !l.contains("tentative"));
+        if ready("eth0") && ready("eth1") {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("the links of {netns} have no link-local address after 10 s: {text}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
