@@ -62,12 +62,29 @@ fn zeroed_attr() -> bpf_attr {
 
 /// bpf(2). The whole union is passed: the kernel accepts a larger attribute whose tail
 /// (what an older kernel does not know) is zero.
+/// How many times a BPF_PROG_LOAD the verifier gave up on with EAGAIN is tried again.
+pub const PROG_LOAD_ATTEMPTS: u32 = 10;
+
 fn sys_bpf(call: bpf_cmd, attr: &mut bpf_attr) -> Result<i64> {
-    // SAFETY: a valid, initialised attribute of the size passed; the pointers it holds
-    // point to buffers that outlive the call.
-    let rc =
-        unsafe { libc::syscall(libc::SYS_bpf, call as libc::c_long, attr as *mut bpf_attr, size_of::<bpf_attr>()) };
-    if rc < 0 { Err(EbpfError::Syscall { call, errno: io::Error::last_os_error() }) } else { Ok(rc) }
+    let mut attempts = 0;
+    loop {
+        // SAFETY: a valid, initialised attribute of the size passed; the pointers it holds
+        // point to buffers that outlive the call.
+        let rc =
+            unsafe { libc::syscall(libc::SYS_bpf, call as libc::c_long, attr as *mut bpf_attr, size_of::<bpf_attr>()) };
+        if rc >= 0 {
+            return Ok(rc);
+        }
+        let errno = io::Error::last_os_error();
+        // The verifier gives up with EAGAIN when a signal arrives while it works (since
+        // Linux 4.20): the load is tried again, as libbpf and cilium/ebpf do.
+        if call == bpf_cmd::BPF_PROG_LOAD && errno.raw_os_error() == Some(libc::EAGAIN) && attempts < PROG_LOAD_ATTEMPTS
+        {
+            attempts += 1;
+            continue;
+        }
+        return Err(EbpfError::Syscall { call, errno });
+    }
 }
 
 fn owned(fd: i64) -> OwnedFd {
@@ -487,4 +504,63 @@ pub fn u32_array_get(map: BorrowedFd<'_>, index: u32) -> Result<u32> {
     let mut value: u32 = 0;
     map_elem(bpf_cmd::BPF_MAP_LOOKUP_ELEM, map, ptr(&index), ptr(&mut value as *mut u32))?;
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+
+    use super::*;
+
+    extern "C" fn ignore(_: libc::c_int) {}
+
+    /// A load the verifier gives up on because a signal arrived (EAGAIN) is tried again:
+    /// a long program (the verifier walks every instruction) loaded again and again while
+    /// another thread signals the loading thread every few milliseconds.
+    #[test]
+    fn a_load_interrupted_by_signals_is_tried_again() {
+        if !nix::unistd::geteuid().is_root() {
+            return eprintln!("SKIPPED a_load_interrupted_by_signals_is_tried_again: not root");
+        }
+        use insn::{R0, exit, mov_imm};
+        // SAFETY: a handler that does nothing; SIGUSR2 is used by nothing else in the tests.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = ignore as extern "C" fn(libc::c_int) as usize;
+            libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut());
+        }
+        let mut prog = vec![mov_imm(R0, 1); 5_000];
+        prog.push(exit());
+        let tid = AtomicI32::new(0);
+        let done = AtomicBool::new(false);
+        let (loads, signals) = std::thread::scope(|s| {
+            let loader = s.spawn(|| {
+                // SAFETY: plain syscall.
+                tid.store(unsafe { libc::gettid() }, Ordering::SeqCst);
+                let results: Vec<_> =
+                    (0..200).map(|_| prog_load(ProgType::SkLookup, &prog, "interrupted").map(drop)).collect();
+                done.store(true, Ordering::SeqCst);
+                results
+            });
+            let mut signals = 0;
+            while !done.load(Ordering::SeqCst) {
+                let t = tid.load(Ordering::SeqCst);
+                if t != 0 {
+                    // SAFETY: a thread of this process, alive until `done`.
+                    unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), t, libc::SIGUSR2) };
+                    signals += 1;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            (loader.join().expect("loader"), signals)
+        });
+        let failed: Vec<String> = loads.iter().filter_map(|r| r.as_ref().err().map(|e| e.to_string())).collect();
+        assert!(signals > 50, "the test sent only {signals} signals");
+        assert!(
+            failed.is_empty(),
+            "{} of {} loads failed under {signals} signals: {failed:?}",
+            failed.len(),
+            loads.len()
+        );
+    }
 }
