@@ -110,9 +110,13 @@ pub mod helper {
 
 /// The raw bytes of a program, as BPF_PROG_LOAD reads them.
 pub fn bytes(prog: &[Insn]) -> Vec<u8> {
-    prog.iter()
-        .flat_map(|i| [[i.code, i.regs], i.off.to_le_bytes()].concat().into_iter().chain(i.imm.to_le_bytes()))
-        .collect()
+    let mut out = Vec::with_capacity(prog.len() * 8);
+    for i in prog {
+        out.extend_from_slice(&[i.code, i.regs]);
+        out.extend_from_slice(&i.off.to_le_bytes());
+        out.extend_from_slice(&i.imm.to_le_bytes());
+    }
+    out
 }
 
 #[cfg(test)]

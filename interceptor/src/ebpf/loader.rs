@@ -247,6 +247,7 @@ fn load_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Program> {
                 if io_error.raw_os_error() == Some(libc::EAGAIN) && attempts < raw::PROG_LOAD_ATTEMPTS =>
             {
                 attempts += 1;
+                raw::note_prog_load_retried(name, attempts);
             }
             Err(source) => return Err(EbpfError::ProgramRefused { name: name.into(), source }),
         }
