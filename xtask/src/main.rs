@@ -3,7 +3,8 @@
 //! * `setup`   install what building and testing need (idempotent): iptables, iproute2,
 //!   dnsmasq and dig (the DNS proxy tests), podman + runc + CNI plugins (the daemon's tests),
 //!   prometheus and promtool (the metrics tests),
-//!   nightly rust-src, bpf-linker (built against nightly's own LLVM);
+//!   nightly rust-src, bpf-linker (built against nightly's own LLVM); mounts the host's
+//!   bpffs at /sys/fs/bpf if the machine booted without one;
 //! * `build`   build everything (the eBPF object is embedded in `interceptor`);
 //! * `test`    setup + build + every unit and integration test, as root on this kernel;
 //! * `demo`    intercept real traffic in a sandbox and show where each connection landed;
@@ -69,7 +70,8 @@ fn run(args: &[String]) -> Result<()> {
 
 const HELP: &str = "usage: cargo xtask <task>
   setup              install iptables, iproute2, dnsmasq, dig, podman, runc, CNI plugins,
-                     prometheus, nightly rust-src and bpf-linker (idempotent)
+                     prometheus, nightly rust-src and bpf-linker; mount the host's bpffs
+                     at /sys/fs/bpf if missing (idempotent)
   build              setup, then build the workspace (eBPF object embedded in `interceptor`)
   test               setup, fmt + clippy checks, build, then every unit and integration test (as root)
   demo [--mode ebpf|iptables]

@@ -32,9 +32,13 @@ fn cargo() -> Command {
     c
 }
 
-pub fn require_root(task: &str) -> Result<()> {
+pub fn is_root() -> bool {
     // SAFETY: geteuid cannot fail.
-    if unsafe { libc_geteuid() } != 0 {
+    unsafe { libc_geteuid() == 0 }
+}
+
+pub fn require_root(task: &str) -> Result<()> {
+    if !is_root() {
         bail!("`cargo xtask {task}` programs the kernel (namespaces, cgroups, iptables, eBPF): run it as root");
     }
     Ok(())
