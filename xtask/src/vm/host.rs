@@ -38,6 +38,7 @@ pub fn run_suite(suite: &[Suite]) -> Result<results::Kernel> {
     let mut child = cmd.spawn().context("run cargo test")?;
     drop(cmd);
     let mut current: Option<results::Binary> = None;
+    let mut in_failures = false;
     for line in BufReader::new(reader).lines() {
         let line = line?;
         let t = line.trim();
@@ -47,11 +48,19 @@ pub fn run_suite(suite: &[Suite]) -> Result<results::Kernel> {
             let name = name.rsplit_once('-').map_or(name, |(n, _)| n);
             row.binaries.extend(current.take());
             current = Some(results::Binary::new(name));
+            in_failures = false;
             eprintln!("[host] {t}");
         } else if let Some(b) = current.as_mut() {
             b.line(&line);
-            if t.starts_with("test ") {
-                eprintln!("[host] {t}");
+            // A failing test's own output (libtest prints it after "failures:"), so the
+            // log says why, as the guests' consoles do.
+            if t == "failures:" {
+                in_failures = true;
+            } else if t.starts_with("test result:") {
+                in_failures = false;
+            }
+            if t.starts_with("test ") || in_failures {
+                eprintln!("[host] {line}");
             }
         }
     }
