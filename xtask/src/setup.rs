@@ -29,22 +29,16 @@ pub fn setup() -> Result<()> {
 /// every eBPF networking tool expect it there).
 const HOST_BPFFS: &str = "/sys/fs/bpf";
 
-/// Whether `dir` is a mount point of a bpf filesystem, from /proc/mounts.
-fn bpffs_mounted_at(dir: &str) -> Result<bool> {
-    let mounts = fs::read_to_string("/proc/mounts").context("cannot read /proc/mounts")?;
-    Ok(mounts.lines().any(|l| {
-        let mut f = l.split_whitespace();
-        let (_, at, kind) = (f.next(), f.next(), f.next());
-        at == Some(dir) && kind == Some("bpf")
-    }))
-}
-
 /// The host's bpffs at /sys/fs/bpf, mounted if this machine booted without one (a node
 /// without systemd). interceptor itself never mounts one (a bpffs mounted from inside a
 /// container would vanish with it, and the interception with it): like a node's boot, the
 /// machine's setup does.
 fn host_bpffs() -> Result<()> {
-    if !crate::util::is_root() || bpffs_mounted_at(HOST_BPFFS)? {
+    if !crate::util::is_root() {
+        return Ok(());
+    }
+    let bpffs = crate::util::mount_points("bpf").context("cannot read /proc/mounts")?;
+    if bpffs.iter().any(|m| m == Path::new(HOST_BPFFS)) {
         return Ok(());
     }
     eprintln!("xtask: mounting the host's bpf filesystem at {HOST_BPFFS} (this machine booted without one)");

@@ -69,6 +69,18 @@ fn owner_alive(name: &str) -> bool {
     }
 }
 
+/// Where filesystems of type `kind` (`cgroup2`, `bpf`, …) are mounted, from /proc/mounts.
+pub fn mount_points(kind: &str) -> std::io::Result<Vec<PathBuf>> {
+    let mounts = std::fs::read_to_string("/proc/mounts")?;
+    Ok(mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&kind)).then(|| PathBuf::from(f[1]))
+        })
+        .collect())
+}
+
 /// Removes what a crashed earlier run of the tests may have left (only our own names, and
 /// only those whose creating process is gone).
 pub fn cleanup_stale() {
@@ -80,16 +92,7 @@ pub fn cleanup_stale() {
             }
         }
     }
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    let cgroup_mounts = |kind: &str| -> Vec<PathBuf> {
-        mounts
-            .lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.get(2) == Some(&kind)).then(|| PathBuf::from(f[1]))
-            })
-            .collect()
-    };
+    let cgroup_mounts = |kind: &str| mount_points(kind).unwrap_or_default();
     let prefixes = ["interceptor-test-", "interceptor-demo-", "interceptor-bench-"];
     let stale = |dir: &Path| -> Vec<PathBuf> {
         let Ok(entries) = std::fs::read_dir(dir) else { return vec![] };
