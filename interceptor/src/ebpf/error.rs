@@ -196,6 +196,9 @@ impl EbpfError {
             | EbpfError::SkLookupRefused { source }
             | EbpfError::UpgradeInterrupted { source, .. } => source.os_error(),
             EbpfError::Netns(e) => e.os_error(),
+            EbpfError::ProgramRefused { source: ProgramError::LoadError { io_error, .. }, .. } => {
+                io_error.raw_os_error()
+            }
             _ => None,
         }
     }

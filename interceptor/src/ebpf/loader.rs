@@ -223,8 +223,7 @@ fn open_object(pins: &PinDir, node_limit: Option<u64>) -> Result<Ebpf> {
 
 fn load_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Program> {
     let prog = ebpf.program_mut(name).ok_or_else(|| EbpfError::MissingProgram { name: name.into() })?;
-    let mut attempts = 0;
-    loop {
+    raw::retry_interrupted_load(name, || {
         let result = match &mut *prog {
             Program::CgroupSockAddr(p) => p.load(),
             Program::SockOps(p) => p.load(),
@@ -239,19 +238,9 @@ fn load_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Program> {
                 });
             }
         };
-        match result {
-            Ok(()) => return Ok(prog),
-            // The verifier gives up with EAGAIN when a signal arrives while it works: the
-            // load is tried again, as libbpf does (aya does not).
-            Err(aya::programs::ProgramError::LoadError { io_error, .. })
-                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempts < raw::PROG_LOAD_ATTEMPTS =>
-            {
-                attempts += 1;
-                raw::note_prog_load_retried(name, attempts);
-            }
-            Err(source) => return Err(EbpfError::ProgramRefused { name: name.into(), source }),
-        }
-    }
+        result.map_err(|source| EbpfError::ProgramRefused { name: name.into(), source })
+    })?;
+    Ok(prog)
 }
 
 fn program_fd<'a>(ebpf: &'a Ebpf, name: &str) -> Result<BorrowedFd<'a>> {

@@ -68,38 +68,38 @@ pub const PROG_LOAD_ATTEMPTS: u32 = 10;
 /// storm shows here, in `debug` logs, and in the tests that prove the retry.
 pub static PROG_LOADS_RETRIED: AtomicU64 = AtomicU64::new(0);
 
-/// Counts one more BPF_PROG_LOAD tried again after EAGAIN.
-pub fn note_prog_load_retried(what: &str, attempt: u32) {
-    PROG_LOADS_RETRIED.fetch_add(1, Ordering::Relaxed);
-    tracing::debug!(
-        "BPF_PROG_LOAD of {what} interrupted by a signal (EAGAIN): attempt {} of {PROG_LOAD_ATTEMPTS}",
-        attempt + 1
-    );
+/// Runs `load` (a BPF_PROG_LOAD of `what`, raw or aya's) again while it fails with EAGAIN,
+/// at most [`PROG_LOAD_ATTEMPTS`] more times: the verifier gives up with EAGAIN when a
+/// signal arrives while it works (Linux 4.20+), and libbpf and cilium/ebpf try again (aya
+/// does not). Each retry is counted in [`PROG_LOADS_RETRIED`].
+pub fn retry_interrupted_load<T>(what: &str, mut load: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut retries = 0;
+    loop {
+        match load() {
+            Err(e) if e.os_error() == Some(libc::EAGAIN) && retries < PROG_LOAD_ATTEMPTS => {
+                retries += 1;
+                PROG_LOADS_RETRIED.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    "BPF_PROG_LOAD of {what} interrupted by a signal (EAGAIN): retry {retries} of {PROG_LOAD_ATTEMPTS}"
+                );
+            }
+            done => return done,
+        }
+    }
 }
 
 /// bpf(2). The whole union is passed: the kernel accepts a larger attribute whose tail
 /// (what an older kernel does not know) is zero.
 fn sys_bpf(call: bpf_cmd, attr: &mut bpf_attr) -> Result<i64> {
-    let mut attempts = 0;
-    loop {
+    let mut once = || {
         // SAFETY: a valid, initialised attribute of the size passed; the pointers it holds
         // point to buffers that outlive the call.
-        let rc =
-            unsafe { libc::syscall(libc::SYS_bpf, call as libc::c_long, attr as *mut bpf_attr, size_of::<bpf_attr>()) };
-        if rc >= 0 {
-            return Ok(rc);
-        }
-        let errno = io::Error::last_os_error();
-        // The verifier gives up with EAGAIN when a signal arrives while it works (since
-        // Linux 4.20): the load is tried again, as libbpf and cilium/ebpf do.
-        if call == bpf_cmd::BPF_PROG_LOAD && errno.raw_os_error() == Some(libc::EAGAIN) && attempts < PROG_LOAD_ATTEMPTS
-        {
-            attempts += 1;
-            note_prog_load_retried("a program", attempts);
-            continue;
-        }
-        return Err(EbpfError::Syscall { call, errno });
-    }
+        let rc = unsafe {
+            libc::syscall(libc::SYS_bpf, call as libc::c_long, &mut *attr as *mut bpf_attr, size_of::<bpf_attr>())
+        };
+        if rc < 0 { Err(EbpfError::Syscall { call, errno: io::Error::last_os_error() }) } else { Ok(rc) }
+    };
+    if call == bpf_cmd::BPF_PROG_LOAD { retry_interrupted_load("a program", once) } else { once() }
 }
 
 fn owned(fd: i64) -> OwnedFd {
