@@ -103,7 +103,7 @@ fn main() {
         "rr" => {
             let to = addrs("--to").into_iter().next().unwrap_or_else(|| usage());
             let count: usize = one("--count").map(|v| v.parse().unwrap()).unwrap_or(1000);
-            request_response(to, count);
+            request_response(to, count, has("--linger0"));
         }
         "pingpong" => {
             let to = addrs("--to").into_iter().next().unwrap_or_else(|| usage());
@@ -568,7 +568,7 @@ fn ping_pong(to: SocketAddr, count: usize) {
 }
 
 /// `count` times: connect, send 1 byte, read 1 byte, close. Prints one latency (ns) per line.
-fn request_response(to: SocketAddr, count: usize) {
+fn request_response(to: SocketAddr, count: usize, linger0: bool) {
     let mut out = std::io::stdout().lock();
     for _ in 0..count {
         let start = std::time::Instant::now();
@@ -579,6 +579,9 @@ fn request_response(to: SocketAddr, count: usize) {
             let mut b = [0u8; 1];
             if read_retry(&mut s, &mut b)? != 1 {
                 return Err(std::io::Error::other("closed before the answer"));
+            }
+            if linger0 {
+                set_linger0(&s);
             }
             Ok(())
         })();
@@ -661,6 +664,21 @@ fn hold_accept(listen: &[SocketAddr], wait: Duration, idle: Duration, backlog: i
     }
 }
 
+/// SO_LINGER 0: the socket's close resets the connection (no FIN, no TIME_WAIT).
+fn set_linger0(s: &TcpStream) {
+    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: valid socket and option buffer.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            size_of::<libc::linger>() as u32,
+        )
+    };
+}
+
 /// `count` times: connect, send one line naming the connection, close at once (with
 /// SO_LINGER 0, a reset). One JSON line per connection.
 fn send_close(to: SocketAddr, count: usize, linger0: bool) {
@@ -672,17 +690,7 @@ fn send_close(to: SocketAddr, count: usize, linger0: bool) {
                 let sockname = s.local_addr().map(|a| a.to_string()).unwrap_or_default();
                 let _ = writeln!(s, "conn {i} {sockname}");
                 if linger0 {
-                    let l = libc::linger { l_onoff: 1, l_linger: 0 };
-                    // SAFETY: valid socket and option buffer.
-                    unsafe {
-                        libc::setsockopt(
-                            s.as_raw_fd(),
-                            libc::SOL_SOCKET,
-                            libc::SO_LINGER,
-                            (&l as *const libc::linger).cast(),
-                            size_of::<libc::linger>() as u32,
-                        )
-                    };
+                    set_linger0(&s);
                 }
                 json!({"ok": true, "sockname": sockname, "peername": s.peer_addr().map(|a| a.to_string()).unwrap_or_default()})
             }
