@@ -68,6 +68,10 @@ fn run() -> Result<()> {
     if args.iter().any(|a| a == "--scale") {
         return run_scale(&args, &out_dir, quick);
     }
+    if args.iter().any(|a| a == "--trace") {
+        // The library's debug log (enroll's phase timings) on stderr.
+        interceptor::logging::init(2);
+    }
     let cfg = if quick {
         Config {
             ks: vec![0, 100, 1000, 10000],

@@ -1,5 +1,8 @@
 //! Runs the workloads in the three sandboxes and collects the numbers.
-use std::time::{Duration, Instant};
+use std::{
+    os::fd::{AsFd, OwnedFd},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail};
 use interceptor::{
@@ -31,6 +34,11 @@ pub enum Mode {
     /// eBPF mode loaded with `--accelerate` (the acceleration phase only).
     #[serde(rename = "ebpf-accelerated")]
     EbpfAccelerated,
+    /// No interception, but a program that only returns "carry on" at every hook a
+    /// redirected connection passes (connect4, sock_ops, getpeername4, getsockopt and the
+    /// namespace's sk_lookup): what the kernel charges for running programs there at all.
+    #[serde(rename = "empty-programs")]
+    EmptyPrograms,
 }
 
 impl Mode {
@@ -41,6 +49,7 @@ impl Mode {
             Mode::Iptables => "iptables",
             Mode::Ebpf => "ebpf",
             Mode::EbpfAccelerated => "ebpf --accelerate",
+            Mode::EmptyPrograms => "empty programs",
         }
     }
 }
@@ -188,6 +197,9 @@ pub fn policy_with(k: usize, rng: &mut Rng) -> Policy {
 }
 
 struct Pods {
+    /// The empty programs' links (dropped, so detached, before their sandbox goes).
+    _empty_links: Vec<OwnedFd>,
+    empty: Sandbox,
     none: Sandbox,
     ipt: Sandbox,
     ebpf: Sandbox,
@@ -202,6 +214,7 @@ impl Pods {
             Mode::Iptables => &self.ipt,
             Mode::Ebpf => &self.ebpf,
             Mode::EbpfAccelerated => self.accel.as_ref().expect("the acceleration sandbox"),
+            Mode::EmptyPrograms => &self.empty,
         }
     }
 }
@@ -225,11 +238,37 @@ fn start(sb: &Sandbox) -> Result<()> {
     Ok(())
 }
 
+/// Attaches a program that only returns "carry on" (1) at each hook the eBPF mode's
+/// programs run at for a redirected connection, in the sandbox's pod (cgroup and network
+/// namespace). The links are the attachments: dropping them detaches the programs.
+fn attach_empty_programs(sb: &Sandbox) -> Result<Vec<OwnedFd>> {
+    use interceptor::ebpf::raw::{self, attach_type as at, prog_type as pt};
+    let cgroup = std::fs::File::open(&sb.cgroup).with_context(|| format!("open {}", sb.cgroup.display()))?;
+    let netns = std::fs::File::open(sb.pod_netns()).context("open the pod's network namespace")?;
+    let hooks = [
+        (pt::CGROUP_SOCK_ADDR, at::CGROUP_INET4_CONNECT, &cgroup),
+        (pt::CGROUP_SOCK_ADDR, at::CGROUP_INET4_GETPEERNAME, &cgroup),
+        (pt::SOCK_OPS, at::CGROUP_SOCK_OPS, &cgroup),
+        (pt::CGROUP_SOCKOPT, at::CGROUP_GETSOCKOPT, &cgroup),
+        (pt::SK_LOOKUP, at::SK_LOOKUP, &netns),
+    ];
+    let mut links = Vec::new();
+    for (prog_type, attach_type, target) in hooks {
+        let prog = raw::prog_load_returning(prog_type as u32, attach_type, 1, "empty")
+            .with_context(|| format!("load an empty program for {attach_type:?}"))?;
+        links.push(
+            raw::link_create(prog.as_fd(), target.as_fd(), attach_type)
+                .with_context(|| format!("attach an empty program at {attach_type:?}"))?,
+        );
+    }
+    Ok(links)
+}
+
 /// Applies a policy in one mode; returns (wall time, eBPF switch time).
 fn apply(pods: &Pods, mode: Mode, policy: &Policy) -> Result<(Duration, Option<Duration>)> {
     let t = Instant::now();
     match mode {
-        Mode::None => Ok((Duration::ZERO, None)),
+        Mode::None | Mode::EmptyPrograms => Ok((Duration::ZERO, None)),
         Mode::Iptables => {
             iptables::apply(policy, &ipt_options(&pods.ipt))?;
             Ok((t.elapsed(), None))
@@ -244,7 +283,8 @@ fn apply(pods: &Pods, mode: Mode, policy: &Policy) -> Result<(Duration, Option<D
 /// One batch of `count` connect/request/response/close; latencies in ns and errors.
 fn batch(sb: &Sandbox, dst: &str, count: usize) -> Result<(Vec<u64>, usize)> {
     let n = count.to_string();
-    let out = sb.probe(&sb.in_pod(APP_UID), &["rr", "--to", dst, "--count", &n], Duration::from_secs(120))?;
+    let out =
+        sb.probe(&sb.in_pod(APP_UID), &["rr", "--to", dst, "--count", &n, "--linger0"], Duration::from_secs(120))?;
     let mut lat = Vec::with_capacity(count);
     let mut errors = 0;
     for line in out.lines() {
@@ -277,9 +317,17 @@ pub fn run(cfg: &Config) -> Result<Results> {
     let mut rng = Rng(cfg.seed.max(1));
     eprintln!("bench: building the sandboxes (none, iptables, eBPF; eBPF --accelerate for its phase)");
     let accel_sb = if cfg.phase("accel") { Some(Sandbox::new()?) } else { None };
-    let pods = Pods { none: Sandbox::new()?, ipt: Sandbox::new()?, ebpf: Sandbox::new()?, accel: accel_sb };
+    let empty = Sandbox::new()?;
+    let pods = Pods {
+        _empty_links: attach_empty_programs(&empty)?,
+        empty,
+        none: Sandbox::new()?,
+        ipt: Sandbox::new()?,
+        ebpf: Sandbox::new()?,
+        accel: accel_sb,
+    };
     pods.ebpf.load_ebpf()?;
-    for m in Mode::ALL {
+    for m in Mode::ALL.into_iter().chain([Mode::EmptyPrograms]) {
         start(pods.get(m))?;
     }
     if let Some(sb) = &pods.accel {
@@ -323,6 +371,9 @@ pub fn run(cfg: &Config) -> Result<Results> {
             // intercepted pods (a local destination: passes).
             (Mode::Iptables, Workload::Listener),
             (Mode::Ebpf, Workload::Listener),
+            // The floor of any eBPF design: the same hooks running programs that do nothing.
+            (Mode::EmptyPrograms, Workload::Pass),
+            (Mode::EmptyPrograms, Workload::Listener),
         ];
         let mut samples: Vec<(Vec<u64>, usize)> = vec![(Vec::new(), 0); combos.len()];
         let mut rounds: Vec<Vec<f64>> = vec![Vec::new(); combos.len()];
@@ -603,7 +654,9 @@ fn cps(pods: &Pods, cfg: &Config, rng: &mut Rng) -> Result<Vec<CpsRow>> {
 fn bpf_stats(sb: &Sandbox, cfg: &Config) -> Result<Vec<ProgStat>> {
     let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enable BPF run-time statistics")?;
     let mut out = Vec::new();
-    for (workload, dst) in [(Workload::Pass, PASS_DST), (Workload::Redirect, REDIRECT_DST)] {
+    for (workload, dst) in
+        [(Workload::Pass, PASS_DST), (Workload::Redirect, REDIRECT_DST), (Workload::Listener, LISTENER)]
+    {
         let before = prog_totals(sb)?;
         let mut conns = 0;
         for _ in 0..cfg.rounds.min(10) {

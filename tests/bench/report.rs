@@ -32,6 +32,30 @@ pub fn paired(a: &[f64], b: &[f64]) -> f64 {
     if r.len() % 2 == 1 { r[m] } else { (r[m - 1] + r[m]) / 2.0 }
 }
 
+/// A distribution-free 95% confidence interval of that median over rounds: the order
+/// statistics n/2 ∓ 0.98·√n of the sorted per-round ratios (the binomial interval of a
+/// median). It says how finely the bench resolves a ratio on this machine.
+pub fn paired_ci(a: &[f64], b: &[f64]) -> Option<(f64, f64)> {
+    let mut r: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
+    if r.len() < 6 {
+        return None;
+    }
+    r.sort_by(|x, y| x.partial_cmp(y).unwrap());
+    let n = r.len() as f64;
+    let half = 0.98 * n.sqrt();
+    let lo = (n / 2.0 - half).floor().max(0.0) as usize;
+    let hi = ((n / 2.0 + half).ceil() as usize).min(r.len() - 1);
+    Some((r[lo], r[hi]))
+}
+
+/// "1.088× (95% CI 1.031–1.152)", or the ratio alone when there are too few rounds.
+fn ratio_with_ci(row: &LatencyRow, base: &LatencyRow) -> String {
+    match paired_ci(&row.round_medians_us, &base.round_medians_us) {
+        Some((lo, hi)) => format!("{:.3}× (95% CI {lo:.3}–{hi:.3})", ratio(row, base)),
+        None => format!("{:.3}×", ratio(row, base)),
+    }
+}
+
 fn cps_row(r: &Results, m: Mode) -> Option<&CpsRow> {
     r.cps.iter().find(|c| c.mode == m)
 }
@@ -101,12 +125,16 @@ pub fn markdown(r: &Results, cfg: &Config) -> String {
         }
     }
 
-    let _ = writeln!(s, "\n### Where the redirect cost goes (eBPF, µs of median latency)\n");
+    let _ = writeln!(s, "\n### Where the redirect cost goes (µs of median latency; ratios paired by round)\n");
     let _ = writeln!(
         s,
-        "| K | none → listener | eBPF pod → listener (programs run, pass) | eBPF redirect → listener | programs' cost on a passing connection | added by the redirect itself |"
+        "Empty programs: no interception, but a program that only returns \"carry on\" at each hook a redirected connection passes (connect4, sock_ops, getpeername4, getsockopt, sk_lookup) — the kernel's price for running programs there at all, the floor of any eBPF design.\n"
     );
-    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "| K | none → listener | empty programs → listener | eBPF pod → listener (tracked as conntrack would) | eBPF redirect → listener | the hooks' floor | eBPF on a direct connection | added by the redirect itself |"
+    );
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &k in &cfg.ks {
         let (Some(n), Some(l), Some(rd)) = (
             row(r, k, Mode::None, Workload::Listener),
@@ -115,9 +143,15 @@ pub fn markdown(r: &Results, cfg: &Config) -> String {
         ) else {
             continue;
         };
+        let (empty, floor) = match row(r, k, Mode::EmptyPrograms, Workload::Listener) {
+            Some(e) => {
+                (format!("{:.1}", e.median_us), format!("{:+.1} ({:.3}×)", e.median_us - n.median_us, ratio(e, n)))
+            }
+            None => ("-".into(), "-".into()),
+        };
         let _ = writeln!(
             s,
-            "| {k} | {:.1} | {:.1} | {:.1} | {:+.1} ({:.3}×) | {:+.1} ({:.3}×) |",
+            "| {k} | {:.1} | {empty} | {:.1} | {:.1} | {floor} | {:+.1} ({:.3}×) | {:+.1} ({:.3}×) |",
             n.median_us,
             l.median_us,
             rd.median_us,
@@ -160,8 +194,11 @@ pub fn markdown(r: &Results, cfg: &Config) -> String {
         "\n### eBPF programs per connection (kernel BPF run-time statistics, separate phase, each workload alone, K = {})\n",
         r.later_phases_k
     );
-    let _ = writeln!(s, "| program | pass: runs/conn | ns/run | ns/conn | redirect: runs/conn | ns/run | ns/conn |");
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "| program | pass: runs/conn | ns/run | ns/conn | redirect: runs/conn | ns/run | ns/conn | pod → listener: runs/conn | ns/run | ns/conn |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let stat = |w: Workload, name: &str| r.bpf_stats.iter().find(|p| p.workload == w && p.program == name);
     let mut names: Vec<&str> = Vec::new();
     for p in &r.bpf_stats {
@@ -169,27 +206,31 @@ pub fn markdown(r: &Results, cfg: &Config) -> String {
             names.push(&p.program);
         }
     }
-    let mut totals = [(0.0, 0.0); 2];
+    let workloads = [Workload::Pass, Workload::Redirect, Workload::Listener];
+    let mut totals = [(0.0, 0.0); 3];
     for name in names {
-        let (Some(a), Some(b)) = (stat(Workload::Pass, name), stat(Workload::Redirect, name)) else { continue };
-        if a.runs == 0 && b.runs == 0 {
+        let cells: Vec<Option<&crate::measure::ProgStat>> = workloads.iter().map(|w| stat(*w, name)).collect();
+        if cells.iter().all(|c| c.is_none_or(|p| p.runs == 0)) {
             continue;
         }
-        for (t, p) in totals.iter_mut().zip([a, b]) {
-            t.0 += p.runs_per_conn;
-            t.1 += p.ns_per_conn;
+        let mut line = format!("| {name} |");
+        for (t, c) in totals.iter_mut().zip(&cells) {
+            match c {
+                Some(p) => {
+                    t.0 += p.runs_per_conn;
+                    t.1 += p.ns_per_conn;
+                    let _ = write!(line, " {:.2} | {:.0} | {:.0} |", p.runs_per_conn, p.avg_ns, p.ns_per_conn);
+                }
+                None => line.push_str(" - | - | - |"),
+            }
         }
-        let _ = writeln!(
-            s,
-            "| {name} | {:.2} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} |",
-            a.runs_per_conn, a.avg_ns, a.ns_per_conn, b.runs_per_conn, b.avg_ns, b.ns_per_conn
-        );
+        let _ = writeln!(s, "{line}");
     }
-    let _ = writeln!(
-        s,
-        "| **all programs** | {:.2} | | {:.0} | {:.2} | | {:.0} |",
-        totals[0].0, totals[0].1, totals[1].0, totals[1].1
-    );
+    let mut line = "| **all programs** |".to_string();
+    for t in totals {
+        let _ = write!(line, " {:.2} | | {:.0} |", t.0, t.1);
+    }
+    let _ = writeln!(s, "{line}");
 
     if !r.cps.is_empty() {
         let threads = r.cps.first().map(|c| c.threads).unwrap_or(0);
@@ -282,11 +323,33 @@ pub fn goals(r: &Results, cfg: &Config) -> Vec<String> {
         match ratios.iter().copied().max_by(|a, b| a.1.partial_cmp(&b.1).unwrap()) {
             None => out.push(format!("eBPF {name} ≤ {goal:.2}× of no interception at every K: not measured")),
             Some((worst_k, worst)) => {
-                let all: Vec<String> = ratios.iter().map(|(k, v)| format!("K={k}: {v:.3}×")).collect();
+                let shown: Vec<String> = ks
+                    .iter()
+                    .filter_map(|&k| {
+                        Some(format!("K={k}: {}", ratio_with_ci(row(r, k, Mode::Ebpf, w)?, baseline(r, k, w)?)))
+                    })
+                    .collect();
+                // The same hooks running empty programs: what no program design can go below,
+                // measured with the same resolution.
+                let floors: Vec<String> = ks
+                    .iter()
+                    .filter_map(|&k| {
+                        let empty_w = if w == Workload::Pass { Workload::Pass } else { Workload::Listener };
+                        Some(format!(
+                            "K={k}: {}",
+                            ratio_with_ci(row(r, k, Mode::EmptyPrograms, empty_w)?, baseline(r, k, w)?)
+                        ))
+                    })
+                    .collect();
+                let floor = if floors.is_empty() {
+                    String::new()
+                } else {
+                    format!("; empty programs at the same hooks: {}", floors.join(", "))
+                };
                 out.push(format!(
-                    "eBPF {name} ≤ {goal:.2}× of no interception at every K: {} (worst {worst:.3}× at K={worst_k}; {})",
+                    "eBPF {name} ≤ {goal:.2}× of no interception at every K: {} (worst {worst:.3}× at K={worst_k}; {}{floor})",
                     verdict(worst <= goal),
-                    all.join(", ")
+                    shown.join(", ")
                 ));
             }
         }
@@ -336,7 +399,7 @@ pub fn goals(r: &Results, cfg: &Config) -> Vec<String> {
                 a.change_ms,
                 if a.held_connection_survived { "yes" } else { "NO" }
             )),
-            Mode::None | Mode::EbpfAccelerated => {}
+            Mode::None | Mode::EbpfAccelerated | Mode::EmptyPrograms => {}
         }
     }
     let bulk = |m: Mode| r.bulk.iter().find(|b| b.mode == m).map(|b| b.median_mb_per_s);
@@ -395,4 +458,24 @@ pub fn goals(r: &Results, cfg: &Config) -> Vec<String> {
         None => out.push("socket-level acceleration: not measured".into()),
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_confidence_interval_is_the_binomial_order_statistics_around_the_median() {
+        // Per-round ratios 1.00, 1.01, …, 1.59 (shuffled: pairing sorts them itself).
+        let mut a: Vec<f64> = (0..60).map(|i| 100.0 + i as f64).collect();
+        a.reverse();
+        let b = vec![100.0; 60];
+        let (lo, hi) = paired_ci(&a, &b).unwrap();
+        // n = 60: ranks 30 ∓ 0.98·√60 = 30 ∓ 7.59 → 22 and 38 (0-based).
+        assert!((lo - 1.22).abs() < 1e-9, "{lo}");
+        assert!((hi - 1.38).abs() < 1e-9, "{hi}");
+        let m = paired(&a, &b);
+        assert!(lo <= m && m <= hi, "{lo} {m} {hi}");
+        assert_eq!(paired_ci(&a[..5], &b[..5]), None, "too few rounds for an interval");
+    }
 }

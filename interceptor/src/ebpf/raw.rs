@@ -35,6 +35,14 @@ pub mod attach_type {
     };
 }
 
+/// `enum bpf_prog_type` (UAPI, from aya-obj's bindings): the program types used here.
+pub mod prog_type {
+    pub use aya_obj::generated::bpf_prog_type::{
+        BPF_PROG_TYPE_CGROUP_SOCK_ADDR as CGROUP_SOCK_ADDR, BPF_PROG_TYPE_CGROUP_SOCKOPT as CGROUP_SOCKOPT,
+        BPF_PROG_TYPE_SK_LOOKUP as SK_LOOKUP, BPF_PROG_TYPE_SOCK_OPS as SOCK_OPS,
+    };
+}
+
 /// An attach type as the kernel numbers it: one of the bindings' (`bpf_attach_type`), or a
 /// bare number (a probe may ask about a hook newer than the bindings).
 pub trait AttachTypeNumber {
@@ -453,8 +461,20 @@ pub fn prog_load(prog_type: ProgType, insns: &[insn::Insn], name: &str) -> Resul
 /// that does not know the attach type refuses the load (EINVAL), so this tells which hooks
 /// exist without attaching anything.
 pub fn prog_load_probe(prog_type: u32, expected_attach_type: impl AttachTypeNumber) -> bool {
+    prog_load_returning(prog_type, expected_attach_type, 1, "probe").is_ok()
+}
+
+/// Loads `r0 = verdict; exit` for a hook: a program that does nothing. The benchmark
+/// attaches such programs to measure what the kernel charges for running a program at a
+/// hook at all, apart from anything a program does.
+pub fn prog_load_returning(
+    prog_type: u32,
+    expected_attach_type: impl AttachTypeNumber,
+    verdict: i32,
+    name: &str,
+) -> Result<OwnedFd> {
     use insn::{R0, exit, mov_imm};
-    prog_load_raw(prog_type, expected_attach_type.number(), &[mov_imm(R0, 1), exit()], "probe").is_ok()
+    prog_load_raw(prog_type, expected_attach_type.number(), &[mov_imm(R0, verdict), exit()], name)
 }
 
 /// BPF_PROG_LOAD with the UAPI numbers of the program type and attach type.
