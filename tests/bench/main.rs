@@ -1,7 +1,9 @@
 //! `cargo xtask bench`: what interception costs, measured side by side in one run.
 //!
-//! Three sandboxes exist at once — no interception, iptables mode, eBPF mode — each a pod
-//! and a world namespace with the same servers. For every policy size K (excluded CIDRs:
+//! Sandboxes exist at once — no interception, iptables mode, eBPF mode, and "empty
+//! programs" (no interception, a program that only returns at each hook a redirected
+//! connection passes: the floor of any eBPF design) — each a pod and a world namespace with
+//! the same servers. For every policy size K (excluded CIDRs:
 //! random ranges that are never targets, plus the target's own /32 last, the worst case for
 //! a rule list), rounds of connections run in every mode in a shuffled order, so drift
 //! cancels. Workloads:

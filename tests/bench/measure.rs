@@ -1,4 +1,5 @@
-//! Runs the workloads in the three sandboxes and collects the numbers.
+//! Runs the workloads in the sandboxes (none, iptables, eBPF, empty programs; eBPF
+//! --accelerate for its phase) and collects the numbers.
 use std::{
     os::fd::{AsFd, OwnedFd},
     time::{Duration, Instant},
@@ -315,7 +316,7 @@ fn shuffle<T>(v: &mut [T], rng: &mut Rng) {
 
 pub fn run(cfg: &Config) -> Result<Results> {
     let mut rng = Rng(cfg.seed.max(1));
-    eprintln!("bench: building the sandboxes (none, iptables, eBPF; eBPF --accelerate for its phase)");
+    eprintln!("bench: building the sandboxes (none, iptables, eBPF, empty programs; eBPF --accelerate for its phase)");
     let accel_sb = if cfg.phase("accel") { Some(Sandbox::new()?) } else { None };
     let empty = Sandbox::new()?;
     let pods = Pods {

@@ -323,24 +323,22 @@ pub fn goals(r: &Results, cfg: &Config) -> Vec<String> {
         match ratios.iter().copied().max_by(|a, b| a.1.partial_cmp(&b.1).unwrap()) {
             None => out.push(format!("eBPF {name} ≤ {goal:.2}× of no interception at every K: not measured")),
             Some((worst_k, worst)) => {
-                let shown: Vec<String> = ks
-                    .iter()
-                    .filter_map(|&k| {
-                        Some(format!("K={k}: {}", ratio_with_ci(row(r, k, Mode::Ebpf, w)?, baseline(r, k, w)?)))
-                    })
-                    .collect();
+                // Each K's ratio of `mode` on `workload` against this goal's baseline, with
+                // its interval.
+                let at_each_k = |mode: Mode, workload: Workload| -> Vec<String> {
+                    ks.iter()
+                        .filter_map(|&k| {
+                            Some(format!("K={k}: {}", ratio_with_ci(row(r, k, mode, workload)?, baseline(r, k, w)?)))
+                        })
+                        .collect()
+                };
+                let shown = at_each_k(Mode::Ebpf, w);
                 // The same hooks running empty programs: what no program design can go below,
-                // measured with the same resolution.
-                let floors: Vec<String> = ks
-                    .iter()
-                    .filter_map(|&k| {
-                        let empty_w = if w == Workload::Pass { Workload::Pass } else { Workload::Listener };
-                        Some(format!(
-                            "K={k}: {}",
-                            ratio_with_ci(row(r, k, Mode::EmptyPrograms, empty_w)?, baseline(r, k, w)?)
-                        ))
-                    })
-                    .collect();
+                // measured with the same resolution (a redirect's floor dials the listener).
+                let floors = at_each_k(
+                    Mode::EmptyPrograms,
+                    if w == Workload::Pass { Workload::Pass } else { Workload::Listener },
+                );
                 let floor = if floors.is_empty() {
                     String::new()
                 } else {
